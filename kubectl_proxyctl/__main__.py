@@ -1,0 +1,5 @@
+"""`python -m kubectl_proxyctl` runs the CLI."""
+
+from kubectl_proxyctl.cli.main import main
+
+main()

@@ -1,0 +1,95 @@
+"""The CLI root: lazy subcommands and the one error boundary.
+
+`main()` is the only place where exceptions become exit codes (errors.ExitStatus):
+ProxyctlError subclasses print one line on stderr; click's usage errors exit 2; anything
+else is a bug and prints a short message (or the traceback with --debug).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from kubectl_proxyctl import __version__
+from kubectl_proxyctl.cli.lazy import LazyGroup
+from kubectl_proxyctl.cli.options import SETTINGS, common_options
+from kubectl_proxyctl.errors import ExitStatus, ProxyctlError
+
+CONTEXT_SETTINGS = {
+    "help_option_names": ["-h", "--help"],
+    "max_content_width": 100,
+    "auto_envvar_prefix": "PROXYCTL",
+}
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "endpoints": (
+        "kubectl_proxyctl.cli.commands.endpoints:endpoints",
+        "Show each service port's endpoints, their state, and why traffic might not reach them.",
+    ),
+    "lab": (
+        "kubectl_proxyctl.cli.commands.lab:lab",
+        "A real multi-node Service data plane on this machine (network namespaces).",
+    ),
+}
+
+COMPLETE_VAR = "_PROXYCTL_COMPLETE"
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="kubectl-proxyctl")
+@common_options
+def cli() -> None:
+    """kubectl proxyctl: a kube-proxy you can read.
+
+    Run a minimal kube-proxy on a node, and see, explain, verify and probe how Services are
+    routed: endpoints, NAT rules, NodePort reachability.
+
+    Exit codes: 0 ok, 1 not found or a failed check, 2 usage or configuration error,
+    3 the API server is unreachable or refused the request.
+    """
+
+
+def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
+    """Run the CLI and return its exit code (never raises for user errors)."""
+    completing = COMPLETE_VAR in os.environ
+    if prog_name is None:
+        prog_name = "kubectl-proxyctl" if completing else "kubectl proxyctl"
+    try:
+        rv = cli.main(
+            args=args, prog_name=prog_name, complete_var=COMPLETE_VAR, standalone_mode=False
+        )
+        return int(rv) if isinstance(rv, int) else 0
+    except ProxyctlError as err:
+        if SETTINGS.debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"error: {err}", err=True)
+        return int(err.exit_status)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return int(ExitStatus.USAGE) if exc.exit_code == 2 else int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error for a CLI.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: say so without a wall of text
+        if SETTINGS.debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+        return 70
+
+
+def main() -> None:
+    sys.exit(run())

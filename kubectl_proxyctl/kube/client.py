@@ -1,0 +1,284 @@
+"""The API adapter: the only module that imports the `kubernetes` client.
+
+Theory of operation: we use the official client for what it is best at — kubeconfig and
+in-cluster configuration (contexts, client certificates, tokens, exec credential plugins,
+TLS) and its urllib3 transport — but not its generated models: importing those costs
+seconds, and building a pydantic object per Service would dominate a 10,000-service list.
+Requests go through `rest.RESTClientObject` and bodies stay plain dicts.
+
+Every failure leaves this module as a `ClusterError` (or `NotFoundError` for a 404) with a
+message a user can act on; urllib3 and client exceptions never leak upward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    plural: str
+    group_version: str  # "v1" or "discovery.k8s.io/v1"
+    namespaced: bool
+    kind: str
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{urllib.parse.quote(name, safe='')}"
+        return base
+
+
+RESOURCES: Mapping[str, Resource] = {
+    "services": Resource("services", "v1", True, "Service"),
+    "endpointslices": Resource("endpointslices", "discovery.k8s.io/v1", True, "EndpointSlice"),
+    "nodes": Resource("nodes", "v1", False, "Node"),
+    "pods": Resource("pods", "v1", True, "Pod"),
+    "namespaces": Resource("namespaces", "v1", False, "Namespace"),
+}
+
+
+class APIStatusError(ClusterError):
+    """The server answered with an error Status (status holds the HTTP code)."""
+
+
+def _status_message(status: int, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and doc.get("message"):
+            return str(doc["message"])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+
+
+class KubeAPI:
+    """A configured connection to one API server."""
+
+    def __init__(self, configuration: Any, request_timeout: float, describe: str) -> None:
+        from kubernetes.client import rest
+
+        self._cfg = configuration
+        self._rest = rest.RESTClientObject(configuration)
+        self.host = str(configuration.host).rstrip("/")
+        self.request_timeout = request_timeout
+        self.describe = describe  # e.g. "context lab (https://127.0.0.1:6443)"
+
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "kubectl-proxyctl"}
+        for setting in self._cfg.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        return headers
+
+    def _timeout(self, read: float | None = None) -> Any:
+        t = self.request_timeout or None
+        if read is None:
+            return t
+        return (t or 30.0, read)
+
+    def request(
+        self, method: str, path: str, query: Mapping[str, Any] | None = None, *,
+        body: Any = None, read_timeout: float | None = None, stream: bool = False,
+        content_type: str | None = None,
+    ) -> Any:
+        """Send one request; return the urllib3 response (stream) or the decoded JSON body."""
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        url = self.host + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v not in (None, "")})
+        headers = self._headers()
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        try:
+            resp = self._rest.request(
+                method, url, headers=headers, body=body, _request_timeout=self._timeout(read_timeout)
+            )
+        except ApiException as exc:  # TLS failures surface this way
+            raise ClusterError(f"cannot talk to the API server at {self.host}: {exc.reason}") from exc
+        except urllib3.exceptions.MaxRetryError as exc:
+            raise ClusterError(self._unreachable(exc.reason)) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterError(self._unreachable(exc)) from exc
+        raw = resp.response
+        if raw.status >= 400:
+            data = raw.data
+            raw.release_conn()
+            self._raise_for_status(raw.status, data, path)
+        if stream:
+            return raw
+        try:
+            data = raw.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterError(self._unreachable(exc)) from exc
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise ClusterError(f"the API server at {self.host} sent a response that is not JSON") from exc
+
+    def _unreachable(self, reason: object) -> str:
+        text = str(reason)
+        if "timed out" in text.lower() or "timeout" in type(reason).__name__.lower():
+            return (f"the API server at {self.host} did not answer within "
+                    f"{self.request_timeout:g}s (--request-timeout)")
+        if "refused" in text.lower():
+            return f"cannot reach the API server at {self.host}: connection refused"
+        if "certificate" in text.lower() or "ssl" in text.lower():
+            return f"TLS with the API server at {self.host} failed: {text}"
+        return f"cannot reach the API server at {self.host}: {text}"
+
+    def _raise_for_status(self, status: int, body: bytes, path: str) -> None:
+        message = _status_message(status, body)
+        if status == 401:
+            raise APIStatusError(
+                f"the API server at {self.host} rejected our credentials (401 Unauthorized): "
+                f"check the token or client certificate of {self.describe}", status)
+        if status == 403:
+            raise APIStatusError(f"forbidden (403): {message}", status)
+        if status == 404:
+            raise NotFoundError(message)
+        raise APIStatusError(f"API error {status} on {path}: {message}", status)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> JSON:
+        res = RESOURCES[resource]
+        obj = self.request("GET", res.path(namespace, name))
+        obj.setdefault("kind", res.kind)
+        return obj  # type: ignore[no-any-return]
+
+    def list(
+        self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
+        field_selector: str | None = None, page_size: int = 500,
+    ) -> tuple[list[JSON], str]:
+        """All objects (paginated); returns (items with kind set, list resourceVersion)."""
+        res = RESOURCES[resource]
+        items: list[JSON] = []
+        cont: str | None = None
+        rv = ""
+        while True:
+            body = self.request("GET", res.path(namespace), {
+                "labelSelector": label_selector, "fieldSelector": field_selector,
+                "limit": page_size, "continue": cont,
+            })
+            for item in body.get("items") or []:
+                item["kind"] = res.kind
+                items.append(item)
+            meta = body.get("metadata") or {}
+            rv = meta.get("resourceVersion") or rv
+            cont = meta.get("continue")
+            if not cont:
+                return items, rv
+
+    def watch(
+        self, resource: str, resource_version: str, *, namespace: str | None = None,
+        label_selector: str | None = None, timeout_seconds: int = 300,
+    ) -> Iterator[JSON]:
+        """Watch events as dicts, until the server ends the stream. Raises ClusterError."""
+        import urllib3
+
+        res = RESOURCES[resource]
+        resp = self.request(
+            "GET", res.path(namespace),
+            {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+             "timeoutSeconds": timeout_seconds, "labelSelector": label_selector},
+            read_timeout=timeout_seconds + 30, stream=True,
+        )
+        self._open = resp
+        buf = b""
+        try:
+            for chunk in resp.stream(65536, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+            if buf.strip():
+                yield json.loads(buf)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterError(f"watch of {resource} broke: {exc}") from exc
+        except ValueError as exc:
+            raise ClusterError(f"watch of {resource}: the server sent a line that is not JSON") from exc
+        finally:
+            resp.release_conn()
+
+    def close_stream(self) -> None:
+        """Abort an open watch from another thread (used to stop an informer promptly)."""
+        resp = getattr(self, "_open", None)
+        if resp is not None:
+            try:
+                resp.shutdown()
+            except Exception:  # best effort: the stream may be closed already
+                try:
+                    resp.close()
+                except Exception:
+                    pass
+
+
+def connect(
+    kubeconfig: str | None = None, context: str | None = None, request_timeout: float = 30.0
+) -> KubeAPI:
+    """Configure a client like kubectl: explicit flags, then in-cluster, then kubeconfig."""
+    from kubernetes import config as kconfig
+    from kubernetes.client import Configuration
+
+    cfg = Configuration()
+    if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        try:
+            kconfig.load_incluster_config(client_configuration=cfg)
+            return KubeAPI(cfg, request_timeout, f"in-cluster service account ({cfg.host})")
+        except kconfig.ConfigException as exc:
+            log.debug("not using in-cluster config: %s", exc)
+    from kubectl_proxyctl.kube.kubeconfig import kubeconfig_paths
+
+    paths = kubeconfig_paths(kubeconfig)
+    existing = [p for p in paths if os.path.exists(p)]
+    if not existing:
+        raise ConfigError(
+            f"no kubeconfig found ({os.pathsep.join(paths)}); pass --kubeconfig, set KUBECONFIG, "
+            "or use --from-file")
+    try:
+        kconfig.load_kube_config(
+            config_file=os.pathsep.join(existing), context=context, client_configuration=cfg,
+            persist_config=False,
+        )
+    except kconfig.ConfigException as exc:
+        raise ConfigError(f"kubeconfig: {exc}") from exc
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"kubeconfig {os.pathsep.join(existing)} is not usable: {exc}") from exc
+    return KubeAPI(cfg, request_timeout, f"context {context or 'current-context'} ({cfg.host})")
+
+
+def list_names(options: Any, resource: str, namespace: str | None = None) -> list[str]:
+    """Names of one resource kind, for shell completion. `options` is a ClusterOptions."""
+    if options.from_file:
+        from kubectl_proxyctl.kube.snapshot import load_objects
+
+        kind = RESOURCES[resource].kind
+        names = set()
+        for obj in load_objects(options.from_file):
+            meta = obj.get("metadata") or {}
+            if obj.get("kind") == kind and (namespace is None or meta.get("namespace", "default") == namespace):
+                names.add(str(meta.get("name")))
+            if resource == "namespaces" and meta.get("namespace"):
+                names.add(str(meta["namespace"]))
+        return sorted(names)
+    api = connect(options.kubeconfig, options.context, options.request_timeout)
+    items, _ = api.list(resource, namespace if RESOURCES[resource].namespaced else None)
+    return sorted(str((i.get("metadata") or {}).get("name")) for i in items)

@@ -1,0 +1,447 @@
+"""API objects (plain dicts) → the model, with kube-proxy's exact semantics.
+
+This is the one boundary where Kubernetes payloads become `model` objects. It is pure: the
+same objects give the same ClusterState. The rules, and where upstream implements them:
+
+Services (`pkg/proxy/serviceport.go`, `pkg/proxy/util/utils.go`):
+* ExternalName Services and headless ones (clusterIP empty or "None") are not proxied;
+  neither are Services labelled `service.kubernetes.io/service-proxy-name` (any value).
+  They are still converted, with `skip_reason` saying why.
+* LB ingress IPs with `ipMode: Proxy` are skipped; `healthCheckNodePort` counts only for
+  type LoadBalancer with externalTrafficPolicy Local; ETP Local counts only on an externally
+  accessible Service (LoadBalancer, NodePort, or ClusterIP with externalIPs).
+* ClientIP affinity timeout defaults to 10800 s.
+
+EndpointSlices (`pkg/proxy/endpointslicecache.go`, `cmd/kube-proxy/app/server.go`):
+* Slices labelled `service.kubernetes.io/service-proxy-name` or
+  `service.kubernetes.io/headless`, slices without `kubernetes.io/service-name`, and FQDN
+  slices are ignored (recorded in `ignored_slices`).
+* Only `addresses[0]` of an endpoint is used; a slice port needs a non-nil name and a
+  non-zero port.
+* Nil conditions: ready → true, serving → true, terminating → false.
+* All slices of a service are merged per service port; duplicates (same `ip:port`) keep the
+  non-terminating copy; the result is sorted by the string `ip:port`.
+
+Bad objects never stop a conversion: each is skipped and reported once through `warn`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Iterable, Mapping
+
+from kubectl_proxyctl.model import (
+    ClusterState,
+    Endpoint,
+    IgnoredSlice,
+    NodeInfo,
+    Pod,
+    Protocol,
+    Service,
+    ServicePort,
+    ServicePortName,
+    ServiceType,
+)
+
+Obj = Mapping[str, Any]
+Warn = Callable[[str], None]
+
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+LABEL_HEADLESS = "service.kubernetes.io/headless"
+DEFAULT_AFFINITY_SECONDS = 10800
+
+KINDS = ("Service", "EndpointSlice", "Node", "Pod")
+
+
+class InvalidObject(ValueError):
+    """An object that cannot be converted; the message says why."""
+
+
+def _ignore(_msg: str) -> None:
+    return None
+
+
+def _meta(obj: Obj) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise InvalidObject("metadata.name is missing")
+    return meta
+
+
+def _labels(meta: Mapping[str, Any]) -> Mapping[str, str]:
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise InvalidObject("metadata.labels is not a map")
+    return labels
+
+
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidObject(f"{what} is not a list of strings")
+    return tuple(value)
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _valid_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+def _port_number(value: Any, what: str, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidObject(f"{what} is not a number: {value!r}")
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise InvalidObject(f"{what} is out of range: {value}")
+    return value
+
+
+def _protocol(value: Any, what: str) -> Protocol:
+    if value is None:
+        return Protocol.TCP
+    try:
+        return Protocol(value)
+    except ValueError:
+        raise InvalidObject(f"{what} has an unknown protocol {value!r}") from None
+
+
+def _service_type(value: Any) -> ServiceType:
+    if value is None:
+        return ServiceType.ClusterIP
+    try:
+        return ServiceType(value)
+    except ValueError:
+        raise InvalidObject(f"unknown service type {value!r}") from None
+
+
+def convert_service(obj: Obj) -> Service:
+    """One Service object → model.Service (raises InvalidObject)."""
+    meta = _meta(obj)
+    namespace = meta.get("namespace") or "default"
+    name = meta["name"]
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+        raise InvalidObject("spec or status is not a map")
+    svc_type = _service_type(spec.get("type"))
+
+    cluster_ips = [ip for ip in _str_list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    primary = spec.get("clusterIP")
+    if isinstance(primary, str) and primary and primary not in cluster_ips:
+        cluster_ips.insert(0, primary)
+    headless = not cluster_ips or cluster_ips[0] == "None"
+    real_ips = tuple(ip for ip in cluster_ips if ip != "None")
+    for ip in real_ips:
+        if not _valid_ip(ip):
+            raise InvalidObject(f"spec.clusterIP {ip!r} is not an IP address")
+
+    skip = ""
+    if svc_type == ServiceType.ExternalName:
+        skip = "type ExternalName: resolved by DNS, never proxied"
+    elif headless:
+        skip = "headless (clusterIP: None): clients reach pods directly, never proxied"
+    elif LABEL_PROXY_NAME in _labels(meta):
+        skip = f"labelled {LABEL_PROXY_NAME}={_labels(meta)[LABEL_PROXY_NAME]}: another proxy owns it"
+
+    external_ips = tuple(ip for ip in _str_list(spec.get("externalIPs"), "spec.externalIPs") if _valid_ip(ip))
+    lb_ips: list[str] = []
+    lb = status.get("loadBalancer") or {}
+    for ingress in (lb.get("ingress") or []) if isinstance(lb, Mapping) else []:
+        if not isinstance(ingress, Mapping):
+            continue
+        ip = ingress.get("ip")
+        if isinstance(ip, str) and _valid_ip(ip) and ingress.get("ipMode") != "Proxy":
+            lb_ips.append(ip)
+    source_ranges = tuple(
+        c.strip() for c in _str_list(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")
+        if _valid_cidr(c)
+    )
+    affinity = spec.get("sessionAffinity") == "ClientIP"
+    timeout = DEFAULT_AFFINITY_SECONDS
+    if affinity:
+        cfg = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+        if isinstance(cfg, int) and not isinstance(cfg, bool) and cfg > 0:
+            timeout = cfg
+    accessible_by_type = svc_type in (ServiceType.NodePort, ServiceType.LoadBalancer) or bool(external_ips)
+    etp_local = accessible_by_type and spec.get("externalTrafficPolicy") == "Local"
+    itp_local = spec.get("internalTrafficPolicy") == "Local"
+    hc_port = 0
+    if svc_type == ServiceType.LoadBalancer and etp_local:
+        raw_hc = spec.get("healthCheckNodePort")
+        if isinstance(raw_hc, int) and not isinstance(raw_hc, bool) and 0 < raw_hc <= 65535:
+            hc_port = raw_hc
+    distribution = spec.get("trafficDistribution") or ""
+
+    ports: list[ServicePort] = []
+    raw_ports = spec.get("ports") or []
+    if not isinstance(raw_ports, list):
+        raise InvalidObject("spec.ports is not a list")
+    for i, raw in enumerate(raw_ports):
+        if not isinstance(raw, Mapping):
+            raise InvalidObject(f"spec.ports[{i}] is not a map")
+        port_name = raw.get("name") or ""
+        if not isinstance(port_name, str):
+            raise InvalidObject(f"spec.ports[{i}].name is not a string")
+        proto = _protocol(raw.get("protocol"), f"spec.ports[{i}]")
+        number = _port_number(raw.get("port"), f"spec.ports[{i}].port")
+        node_port = 0
+        if svc_type in (ServiceType.NodePort, ServiceType.LoadBalancer) and raw.get("nodePort") is not None:
+            node_port = _port_number(raw.get("nodePort"), f"spec.ports[{i}].nodePort", allow_zero=True)
+        target = raw.get("targetPort", number)
+        if not isinstance(target, (int, str)) or isinstance(target, bool):
+            raise InvalidObject(f"spec.ports[{i}].targetPort is neither a number nor a name")
+        ports.append(
+            ServicePort(
+                name=ServicePortName(namespace, name, port_name, proto),
+                port=number,
+                protocol=proto,
+                type=svc_type,
+                cluster_ips=real_ips,
+                target_port=target,
+                node_port=node_port,
+                external_ips=external_ips,
+                load_balancer_ips=tuple(lb_ips),
+                load_balancer_source_ranges=source_ranges,
+                session_affinity=affinity,
+                sticky_max_age_seconds=timeout if affinity else 0,
+                external_policy_local=etp_local,
+                internal_policy_local=itp_local,
+                health_check_node_port=hc_port,
+                traffic_distribution=distribution if isinstance(distribution, str) else "",
+            )
+        )
+    selector = spec.get("selector") or {}
+    if not isinstance(selector, Mapping):
+        raise InvalidObject("spec.selector is not a map")
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=svc_type,
+        cluster_ips=real_ips,
+        ports=tuple(ports),
+        selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
+        skip_reason=skip,
+        uid=str(meta.get("uid") or ""),
+    )
+
+
+def _condition(conditions: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = conditions.get(key)
+    return default if value is None else bool(value)
+
+
+def slice_endpoints(obj: Obj) -> tuple[str, str, list[tuple[ServicePortName, Endpoint]]]:
+    """One EndpointSlice → (namespace, service name, [(port name, endpoint)])."""
+    meta = _meta(obj)
+    namespace = meta.get("namespace") or "default"
+    service = _labels(meta).get(LABEL_SERVICE_NAME)
+    if not service:
+        raise InvalidObject(f"no {LABEL_SERVICE_NAME} label")
+    out: list[tuple[ServicePortName, Endpoint]] = []
+    raw_ports = obj.get("ports") or []
+    raw_eps = obj.get("endpoints") or []
+    if not isinstance(raw_ports, list) or not isinstance(raw_eps, list):
+        raise InvalidObject("ports or endpoints is not a list")
+    for raw_port in raw_ports:
+        if not isinstance(raw_port, Mapping):
+            continue
+        port_name = raw_port.get("name")
+        number = raw_port.get("port")
+        if port_name is None or not isinstance(port_name, str) or not number:
+            continue  # kube-proxy: name must be non-nil, port non-zero
+        number = _port_number(number, "ports[].port")
+        proto = _protocol(raw_port.get("protocol"), "ports[]")
+        spn = ServicePortName(namespace, service, port_name, proto)
+        for raw_ep in raw_eps:
+            if not isinstance(raw_ep, Mapping):
+                continue
+            addresses = raw_ep.get("addresses") or []
+            if not isinstance(addresses, list) or not addresses or not isinstance(addresses[0], str):
+                continue
+            ip = addresses[0]
+            if not _valid_ip(ip):
+                continue
+            conditions = raw_ep.get("conditions") or {}
+            hints = raw_ep.get("hints") or {}
+            ref = raw_ep.get("targetRef") or {}
+            out.append(
+                (
+                    spn,
+                    Endpoint(
+                        ip=ip,
+                        port=number,
+                        ready=_condition(conditions, "ready", True),
+                        serving=_condition(conditions, "serving", True),
+                        terminating=_condition(conditions, "terminating", False),
+                        node_name=str(raw_ep.get("nodeName") or ""),
+                        zone=str(raw_ep.get("zone") or ""),
+                        zone_hints=tuple(
+                            str(h.get("name")) for h in (hints.get("forZones") or []) if isinstance(h, Mapping)
+                        ),
+                        node_hints=tuple(
+                            str(h.get("name")) for h in (hints.get("forNodes") or []) if isinstance(h, Mapping)
+                        ),
+                        target_ref=f"{ref.get('kind', '')}/{ref.get('name', '')}" if ref.get("name") else "",
+                        slice_name=meta["name"],
+                    ),
+                )
+            )
+    return namespace, service, out
+
+
+def slice_ignore_reason(obj: Obj) -> str:
+    """Why kube-proxy ignores this slice, or "" when it does not."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {} if isinstance(meta, Mapping) else {}
+    if not isinstance(labels, Mapping):
+        return "metadata.labels is not a map"
+    if LABEL_PROXY_NAME in labels:
+        return f"labelled {LABEL_PROXY_NAME}"
+    if LABEL_HEADLESS in labels:
+        return f"labelled {LABEL_HEADLESS}"
+    if obj.get("addressType") == "FQDN":
+        return "addressType FQDN"
+    if LABEL_SERVICE_NAME not in labels:
+        return f"no {LABEL_SERVICE_NAME} label"
+    return ""
+
+
+def merge_endpoints(pairs: Iterable[tuple[ServicePortName, Endpoint]]) -> dict[ServicePortName, tuple[Endpoint, ...]]:
+    """Merge endpoints from all slices: dedup by ip:port (non-terminating wins), string sort."""
+    merged: dict[ServicePortName, dict[str, Endpoint]] = {}
+    for spn, ep in pairs:
+        by_addr = merged.setdefault(spn, {})
+        key = ep.address
+        old = by_addr.get(key)
+        if old is None or (old.terminating and not ep.terminating):
+            by_addr[key] = ep
+    return {spn: tuple(by_addr[k] for k in sorted(by_addr)) for spn, by_addr in merged.items()}
+
+
+def convert_node(obj: Obj) -> NodeInfo:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    addresses = tuple(
+        (str(a.get("type")), str(a.get("address")))
+        for a in (status.get("addresses") or [])
+        if isinstance(a, Mapping) and a.get("address")
+    )
+    cidrs = list(_str_list(spec.get("podCIDRs"), "spec.podCIDRs"))
+    if spec.get("podCIDR") and spec["podCIDR"] not in cidrs:
+        cidrs.insert(0, spec["podCIDR"])
+    return NodeInfo(
+        name=meta["name"],
+        addresses=addresses,
+        labels=tuple(sorted((str(k), str(v)) for k, v in _labels(meta).items())),
+        pod_cidrs=tuple(cidrs),
+        unschedulable=bool(spec.get("unschedulable")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        taints=tuple(str(t.get("key")) for t in (spec.get("taints") or []) if isinstance(t, Mapping)),
+    )
+
+
+def convert_pod(obj: Obj) -> Pod:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (status.get("conditions") or [])
+        if isinstance(c, Mapping)
+    )
+    ports: list[tuple[str, int, Protocol]] = []
+    for container in spec.get("containers") or []:
+        for p in (container.get("ports") or []) if isinstance(container, Mapping) else []:
+            if isinstance(p, Mapping) and isinstance(p.get("containerPort"), int):
+                ports.append((str(p.get("name") or ""), p["containerPort"], _protocol(p.get("protocol"), "containerPort")))
+    return Pod(
+        namespace=meta.get("namespace") or "default",
+        name=meta["name"],
+        labels=tuple(sorted((str(k), str(v)) for k, v in _labels(meta).items())),
+        ip=str(status.get("podIP") or ""),
+        node_name=str(spec.get("nodeName") or ""),
+        ready=ready,
+        container_ports=tuple(ports),
+    )
+
+
+def _describe(obj: Obj) -> str:
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    ns = meta.get("namespace")  # type: ignore[union-attr]
+    name = meta.get("name") or "<unnamed>"  # type: ignore[union-attr]
+    return f"{obj.get('kind', '?')} {ns + '/' if ns else ''}{name}"
+
+
+def state_from_objects(objects: Iterable[Obj], warn: Warn = _ignore) -> ClusterState:
+    """Build a ClusterState from any mix of Service, EndpointSlice, Node and Pod objects.
+
+    Objects of other kinds are skipped with a warning; invalid ones too. Endpoints whose
+    slice kind is missing are accepted when they look like slices (tests and files often
+    omit `kind` for List items of one kind, but the informer always sets it).
+    """
+    services: dict[str, Service] = {}
+    nodes: dict[str, NodeInfo] = {}
+    pods: dict[str, Pod] = {}
+    pairs: list[tuple[ServicePortName, Endpoint]] = []
+    ignored: list[IgnoredSlice] = []
+    slices_by_service: dict[str, list[str]] = {}
+    has_pods = False
+    for obj in objects:
+        if not isinstance(obj, Mapping):
+            warn(f"skipping an item that is not an object: {obj!r:.60}")
+            continue
+        kind = obj.get("kind")
+        try:
+            if kind == "Service":
+                svc = convert_service(obj)
+                services[svc.key] = svc
+            elif kind == "EndpointSlice":
+                reason = slice_ignore_reason(obj)
+                meta = _meta(obj)
+                ns = meta.get("namespace") or "default"
+                owner = (_labels(meta)).get(LABEL_SERVICE_NAME, "")
+                if reason:
+                    ignored.append(IgnoredSlice(ns, meta["name"], f"{ns}/{owner}" if owner else "", reason))
+                    continue
+                ns, owner, found = slice_endpoints(obj)
+                slices_by_service.setdefault(f"{ns}/{owner}", []).append(meta["name"])
+                pairs.extend(found)
+            elif kind == "Node":
+                node = convert_node(obj)
+                nodes[node.name] = node
+            elif kind == "Pod":
+                has_pods = True
+                pod = convert_pod(obj)
+                pods[f"{pod.namespace}/{pod.name}"] = pod
+            else:
+                warn(f"skipping {_describe(obj)}: kind {kind!r} is not used (only {', '.join(KINDS)})")
+        except InvalidObject as exc:
+            warn(f"skipping invalid {_describe(obj)}: {exc}")
+        except (TypeError, AttributeError, ValueError) as exc:
+            warn(f"skipping malformed {_describe(obj)}: {exc}")
+    ports = {
+        p.name: p for svc in services.values() if svc.proxied for p in svc.ports
+    }
+    return ClusterState(
+        services=services,
+        ports=ports,
+        endpoints=merge_endpoints(pairs),
+        nodes=nodes,
+        pods=pods,
+        ignored_slices=tuple(ignored),
+        slices_by_service={k: tuple(sorted(v)) for k, v in slices_by_service.items()},
+        has_pods=has_pods,
+    )
