@@ -129,6 +129,7 @@ def _service_type(value: Any) -> ServiceType:
 def convert_service(obj: Obj) -> Service:
     """One Service object → model.Service (raises InvalidObject)."""
     meta = _meta(obj)
+    labels = _labels(meta)
     namespace = meta.get("namespace") or "default"
     name = meta["name"]
     spec = obj.get("spec") or {}
@@ -152,8 +153,8 @@ def convert_service(obj: Obj) -> Service:
         skip = "type ExternalName: resolved by DNS, never proxied"
     elif headless:
         skip = "headless (clusterIP: None): clients reach pods directly, never proxied"
-    elif LABEL_PROXY_NAME in _labels(meta):
-        skip = f"labelled {LABEL_PROXY_NAME}={_labels(meta)[LABEL_PROXY_NAME]}: another proxy owns it"
+    elif LABEL_PROXY_NAME in labels:
+        skip = f"labelled {LABEL_PROXY_NAME}={labels[LABEL_PROXY_NAME]}: another proxy owns it"
 
     external_ips = tuple(ip for ip in _str_list(spec.get("externalIPs"), "spec.externalIPs") if _valid_ip(ip))
     lb_ips: list[str] = []

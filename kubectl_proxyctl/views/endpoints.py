@@ -98,7 +98,7 @@ def _port_problems(
             found.append(("warning", f"{label}: {len(eps)} endpoint(s), none ready; {serving} "
                           "terminating endpoint(s) still serve and receive traffic as a fallback"))
         else:
-            found.append(("error", f"{label}: {len(eps)} endpoint(s), none ready or serving; "
+            found.append(("error", f"{label}: {len(eps)} endpoint(s), none ready and none terminating-but-serving; "
                           "new connections are rejected"))
     return found
 
