@@ -19,6 +19,7 @@ setup(
         "tabulate>=0.9,<1",
         "paramiko>=5.1,<6",
         "PyYAML>=6,<7",
+        "yaml-rs>=0.1.6,<0.2",
         "cryptography>=42",
     ],
     extras_require={
