@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["kubectl_proxyctl", "kubectl_proxyctl.*"]),
     package_data={"kubectl_proxyctl": ["py.typed"]},
     install_requires=[
-        "click>=8.1,<9",
+        "click>=8.1,!=8.4.0,!=8.4.1,<9",
         "kubernetes>=37,<38",
         "pyroute2>=0.9.7,<0.10",
         "tabulate>=0.9,<1",
@@ -26,7 +26,6 @@ setup(
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6,<7",
-            "click-man>=0.4,<1",
         ],
     },
     entry_points={

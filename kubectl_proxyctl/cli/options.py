@@ -154,6 +154,7 @@ def cluster_options(
             g.__click_params__ = f.__click_params__  # type: ignore[attr-defined]
         g = click.option(
             "--from-file", "from_file", metavar="PATH",
+            type=click.Path(dir_okay=False, allow_dash=True),
             help="Read Services, EndpointSlices, Nodes and Pods from a YAML/JSON file ('-' = stdin), "
             "e.g. the output of `kubectl get svc,endpointslices,nodes,pods -A -o yaml`, instead of the API.",
         )(g)
@@ -174,7 +175,7 @@ def cluster_options(
             help="The kubeconfig context to use.",
         )(g)
         g = click.option(
-            "--kubeconfig", envvar="KUBECONFIG", metavar="PATH",
+            "--kubeconfig", envvar="KUBECONFIG", metavar="PATH", type=click.Path(dir_okay=False),
             help="Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
         )(g)
         if outputs:
