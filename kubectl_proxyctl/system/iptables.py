@@ -1,0 +1,560 @@
+"""The iptables adapter: the only code that runs iptables, iptables-save and iptables-restore.
+
+Theory of operation
+-------------------
+**Backends.** Debian ships two iptables implementations with the same command line:
+`iptables-nft*` (rules live in nf_tables tables named `filter`, `nat`, ...) and
+`iptables-legacy*` (the old x_tables). Rules written with one are invisible to the other's
+`-save`, and a host where kubelet writes one and the proxy the other has broken Services.
+`detect_backend` decides like kube-proxy's iptables-wrapper: it saves the tables of both
+backends and prefers the one where kubelet created its hint chain (KUBE-IPTABLES-HINT or
+KUBE-KUBELET-CANARY), else the one that holds KUBE- chains; when neither or both do, the
+one with more rules; on a tie, the backend of the `iptables` alternative (`iptables -V`
+says `(nf_tables)` or `(legacy)`). Plain `iptables-legacy-save` lists only tables that
+already exist in the namespace, so detection never instantiates legacy tables. When *both* backends hold KUBE- chains the detection carries
+a warning string for the user. `IptablesSystem` then uses one binary set throughout, e.g.
+`iptables-nft`, `iptables-nft-save`, `iptables-nft-restore` (`ip6tables-*` for IPv6).
+
+**Applying rules.** `restore(payload)` runs `iptables-restore -w 5 --noflush` with the
+payload on stdin. Under `--noflush` a chain line `:NAME - [0:0]` creates or flushes that
+chain, `-X NAME` deletes it, and chains the payload does not name are left alone. Flags
+as verified with iptables 1.8.9 on both backends: `-w 5` (wait for the xtables lock,
+which is one file shared by all namespaces), `--noflush`, `--counters` and `--test` are
+accepted; `-W` (`--wait-interval`) is accepted by the nft backend but deprecated and
+ignored with a warning by the legacy one, so it is not passed.
+
+Atomicity, verified on this kernel with both backends: every `*table ... COMMIT` block is
+applied all-or-nothing (a failing rule leaves that table exactly as it was), and the
+blocks are committed one after the other in payload order. So when a later block fails,
+the earlier blocks of the same payload are already in place. The ApplyError says which
+ones (`committed`), so the caller knows that a full resync is needed. Errors are reported
+as `Error occurred at line: N` (parse errors; nft reports a missing jump target on the
+table's COMMIT line), `line N: RULE_APPEND failed (...)` (nft kernel errors) or `line N
+failed` (legacy kernel errors, on the COMMIT line). The ApplyError names that line and
+shows three lines either side of it, like kube-proxy's `ExtractLines`.
+
+`test(payload)` is `iptables-restore --test`: it parses and builds every rule without
+committing. It catches syntax errors and unknown matches; the nft backend does not check
+that jump targets exist, and neither backend can see errors only the kernel reports (a
+DNAT target in the filter table).
+
+**Jump rules.** `ensure_jumps` reads the built-in chains involved once: with the nft
+backend one `iptables -S CHAIN` each (it fetches only that chain: ~5 ms, against ~350 ms
+for `iptables-save -t nat` with 14,000 rules), with legacy one `iptables-save -t TABLE`
+per table (legacy always fetches whole tables). It compares the rules as token lists,
+confirms any apparent absence with `iptables -C` (iptables normalises some spellings),
+and inserts everything still missing in one `--noflush` restore with `-I CHAIN POS`
+lines, in the given order: the same final order as one `iptables -I` per rule. Target chains that do
+not exist yet (names with a dash or lower-case letters, so never REJECT or MASQUERADE)
+are created empty in the same restore. Steady state: those reads, nothing written; for
+kube-proxy's 14 jump rules and a 14,000-rule nat table ~35 ms (nft) and ~60 ms (legacy),
+where 14 `iptables -C` calls take ~75 ms and ~110 ms.
+
+**Clean-up.** `cleanup()` reads one `iptables-save` and builds one restore payload: every
+rule outside our chains that jumps (`-j`/`-g`) into a chain with one of the prefixes is
+deleted with `-D` (the saved rule text is valid `-D` input), and every prefixed chain is
+flushed and deleted with `-X`. Built-in chains are never declared, so their policies and
+all other rules and chains stay exactly as they were.
+
+**Canaries.** `KUBE-PROXY-CANARY`, an empty chain in mangle, nat and filter. When
+something flushes the tables by hand, the canary disappears with them: the engine polls
+`canaries_present()` and, when it is false, re-creates them and forces a full sync.
+
+This module parses `iptables-save` only as far as it needs to (`parse_save`: chains and
+rule lines per table); the inspector's rule parser lives in `kubectl_proxyctl.rules`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
+
+LOCK_WAIT_SECONDS = 5
+CANARY_CHAIN = "KUBE-PROXY-CANARY"
+HINT_CHAINS = frozenset({"KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"})  # kubelet's, in mangle
+CANARY_TABLES: tuple[str, ...] = ("mangle", "nat", "filter")
+CLEANUP_TABLES: tuple[str, ...] = ("filter", "nat", "mangle")
+CONTEXT_LINES = 3
+
+_LINE_RE = re.compile(r"\bline:? (\d+)")
+_TOKEN_RE = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_UNESCAPE_RE = re.compile(r"\\(.)")
+_VERSION_RE = re.compile(r"^\S+ v\d[\w.]* \([^)]*\): ?")  # "iptables-nft-restore v1.8.9 (nf_tables): "
+# stderr lines that carry no information about the failure itself.
+_NOISE = (
+    "Try `",
+    "Error occurred at line",
+    "# Warning: iptables-legacy tables present",
+    "Ignoring deprecated --wait-interval",
+)
+
+
+class Backend(str, enum.Enum):
+    NFT = "nft"
+    LEGACY = "legacy"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """The three commands of one family and backend."""
+
+    iptables: str
+    save: str
+    restore: str
+
+    @classmethod
+    def of(cls, family: IPFamily, backend: Backend) -> Binaries:
+        base = f"{_command_prefix(family)}-{backend.value}"
+        return cls(base, f"{base}-save", f"{base}-restore")
+
+
+@dataclass(frozen=True)
+class BackendDetection:
+    """Which backend to use and why. Counts are None for a backend whose tools are missing."""
+
+    backend: Backend
+    reason: str
+    warning: str | None = None
+    kube_chains: Mapping[Backend, int | None] = field(default_factory=dict)
+    rules: Mapping[Backend, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    chain: str
+    line: str  # `-A CHAIN ...` exactly as iptables-save printed it
+    target: str | None  # the -j/-g target, if any
+
+
+@dataclass
+class SavedTable:
+    name: str
+    chains: dict[str, str] = field(default_factory=dict)  # name → policy ("-" for user chains)
+    rules: list[SavedRule] = field(default_factory=list)
+
+    def user_chains(self) -> list[str]:
+        return [name for name, policy in self.chains.items() if policy == "-"]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A rule in `table`/`chain` (usually a built-in chain), as iptables argv after the chain."""
+
+    table: str
+    chain: str
+    args: tuple[str, ...]
+    position: int = 1
+
+    @property
+    def target(self) -> str | None:
+        return _target_of(list(self.args))
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    chains: tuple[tuple[str, str], ...] = ()  # (table, chain) deleted
+    rules: tuple[tuple[str, str], ...] = ()  # (table, `-A ...` line) deleted
+
+    def __bool__(self) -> bool:
+        return bool(self.chains or self.rules)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _command_prefix(family: IPFamily) -> str:
+    return "ip6tables" if family == IPFamily.IPv6 else "iptables"
+
+
+def _tokens(line: str) -> list[str]:
+    """Split a rule line the way iptables-restore does (double quotes, backslash escapes)."""
+    if '"' not in line:
+        return line.split()
+    return [bare or _UNESCAPE_RE.sub(r"\1", quoted) for quoted, bare in _TOKEN_RE.findall(line)]
+
+
+def _target_of(tokens: Sequence[str]) -> str | None:
+    for i, tok in enumerate(tokens[:-1]):
+        if tok in ("-j", "--jump", "-g", "--goto"):
+            return tokens[i + 1]
+    return None
+
+
+def quote_arg(arg: str) -> str:
+    """One argv element as iptables-restore reads it (double quotes when needed)."""
+    if arg and not any(c.isspace() or c in "\"'\\#" for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_save(text: str) -> dict[str, SavedTable]:
+    """Tables → chains (with policies) and rule lines, from `iptables-save` output."""
+    tables: dict[str, SavedTable] = {}
+    current: SavedTable | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], SavedTable(line[1:]))
+        elif current is None:
+            continue
+        elif line.startswith(":"):
+            name, _, rest = line[1:].partition(" ")
+            current.chains[name] = rest.split(" ", 1)[0] or "-"
+        elif line.startswith("-A "):
+            tokens = _tokens(line)
+            current.rules.append(SavedRule(tokens[1], line, _target_of(tokens)))
+        elif line == "COMMIT":
+            current = None
+    return tables
+
+
+def extract_lines(payload: str, line: int, count: int = CONTEXT_LINES) -> list[tuple[int, str]]:
+    """(number, text) for lines `line-count` … `line+count` of payload (1-based)."""
+    lines = payload.splitlines()
+    start, end = max(1, line - count), min(len(lines), line + count)
+    return [(n, lines[n - 1]) for n in range(start, end + 1)]
+
+
+def _committed_before(payload: str, line: int) -> list[str]:
+    """Tables whose COMMIT line comes before `line`: iptables-restore applied them."""
+    done: list[str] = []
+    table = ""
+    for n, text in enumerate(payload.splitlines(), start=1):
+        if n >= line:
+            break
+        text = text.strip()
+        if text.startswith("*"):
+            table = text[1:]
+        elif text == "COMMIT" and table:
+            done.append(table)
+    return done
+
+
+def _table_at(payload: str, line: int) -> str | None:
+    table = None
+    for text in payload.splitlines()[:line]:
+        if text.startswith("*"):
+            table = text[1:].strip()
+    return table
+
+
+def _reason(stderr: str) -> str:
+    keep = [_VERSION_RE.sub("", ln.strip()) for ln in stderr.splitlines() if not ln.strip().startswith(_NOISE)]
+    return "; ".join(ln for ln in keep if ln) or "no error message"
+
+
+def restore_error(binary: str, payload: str, result: Result, testing: bool = False) -> ApplyError:
+    """An ApplyError naming the failing line, with the lines around it."""
+    reason = _reason(result.stderr)
+    match = _LINE_RE.search(result.stderr)
+    if match is None:
+        return ApplyError(f"{binary} failed (exit status {result.returncode}): {reason}", script=payload)
+    line = int(match.group(1))
+    table = _table_at(payload, line)
+    head = f"{binary} failed at line {line}" + (f" (table {table})" if table else "") + f": {reason}"
+    context = [f"{'>' if n == line else ' '} {n:5d}: {text}" for n, text in extract_lines(payload, line)]
+    committed = [] if testing else _committed_before(payload, line)
+    tail = [f"tables already committed by this restore: {', '.join(committed)}"] if committed else []
+    return ApplyError("\n".join([head, *context, *tail]), script=payload, line=line)
+
+
+def _table_block(table: str, lines: Iterable[str]) -> list[str]:
+    body = list(lines)
+    return [f"*{table}", *body, "COMMIT"] if body else []
+
+
+# --- backend detection -----------------------------------------------------------------
+
+
+def default_backend(executor: Executor, family: IPFamily = IPFamily.IPv4) -> Backend:
+    """The backend of the plain `iptables` command (the Debian alternative)."""
+    try:
+        result = executor.run([_command_prefix(family), "-V"], timeout=10)
+    except ProxyctlError:
+        return Backend.NFT
+    return Backend.LEGACY if "(legacy)" in result.stdout + result.stderr else Backend.NFT
+
+
+def _count_save(text: str) -> tuple[int, int, bool]:
+    """(KUBE- chains, rules, holds one of kubelet's hint chains) of iptables-save output."""
+    kube = rules = 0
+    hint = False
+    for line in text.splitlines():
+        if line.startswith(":KUBE-"):
+            kube += 1
+            hint = hint or line[1:].split(" ", 1)[0] in HINT_CHAINS
+        elif line.startswith("-A "):
+            rules += 1
+    return kube, rules, hint
+
+
+def detect_backend(executor: Executor, family: IPFamily = IPFamily.IPv4) -> BackendDetection:
+    """Choose nft or legacy like iptables-wrapper; warn when both hold KUBE- chains.
+
+    In order: the backend where kubelet left its hint chain (KUBE-IPTABLES-HINT or
+    KUBE-KUBELET-CANARY), when only one has it; the one backend holding KUBE- chains; the
+    backend with more rules; the backend of the `iptables` command."""
+    kube: dict[Backend, int | None] = {}
+    rules: dict[Backend, int | None] = {}
+    hints: set[Backend] = set()
+    for backend in Backend:
+        try:
+            result = executor.run([Binaries.of(family, backend).save], timeout=30)
+        except ProxyctlError:
+            result = Result(127)
+        if not result.ok:
+            kube[backend] = rules[backend] = None
+            continue
+        kube[backend], rules[backend], hint = _count_save(result.stdout)
+        if hint:
+            hints.add(backend)
+    nft_kube, legacy_kube = kube[Backend.NFT] or 0, kube[Backend.LEGACY] or 0
+    nft_rules, legacy_rules = rules[Backend.NFT] or 0, rules[Backend.LEGACY] or 0
+    warning = None
+    if nft_kube and legacy_kube:
+        warning = (
+            f"both iptables backends hold KUBE- chains (nft: {nft_kube}, legacy: {legacy_kube}); "
+            "rules in the backend not in use still match packets and commonly break Services: "
+            "remove the stale set (iptables-nft-save / iptables-legacy-save show them)"
+        )
+    if len(hints) == 1:
+        backend = next(iter(hints))
+        reason = f"kubelet's hint chain is in the {backend} backend"
+    elif bool(nft_kube) != bool(legacy_kube):
+        backend = Backend.NFT if nft_kube else Backend.LEGACY
+        reason = f"only the {backend} backend holds KUBE- chains"
+    elif nft_rules != legacy_rules:
+        backend = Backend.NFT if nft_rules > legacy_rules else Backend.LEGACY
+        reason = f"the {backend} backend holds more rules (nft: {nft_rules}, legacy: {legacy_rules})"
+    else:
+        backend = default_backend(executor, family)
+        reason = f"no rules tell the backends apart; `{_command_prefix(family)}` is {backend}"
+    return BackendDetection(backend, reason, warning, kube, rules)
+
+
+# --- the adapter -----------------------------------------------------------------------
+
+
+class IptablesSystem:
+    """iptables for one IP family, on one backend (detected unless given)."""
+
+    def __init__(
+        self,
+        family: IPFamily = IPFamily.IPv4,
+        executor: Executor | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.family = family
+        self.executor: Executor = executor if executor is not None else SubprocessExecutor()
+        self._backend = backend
+        self._detection: BackendDetection | None = None
+        self._random_fully: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"IptablesSystem({self.family}, backend={self._backend}, executor={self.executor!r})"
+
+    # backend -----------------------------------------------------------------------
+
+    def detect(self) -> BackendDetection:
+        """Run backend detection now (also when a backend was given) and remember it."""
+        self._detection = detect_backend(self.executor, self.family)
+        return self._detection
+
+    @property
+    def detection(self) -> BackendDetection | None:
+        return self._detection
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = (self._detection or self.detect()).backend
+        return self._backend
+
+    @property
+    def binaries(self) -> Binaries:
+        return Binaries.of(self.family, self.backend)
+
+    @property
+    def warning(self) -> str | None:
+        return self._detection.warning if self._detection else None
+
+    # raw commands ------------------------------------------------------------------
+
+    def _iptables(self, *args: str) -> Result:
+        return self.executor.run([self.binaries.iptables, "-w", str(LOCK_WAIT_SECONDS), *args], timeout=30)
+
+    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
+        """Apply `payload` with one iptables-restore; ApplyError (with the line) on failure."""
+        argv = [self.binaries.restore, "-w", str(LOCK_WAIT_SECONDS)]
+        argv += ["--noflush"] if noflush else []
+        argv += ["--counters"] if counters else []
+        result = self.executor.run(argv, stdin=payload)
+        if not result.ok:
+            raise restore_error(self.binaries.restore, payload, result)
+
+    def test(self, payload: str, noflush: bool = True) -> None:
+        """`iptables-restore --test`: parse and build every rule, commit nothing."""
+        argv = [self.binaries.restore, "-w", str(LOCK_WAIT_SECONDS), "--test"]
+        argv += ["--noflush"] if noflush else []
+        result = self.executor.run(argv, stdin=payload)
+        if not result.ok:
+            raise restore_error(self.binaries.restore, payload, result, testing=True)
+
+    def save(self, table: str | None = None) -> str:
+        """`iptables-save [-t TABLE]` output."""
+        argv = [self.binaries.save] + (["-t", table] if table else [])
+        result = self.executor.run(argv)
+        if not result.ok:
+            raise ProxyctlError(f"{' '.join(argv)} failed: {_reason(result.stderr)}")
+        return result.stdout
+
+    def tables(self, table: str | None = None) -> dict[str, SavedTable]:
+        return parse_save(self.save(table))
+
+    def list_rules(self, table: str, chain: str) -> list[str] | None:
+        """The chain's rules as `-A CHAIN ...` lines, or None when the chain does not exist."""
+        result = self._iptables("-t", table, "-S", chain)
+        if not result.ok:
+            return None
+        return [ln for ln in result.stdout.splitlines() if ln.startswith("-A ")]
+
+    def chain_exists(self, table: str, chain: str) -> bool:
+        return self._iptables("-t", table, "-S", chain).ok
+
+    def rule_exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        """`iptables -C`: does the kernel hold this rule (after normalisation)?"""
+        return self._iptables("-t", table, "-C", chain, *args).ok
+
+    # jump rules --------------------------------------------------------------------
+
+    def _present_rules(self, chains: Iterable[tuple[str, str]]) -> dict[tuple[str, str], set[tuple[str, ...]]]:
+        """(table, chain) → its rules as token tuples (after `-A CHAIN`). The nft backend
+        lists single chains cheaply; legacy always reads a whole table, so one save per table."""
+        present: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        wanted = list(chains)
+        if self.backend == Backend.LEGACY:
+            for table in dict.fromkeys(t for t, _ in wanted):
+                lines = self.save(table).splitlines()
+                for t, chain in wanted:
+                    if t == table:
+                        head = f"-A {chain} "
+                        present[(t, chain)] = {tuple(_tokens(ln)[2:]) for ln in lines if ln.startswith(head)}
+        else:
+            for table, chain in wanted:
+                present[(table, chain)] = {tuple(_tokens(ln)[2:]) for ln in self.list_rules(table, chain) or []}
+        return present
+
+    def ensure_jump(self, table: str, chain: str, rule_args: Sequence[str], position: int = 1) -> bool:
+        """Insert the rule at `position` unless present; True when it was inserted."""
+        return bool(self.ensure_jumps([Jump(table, chain, tuple(rule_args), position)]))
+
+    def ensure_jumps(self, jumps: Iterable[Jump]) -> list[Jump]:
+        """Make every rule present exactly once; returns those inserted (in one restore)."""
+        wanted: list[Jump] = []
+        for jump in jumps:
+            if all((j.table, j.chain, j.args) != (jump.table, jump.chain, jump.args) for j in wanted):
+                wanted.append(jump)
+        present = self._present_rules(dict.fromkeys((j.table, j.chain) for j in wanted))
+        missing = [
+            j
+            for j in wanted
+            if j.args not in present[(j.table, j.chain)] and not self.rule_exists(j.table, j.chain, j.args)
+        ]
+        if not missing:
+            return []
+        new_chains: dict[str, list[str]] = {}
+        for table, target in dict.fromkeys((j.table, j.target) for j in missing):
+            if target and names_chain(target) and not self.chain_exists(table, target):
+                new_chains.setdefault(table, []).append(f":{target} - [0:0]")
+        payload: list[str] = []
+        for table in dict.fromkeys(j.table for j in missing):
+            inserts = [
+                f"-I {j.chain} {j.position} " + " ".join(quote_arg(a) for a in j.args)
+                for j in missing
+                if j.table == table
+            ]
+            payload += _table_block(table, [*new_chains.get(table, []), *inserts])
+        self.restore("\n".join(payload) + "\n")
+        return missing
+
+    # chains ------------------------------------------------------------------------
+
+    def delete_chains(self, table: str, chains: Iterable[str]) -> None:
+        """Flush and delete the chains in one restore (chains still referenced: ApplyError)."""
+        names = list(dict.fromkeys(chains))
+        if not names:
+            return
+        lines = [f":{c} - [0:0]" for c in names] + [f"-X {c}" for c in names]
+        self.restore("\n".join(_table_block(table, lines)) + "\n")
+
+    def ensure_canaries(self, tables: Sequence[str] = CANARY_TABLES) -> None:
+        payload: list[str] = []
+        for table in tables:
+            payload += _table_block(table, [f":{CANARY_CHAIN} - [0:0]"])
+        self.restore("\n".join(payload) + "\n")
+
+    def missing_canaries(self, tables: Sequence[str] = CANARY_TABLES) -> list[str]:
+        return [t for t in tables if not self.chain_exists(t, CANARY_CHAIN)]
+
+    def canaries_present(self, tables: Sequence[str] = CANARY_TABLES) -> bool:
+        return not self.missing_canaries(tables)
+
+    def cleanup(
+        self,
+        prefixes: Sequence[str] = ("KUBE-",),
+        tables: Sequence[str] = CLEANUP_TABLES,
+    ) -> CleanupResult:
+        """Remove every chain named with one of `prefixes` and every rule jumping into one,
+        in one restore; all other chains, rules and policies stay untouched."""
+        saved = parse_save(self.save())
+        prefix_tuple = tuple(prefixes)
+        payload: list[str] = []
+        chains: list[tuple[str, str]] = []
+        rules: list[tuple[str, str]] = []
+        for name in tables:
+            table = saved.get(name)
+            if table is None:
+                continue
+            ours = [c for c in table.user_chains() if c.startswith(prefix_tuple)]
+            refs = [
+                r
+                for r in table.rules
+                if not r.chain.startswith(prefix_tuple) and r.target is not None and r.target in ours
+            ]
+            lines = [f":{c} - [0:0]" for c in ours]
+            lines += ["-D " + r.line[3:] for r in refs]
+            lines += [f"-X {c}" for c in ours]
+            payload += _table_block(name, lines)
+            chains += [(name, c) for c in ours]
+            rules += [(name, r.line) for r in refs]
+        if payload:
+            self.restore("\n".join(payload) + "\n")
+        return CleanupResult(tuple(chains), tuple(rules))
+
+    # features ----------------------------------------------------------------------
+
+    def supports_random_fully(self) -> bool:
+        """Whether MASQUERADE takes `--random-fully` (iptables ≥ 1.6.2)."""
+        if self._random_fully is None:
+            result = self.executor.run([self.binaries.iptables, "-j", "MASQUERADE", "--help"], timeout=10)
+            self._random_fully = "--random-fully" in result.stdout
+        return self._random_fully
+
+
+
+def names_chain(target: str) -> bool:
+    """Whether a jump target is a chain rather than a built-in verdict or target extension.
+    Those (ACCEPT, REJECT, MASQUERADE, CT, ...) are one upper-case word; chains such as
+    KUBE-SERVICES carry a dash or lower-case letters."""
+    return "-" in target or not target.isupper()
