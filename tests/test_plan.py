@@ -357,3 +357,37 @@ def test_config_from_mapping() -> None:
 def test_config_errors(data: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ProxyConfig.from_mapping(data)
+
+
+def test_incremental_plan_equals_full_plan() -> None:
+    """Re-planning only the changed Services gives exactly the full plan of the new state."""
+    import dataclasses as dc
+
+    from kubectl_proxyctl.kube.convert import state_from_objects
+    from kubectl_proxyctl.engine.plan import ProxyConfig, plan as make_plan
+
+    def objects(ready_b: bool, with_c: bool) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for i, name in enumerate(["a", "b", "c"]):
+            if name == "c" and not with_c:
+                continue
+            out.append({"kind": "Service", "metadata": {"name": name, "namespace": "ns"},
+                        "spec": {"clusterIP": f"10.96.0.{i + 1}", "ports": [{"name": "p", "port": 80}]}})
+            ready = ready_b if name == "b" else True
+            out.append({"kind": "EndpointSlice",
+                        "metadata": {"name": f"{name}-1", "namespace": "ns",
+                                     "labels": {"kubernetes.io/service-name": name}},
+                        "ports": [{"name": "p", "port": 8080}],
+                        "endpoints": [{"addresses": [f"10.244.{i}.1"], "conditions": {"ready": ready}}]})
+        return out
+
+    config = ProxyConfig(node_name="n1", cluster_cidrs=("10.244.0.0/16",))
+    before = make_plan(state_from_objects(objects(True, True)), config)
+    after_state = state_from_objects(objects(False, False))
+    full = make_plan(after_state, config)
+    incremental = make_plan(after_state, config, previous=before, changed={"ns/b", "ns/c"})
+    assert incremental == full
+    assert incremental.services[0] is before.services[0]  # ns/a was reused, not re-planned
+    # a changed config re-plans everything
+    other = dc.replace(config, masquerade_all=True)
+    assert make_plan(after_state, other, previous=before, changed=set()) == make_plan(after_state, other)

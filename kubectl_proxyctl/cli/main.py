@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubectl_proxyctl.cli.commands.endpoints:endpoints",
         "Show each service port's endpoints, their state, and why traffic might not reach them.",
     ),
+    "run": (
+        "kubectl_proxyctl.cli.commands.run:run",
+        "Run the node engine: a drop-in kube-proxy (iptables mode).",
+    ),
     "lab": (
         "kubectl_proxyctl.cli.commands.lab:lab",
         "A real multi-node Service data plane on this machine (network namespaces).",

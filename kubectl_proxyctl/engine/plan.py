@@ -33,7 +33,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from kubectl_proxyctl.engine.naming import masquerade_mark
 from kubectl_proxyctl.errors import ConfigError
@@ -662,8 +662,21 @@ def _sort_key(name: ServicePortName) -> tuple[str, str]:
     return (str(name), name.protocol.value)
 
 
-def plan(state: ClusterState, config: ProxyConfig) -> NodePlan:
-    """The NodePlan of `config.node_name` for `config.family`. Pure and deterministic."""
+def plan(
+    state: ClusterState,
+    config: ProxyConfig,
+    previous: NodePlan | None = None,
+    changed: Collection[str] | None = None,
+) -> NodePlan:
+    """The NodePlan of `config.node_name` for `config.family`. Pure and deterministic.
+
+    Incremental form: with `previous` (the plan of an earlier state) and `changed` (the
+    `namespace/name` of every Service whose Service object or endpoints changed since), only
+    those Services' ports are planned again and the others are taken from `previous`. The
+    result equals a full plan of `state` provided `changed` is complete. When anything
+    node-wide differs (config, node addresses, zone, local-traffic detection), everything is
+    planned again.
+    """
     family = config.family
     v6 = family == IPFamily.IPv6
     node = state.nodes.get(config.node_name)
@@ -684,18 +697,29 @@ def plan(state: ClusterState, config: ProxyConfig) -> NodePlan:
     else:
         internal_masq = InternalMasquerade.NONE
 
+    reuse: dict[ServicePortName, ServicePortPlan] = {}
+    reuse_skipped: dict[ServicePortName, str] = {}
+    if (
+        previous is not None and changed is not None and previous.config == config
+        and previous.node_ips == node_ips and previous.zone == zone and previous.local_detector == detector
+    ):
+        dirty = frozenset(changed)
+        reuse = {sp.name: sp for sp in previous.services if sp.name.service not in dirty}
+        reuse_skipped = {n: why for n, why in previous.skipped if n.service not in dirty}
+
     services: list[ServicePortPlan] = []
     skipped: list[tuple[ServicePortName, str]] = []
     total_endpoints = 0
     no_local_internal = 0
     no_local_external = 0
     for name in sorted(state.ports, key=_sort_key):
-        sp = state.ports[name]
-        try:
-            result = _plan_port(sp, state.endpoints.get(name, ()), config, v6, family, zone, primary_ip)
-        except (ValueError, TypeError, AttributeError) as exc:  # odd data never stops a sync
-            skipped.append((name, f"cannot plan: {exc}"))
-            continue
+        result: ServicePortPlan | str | None = reuse.get(name) or reuse_skipped.get(name)
+        if result is None:
+            sp = state.ports[name]
+            try:
+                result = _plan_port(sp, state.endpoints.get(name, ()), config, v6, family, zone, primary_ip)
+            except (ValueError, TypeError, AttributeError) as exc:  # odd data never stops a sync
+                result = f"cannot plan: {exc}"
         if isinstance(result, str):
             skipped.append((name, result))
             continue

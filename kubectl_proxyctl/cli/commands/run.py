@@ -1,0 +1,73 @@
+"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables mode)."""
+
+from __future__ import annotations
+
+import click
+
+from kubectl_proxyctl.cli.options import DURATION, ClusterOptions, cluster_options
+
+MODES = ("iptables", "nftables", "ipvs")
+LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+
+
+def _default_node_name() -> str:
+    import os
+    import socket
+
+    return (os.environ.get("NODE_NAME") or socket.gethostname()).strip().lower()
+
+
+@click.command("run")
+@click.option("--mode", type=click.Choice(MODES), default="iptables", show_default=True,
+              help="Proxy mode. Only iptables is available in this version.")
+@click.option("--node-name", "--hostname-override", "node_name", metavar="NAME",
+              help="This node's name: decides which endpoints are local (default: $NODE_NAME, else the hostname).")
+@click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+              help="This node's address(es) (repeatable; default: the Node object's addresses).")
+@click.option("--ip-family", type=click.Choice(["IPv4", "IPv6"]), default="IPv4", show_default=True,
+              help="The IP family this process programs (run one per family for dual stack).")
+@click.option("--cluster-cidr", metavar="CIDR[,CIDR]", default="",
+              help="Pod CIDR(s); traffic from outside them is masqueraded (with --detect-local-mode ClusterCIDR).")
+@click.option("--detect-local-mode", type=click.Choice(LOCAL_MODES), default="ClusterCIDR", show_default=True,
+              help="How traffic from local pods is recognised.")
+@click.option("--pod-bridge-interface", metavar="IFACE", default="", help="For --detect-local-mode BridgeInterface.")
+@click.option("--pod-interface-name-prefix", metavar="PREFIX", default="",
+              help="For --detect-local-mode InterfaceNamePrefix.")
+@click.option("--masquerade-all", is_flag=True, help="SNAT all traffic sent to cluster IPs.")
+@click.option("--masquerade-bit", "--iptables-masquerade-bit", "masquerade_bit", type=click.IntRange(0, 31),
+              default=14, show_default=True, help="The fwmark bit that flags packets for SNAT.")
+@click.option("--nodeport-addresses", metavar="CIDR[,CIDR]|primary", default="",
+              help="Accept NodePort traffic only on these addresses (default: all local addresses).")
+@click.option("--localhost-nodeports/--no-localhost-nodeports", default=True, show_default=True,
+              help="Accept NodePort connections to 127.0.0.1 (sets route_localnet=1; IPv4 only).")
+@click.option("--sync-period", "--iptables-sync-period", "sync_period", type=DURATION, default="30s",
+              show_default=True, help="Maximum time between syncs (and canary checks).")
+@click.option("--min-sync-period", "--iptables-min-sync-period", "min_sync_period", type=DURATION,
+              default="1s", show_default=True, help="Minimum time between syncs; bursts of changes coalesce.")
+@click.option("--healthz-bind-address", default="0.0.0.0:10256", show_default=True,
+              help="Serve /healthz and /livez here; empty disables.")
+@click.option("--metrics-bind-address", default="127.0.0.1:10249", show_default=True,
+              help="Serve /metrics, /proxyMode, /configz here; empty disables.")
+@click.option("--bind-address-hard-fail", is_flag=True, help="Exit when a server port cannot be bound.")
+@click.option("--cleanup", is_flag=True, help="Remove every chain and rule of this layout, then exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the payload one full sync would apply and exit; changes nothing (no root needed).")
+@click.option("--once", is_flag=True, help="Apply one full sync and exit.")
+@cluster_options(outputs=(), namespaced=False)
+def run(cluster: ClusterOptions, **flags: object) -> None:
+    """Run the node engine: turn Services and EndpointSlices into iptables rules.
+
+    Watches Services, EndpointSlices and Nodes and programs kube-proxy's exact iptables layout
+    (same chains, hashes, probabilities and comments), so runbooks written for kube-proxy
+    apply. Nothing is programmed until Services and EndpointSlices are listed; when the API
+    server goes away the last rules stay in place.
+
+    \b
+    Examples:
+      kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
+      kubectl proxyctl run --cleanup
+    """
+    from kubectl_proxyctl.engine.app import EngineFlags, run_engine
+
+    run_engine(cluster, EngineFlags.from_flags(flags, default_node=_default_node_name))

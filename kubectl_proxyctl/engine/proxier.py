@@ -1,0 +1,315 @@
+"""The iptables proxier: tracked state → plan → render → one atomic restore per sync.
+
+Theory of operation (kube-proxy's `syncProxyRules`, reshaped around our pure core):
+
+* Informer events land in a StateTracker (`kube/tracker.py`) and ask the Runner for a sync;
+  bursts coalesce there. `sync()` runs on the runner's thread only.
+* Nothing is programmed until the sources report `synced` (Services and EndpointSlices both
+  listed): programming a partial view would delete live services' rules.
+* A **full sync** (first sync, after any failure, when the node changed, when a canary chain
+  vanished, at least every `full_sync_period`) plans every service port, rewrites every chain
+  of our layout, deletes stale service chains found by `iptables-save`, then ensures the jump
+  rules in the built-in chains and the canaries.
+* A **partial sync** re-plans only the Services that changed (`plan(..., previous, changed)`)
+  and writes the top-level chains plus those Services' chains; stale chains of deleted
+  Services are removed with `-X` in the same payload.
+* A failed restore raises no further: the failure is counted, the last good payload is
+  restored again (iptables-restore commits table by table, so a failure in `nat` may follow a
+  committed `filter`), the next sync is a full one and the runner retries after
+  `retry_interval`. The previous rules keep serving meanwhile.
+* After a successful sync: UDP conntrack entries pointing at endpoints that no longer serve
+  are deleted, health-check servers follow the plan, health and metrics are updated, and one
+  log line says what was done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol as TypingProtocol
+
+from kubectl_proxyctl.backends.iptables import RenderedRules, render
+from kubectl_proxyctl.engine.naming import is_service_chain
+from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.engine.runner import FullSyncSchedule
+from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.kube.tracker import StateTracker
+from kubectl_proxyctl.model import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class IptablesLike(TypingProtocol):
+    """What the proxier needs from `system.iptables.IptablesSystem` (a fake in unit tests)."""
+
+    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None: ...
+    def save(self, table: str | None = None) -> str: ...
+    def ensure_jumps(self, jumps: Any) -> list[Any]: ...
+    def ensure_canaries(self) -> None: ...
+    def missing_canaries(self) -> list[str]: ...
+
+
+@dataclass
+class SyncResult:
+    full: bool
+    services: int
+    endpoints: int
+    rules: int
+    seconds: float
+    conntrack_deleted: int = 0
+    error: str = ""
+
+
+@dataclass
+class ProxierOptions:
+    random_fully: bool = True
+    full_sync_period: float = 3600.0
+    large_cluster: bool | None = None
+    conntrack: bool = True
+
+
+@dataclass
+class _Applied:
+    """What the kernel holds after the last successful sync."""
+
+    payload: str = ""
+    service_chains: frozenset[str] = frozenset()
+    plan: NodePlan | None = None
+    udp_serving: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+class IptablesProxier:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        tracker: StateTracker,
+        system: IptablesLike,
+        *,
+        options: ProxierOptions | None = None,
+        synced: Callable[[], bool] = lambda: True,
+        metrics: Any = None,
+        health: Any = None,
+        service_health: Any = None,
+        conntrack: Any = None,
+        schedule: FullSyncSchedule | None = None,
+        on_failure: Callable[[], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.system = system
+        self.options = options or ProxierOptions()
+        self.synced = synced
+        self.metrics = metrics
+        self.health = health
+        self.service_health = service_health
+        self.conntrack = conntrack
+        self.schedule = schedule or FullSyncSchedule(self.options.full_sync_period)
+        self.on_failure = on_failure
+        self.wall_clock = wall_clock
+        self.applied = _Applied()
+        self._pending_changed: set[str] = set()
+        self._pending_triggers: list[float] = []
+        self.last_result: SyncResult | None = None
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_event(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        """Informer callback: track the change; the caller then asks the runner for a sync."""
+        self.tracker.apply(kind, event, obj)
+        if kind == "EndpointSlice" and event in ("ADDED", "MODIFIED"):
+            stamp = ((obj.get("metadata") or {}).get("annotations") or {}).get(TRIGGER_TIME_ANNOTATION)
+            if stamp:
+                parsed = _parse_rfc3339(stamp)
+                if parsed is not None:
+                    self._pending_triggers.append(parsed)
+        if self.health is not None:
+            self.health.queued_update(self.config.family)
+        if self.metrics is not None:
+            self.metrics.sync_proxy_rules_last_queued_timestamp_seconds.labels(
+                ip_family=str(self.config.family)).set(self.wall_clock())
+
+    def canaries_missing(self) -> list[str]:
+        """Checked every sync period by the caller: someone flushed our tables?"""
+        try:
+            return self.system.missing_canaries()
+        except ProxyctlError as exc:
+            log.warning("cannot check the canary chains: %s", exc)
+            return []
+
+    # --- the sync --------------------------------------------------------------------------
+
+    def sync(self) -> SyncResult | None:
+        """One sync. Returns None when the sources have not synced yet."""
+        if not self.synced():
+            log.info("waiting for Services and EndpointSlices to be listed before programming rules")
+            return None
+        start = time.perf_counter()
+        snap = self.tracker.snapshot()
+        self._pending_changed |= snap.changed_services
+        if snap.node_changed:
+            self.schedule.request()
+        full = self.schedule.due() or self.applied.plan is None
+        family = str(self.config.family)
+        try:
+            if full:
+                node_plan = plan(snap.state, self.config)
+                existing = self._existing_nat_chains()
+                rendered = render(node_plan, random_fully=self.options.random_fully,
+                                  large_cluster=self.options.large_cluster, existing_nat_chains=existing)
+            else:
+                node_plan = plan(snap.state, self.config, previous=self.applied.plan,
+                                 changed=self._pending_changed)
+                existing = self.applied.service_chains
+                rendered = render(node_plan, random_fully=self.options.random_fully,
+                                  large_cluster=self.options.large_cluster,
+                                  changed=self._pending_changed, existing_nat_chains=existing)
+            self.system.restore(rendered.text)
+            if full:
+                self.system.ensure_jumps(_system_jumps(rendered))
+                self.system.ensure_canaries()
+        except ProxyctlError as exc:
+            return self._failed(exc, full, start)
+
+        if full:  # the rollback point: partial syncs after it are redone by the next full sync
+            self.applied.payload = rendered.text
+        self.applied.service_chains = rendered.service_chains
+        self.applied.plan = node_plan
+        self._pending_changed = set()
+        self.schedule.record_success(full)
+        deleted = self._conntrack_cleanup(node_plan) if self.options.conntrack else 0
+        self._follow_health(node_plan)
+        seconds = time.perf_counter() - start
+        result = SyncResult(full=full, services=len(node_plan.services), endpoints=node_plan.total_endpoints,
+                            rules=rendered.filter_rules + rendered.nat_rules, seconds=seconds,
+                            conntrack_deleted=deleted)
+        self._record_metrics(result, rendered, node_plan, snap.service_changes, snap.endpoint_changes)
+        if self.health is not None:
+            self.health.updated(self.config.family)
+        log.info("sync %s (%s): %d service ports, %d endpoints, %d rules written, %.3fs%s",
+                 "full" if full else "partial", family, result.services, result.endpoints, result.rules,
+                 seconds, f", {deleted} stale UDP conntrack entries deleted" if deleted else "")
+        self.last_result = result
+        return result
+
+    def _existing_nat_chains(self) -> set[str]:
+        try:
+            text = self.system.save("nat")
+        except ProxyctlError as exc:
+            log.warning("cannot list existing chains (%s); stale chains stay until the next full sync", exc)
+            return set(self.applied.service_chains)
+        chains = set()
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split(" ", 1)[0]
+                if is_service_chain(name):
+                    chains.add(name)
+        return chains
+
+    def _failed(self, exc: ProxyctlError, full: bool, start: float) -> SyncResult:
+        log.error("sync failed, the previous rules stay in place: %s", exc)
+        if self.metrics is not None:
+            counter = (self.metrics.sync_proxy_rules_iptables_restore_failures_total if full
+                       else self.metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
+            counter.labels(ip_family=str(self.config.family)).inc()
+        if isinstance(exc, ApplyError) and self.applied.payload:
+            try:  # a table may have committed before the failing one: put the last good state back
+                self.system.restore(self.applied.payload)
+            except ProxyctlError as again:
+                log.error("restoring the last good rules failed too: %s", again)
+        self.schedule.record_failure()
+        if self.on_failure is not None:
+            self.on_failure()
+        result = SyncResult(full=full, services=0, endpoints=0, rules=0,
+                            seconds=time.perf_counter() - start, error=str(exc))
+        self.last_result = result
+        return result
+
+    def _conntrack_cleanup(self, node_plan: NodePlan) -> int:
+        """Delete UDP flows whose reply source is no longer a serving endpoint (kube-proxy ≥ 1.32)."""
+        if self.conntrack is None:
+            return 0
+        by_ip: dict[str, set[str]] = {}
+        by_nodeport: dict[int, set[str]] = {}
+        for sp in node_plan.services:
+            if sp.protocol != Protocol.UDP:
+                continue
+            serving = {e.ip for e in sp.endpoints if e.serving}
+            for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
+                if ip:
+                    by_ip.setdefault(ip, set()).update(serving)
+            if sp.node_port:
+                by_nodeport.setdefault(sp.node_port, set()).update(serving)
+        snapshot = {k: frozenset(v) for k, v in by_ip.items()}
+        snapshot.update({f":{k}": frozenset(v) for k, v in by_nodeport.items()})
+        if snapshot == self.applied.udp_serving:
+            return 0  # nothing about UDP serving endpoints changed since the last cleanup
+        started = time.perf_counter()
+        try:
+            deleted = int(self.conntrack.reconcile_udp(by_ip, by_nodeport))
+        except ProxyctlError as exc:
+            log.warning("UDP conntrack cleanup failed: %s", exc)
+            return 0
+        self.applied.udp_serving = snapshot
+        if self.metrics is not None:
+            fam = str(self.config.family)
+            self.metrics.conntrack_reconciler_sync_duration_seconds.labels(ip_family=fam).observe(
+                time.perf_counter() - started)
+            self.metrics.conntrack_reconciler_deleted_entries_total.labels(ip_family=fam).inc(deleted)
+        return deleted
+
+    def _follow_health(self, node_plan: NodePlan) -> None:
+        if self.service_health is None:
+            return
+        failed = self.service_health.sync_services(node_plan.health_check_node_ports)
+        for service, reason in failed.items():
+            log.warning("health check node port for %s: %s", service, reason)
+        self.service_health.sync_endpoints(node_plan.local_ready_endpoints())
+
+    def _record_metrics(self, result: SyncResult, rendered: RenderedRules, node_plan: NodePlan,
+                        service_changes: int, endpoint_changes: int) -> None:
+        m = self.metrics
+        triggers, self._pending_triggers = self._pending_triggers, []
+        if m is None:
+            return
+        fam = str(self.config.family)
+        m.sync_proxy_rules_duration_seconds.labels(ip_family=fam).observe(result.seconds)
+        (m.sync_full_proxy_rules_duration_seconds if result.full
+         else m.sync_partial_proxy_rules_duration_seconds).labels(ip_family=fam).observe(result.seconds)
+        now = self.wall_clock()
+        m.sync_proxy_rules_last_timestamp_seconds.labels(ip_family=fam).set(now)
+        for t in triggers:
+            m.network_programming_duration_seconds.labels(ip_family=fam).observe(max(0.0, now - t))
+        m.sync_proxy_rules_service_changes_total.inc(service_changes)
+        m.sync_proxy_rules_endpoint_changes_total.inc(endpoint_changes)
+        pending_services, pending_endpoints = self.tracker.pending_changes()
+        m.sync_proxy_rules_service_changes_pending.set(pending_services)
+        m.sync_proxy_rules_endpoint_changes_pending.set(pending_endpoints)
+        m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
+        m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="nat").set(rendered.nat_rules)
+        m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
+        m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="nat").set(rendered.nat_rules_total)
+        m.sync_proxy_rules_no_local_endpoints_total.labels(ip_family=fam, traffic_policy="internal").set(
+            node_plan.no_local_endpoints_internal)
+        m.sync_proxy_rules_no_local_endpoints_total.labels(ip_family=fam, traffic_policy="external").set(
+            node_plan.no_local_endpoints_external)
+
+
+def _system_jumps(rendered: RenderedRules) -> list[Any]:
+    from kubectl_proxyctl.system.iptables import Jump
+
+    return [Jump(j.table, j.chain, j.args()) for j in rendered.jump_rules]
+
+
+def _parse_rfc3339(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+

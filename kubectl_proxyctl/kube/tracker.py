@@ -1,0 +1,188 @@
+"""Change tracking: watch events in, an up-to-date ClusterState and the set of changed ports out.
+
+Theory of operation (after kube-proxy's ServiceChangeTracker / EndpointsChangeTracker): every
+Service, EndpointSlice and Node event is converted once, when it arrives, and kept per object.
+A sync asks for `snapshot()`: the ClusterState plus which service ports changed since the
+last snapshot and whether anything node-wide changed (then a full re-plan is needed).
+Endpoint merging is redone only for the services whose slices changed, so the cost of a
+sync after one endpoint change does not grow with the size of the cluster's object set
+beyond copying a few dict references.
+
+Thread-safety: `apply` is called from informer threads, `snapshot` from the sync thread; one
+lock guards both. Invalid objects are skipped and reported once per resourceVersion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kubectl_proxyctl.kube.convert import (
+    InvalidObject,
+    convert_node,
+    convert_service,
+    merge_endpoints,
+    slice_endpoints,
+    slice_ignore_reason,
+)
+from kubectl_proxyctl.model import ClusterState, Endpoint, NodeInfo, Service, ServicePortName
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: ClusterState
+    changed_ports: frozenset[ServicePortName]
+    changed_services: frozenset[str]  # ns/name of every Service whose ports or endpoints changed
+    node_changed: bool  # the local node (labels, addresses) changed: re-plan everything
+    service_changes: int  # events counted since the last snapshot (for metrics)
+    endpoint_changes: int
+
+
+@dataclass
+class _Pending:
+    services: set[str] = field(default_factory=set)
+    node: bool = False
+    service_events: int = 0
+    endpoint_events: int = 0
+
+
+def _key(obj: JSON) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+class StateTracker:
+    def __init__(self, node_name: str = "", warn: Callable[[str], None] | None = None) -> None:
+        self.node_name = node_name
+        self._warn = warn or (lambda m: log.warning("%s", m))
+        self._lock = threading.Lock()
+        self._services: dict[str, Service] = {}
+        self._slices: dict[str, tuple[str, list[tuple[ServicePortName, Endpoint]]]] = {}  # key → (svc, pairs)
+        self._slices_of: dict[str, set[str]] = {}  # svc key → slice keys
+        self._endpoints: dict[ServicePortName, tuple[Endpoint, ...]] = {}
+        self._eps_of: dict[str, set[ServicePortName]] = {}  # svc key → port names with endpoints
+        self._nodes: dict[str, NodeInfo] = {}
+        self._pending = _Pending()
+        self._warned: set[tuple[str, str]] = set()
+
+    def _report(self, what: str, obj: JSON, exc: Exception) -> None:
+        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        if (what, rv) not in self._warned:
+            self._warned.add((what, rv))
+            self._warn(f"skipping invalid {what}: {exc}")
+
+    def apply(self, kind: str, event: str, obj: JSON) -> None:
+        """Record one informer event (ADDED / MODIFIED / DELETED; others are ignored)."""
+        if event not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        with self._lock:
+            if kind == "Service":
+                self._apply_service(event, obj)
+            elif kind == "EndpointSlice":
+                self._apply_slice(event, obj)
+            elif kind == "Node":
+                self._apply_node(event, obj)
+
+    def _apply_service(self, event: str, obj: JSON) -> None:
+        key = _key(obj)
+        self._pending.service_events += 1
+        self._pending.services.add(key)
+        if event == "DELETED":
+            self._services.pop(key, None)
+            return
+        try:
+            self._services[key] = convert_service(obj)
+        except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
+            self._report(f"Service {key}", obj, exc)
+            self._services.pop(key, None)
+
+    def _apply_slice(self, event: str, obj: JSON) -> None:
+        key = _key(obj)
+        self._pending.endpoint_events += 1
+        old = self._slices.pop(key, None)
+        if old is not None:
+            self._pending.services.add(old[0])
+            self._slices_of.get(old[0], set()).discard(key)
+        if event == "DELETED" or slice_ignore_reason(obj):
+            return
+        try:
+            ns, svc, pairs = slice_endpoints(obj)
+        except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
+            self._report(f"EndpointSlice {key}", obj, exc)
+            return
+        svc_key = f"{ns}/{svc}"
+        self._slices[key] = (svc_key, pairs)
+        self._slices_of.setdefault(svc_key, set()).add(key)
+        self._pending.services.add(svc_key)
+
+    def _apply_node(self, event: str, obj: JSON) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
+        if event == "DELETED":
+            self._nodes.pop(name, None)
+        else:
+            try:
+                self._nodes[name] = convert_node(obj)
+            except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
+                self._report(f"Node {name}", obj, exc)
+                return
+        if not self.node_name or name == self.node_name:
+            self._pending.node = True
+
+    def _remerge(self, svc_key: str) -> set[ServicePortName]:
+        """Recompute the merged endpoints of one service; returns the port names touched."""
+        pairs: list[tuple[ServicePortName, Endpoint]] = []
+        for slice_key in sorted(self._slices_of.get(svc_key, ())):
+            pairs.extend(self._slices[slice_key][1])
+        merged = merge_endpoints(pairs)
+        touched = set(self._eps_of.get(svc_key, ())) | set(merged)
+        for name in self._eps_of.get(svc_key, ()):
+            self._endpoints.pop(name, None)
+        self._endpoints.update(merged)
+        self._eps_of[svc_key] = set(merged)
+        if not merged:
+            self._eps_of.pop(svc_key, None)
+        return touched
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            pending, self._pending = self._pending, _Pending()
+            changed_ports: set[ServicePortName] = set()
+            for svc_key in pending.services:
+                changed_ports |= self._remerge(svc_key)
+                svc = self._services.get(svc_key)
+                if svc is not None:
+                    changed_ports.update(p.name for p in svc.ports)
+            # Which ports existed before is not kept: deleted services are found by the
+            # consumer comparing against its previous plan (changed_services covers them).
+            services = dict(self._services)
+            state = ClusterState(
+                services=services,
+                ports={p.name: p for s in services.values() if s.proxied for p in s.ports},
+                endpoints=dict(self._endpoints),
+                nodes=dict(self._nodes),
+                slices_by_service={k: tuple(sorted(n.split("/", 1)[1] for n in v))
+                                   for k, v in self._slices_of.items() if v},
+            )
+            return Snapshot(
+                state=state,
+                changed_ports=frozenset(changed_ports),
+                changed_services=frozenset(pending.services),
+                node_changed=pending.node,
+                service_changes=pending.service_events,
+                endpoint_changes=pending.endpoint_events,
+            )
+
+    def pending_changes(self) -> tuple[int, int]:
+        """(service events, endpoint events) not yet taken by a snapshot."""
+        with self._lock:
+            return self._pending.service_events, self._pending.endpoint_events
+
+    def node(self, name: str) -> NodeInfo | None:
+        with self._lock:
+            return self._nodes.get(name)

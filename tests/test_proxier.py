@@ -1,0 +1,122 @@
+"""The proxier's sync logic against a stateful fake of the iptables adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubectl_proxyctl.engine.plan import ProxyConfig
+from kubectl_proxyctl.engine.proxier import IptablesProxier
+from kubectl_proxyctl.errors import ApplyError
+from kubectl_proxyctl.kube.tracker import StateTracker
+
+
+class FakeIptables:
+    """Keeps the payloads it was given; `fail_next` makes the next restore fail."""
+
+    def __init__(self) -> None:
+        self.payloads: list[str] = []
+        self.jumps: list[Any] = []
+        self.canaries = False
+        self.fail_next = 0
+        self.nat_chains: list[str] = []
+
+    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ApplyError("iptables-restore: line 3 failed", script=payload, line=3)
+        self.payloads.append(payload)
+
+    def save(self, table: str | None = None) -> str:
+        return "".join(f":{c} - [0:0]\n" for c in self.nat_chains)
+
+    def ensure_jumps(self, jumps: Any) -> list[Any]:
+        self.jumps = list(jumps)
+        return []
+
+    def ensure_canaries(self) -> None:
+        self.canaries = True
+
+    def missing_canaries(self) -> list[str]:
+        return [] if self.canaries else ["mangle", "nat", "filter"]
+
+
+def service(name: str, ip: str) -> dict[str, Any]:
+    return {"kind": "Service", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80}]}}
+
+
+def slice_(name: str, ips: list[str]) -> dict[str, Any]:
+    return {"kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
+            "ports": [{"name": "p", "port": 8080}],
+            "endpoints": [{"addresses": [ip]} for ip in ips]}
+
+
+@pytest.fixture
+def setup() -> tuple[IptablesProxier, FakeIptables]:
+    tracker = StateTracker("node1")
+    fake = FakeIptables()
+    proxier = IptablesProxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker, fake)
+    for obj in (service("a", "10.96.0.1"), slice_("a", ["10.244.1.1"]),
+                service("b", "10.96.0.2"), slice_("b", ["10.244.1.2"])):
+        proxier.on_event(obj["kind"], "ADDED", obj)
+    return proxier, fake
+
+
+def test_nothing_is_programmed_before_sources_sync() -> None:
+    fake = FakeIptables()
+    proxier = IptablesProxier(ProxyConfig(node_name="n"), StateTracker("n"), fake, synced=lambda: False)
+    assert proxier.sync() is None and fake.payloads == []
+
+
+def test_first_sync_is_full_then_partial_writes_only_changed_service(setup: Any) -> None:
+    proxier, fake = setup
+    first = proxier.sync()
+    assert first is not None and first.full and not first.error
+    assert fake.canaries and any(j.chain == "PREROUTING" for j in fake.jumps)
+    assert "10.244.1.1" in fake.payloads[0] and "10.244.1.2" in fake.payloads[0]
+
+    proxier.on_event("EndpointSlice", "MODIFIED", slice_("b", ["10.244.1.2", "10.244.2.2"]))
+    second = proxier.sync()
+    assert second is not None and not second.full
+    payload = fake.payloads[-1]
+    assert "DNAT --to-destination 10.244.2.2:8080" in payload
+    assert "DNAT --to-destination 10.244.1.1:8080" not in payload  # service a's chains untouched
+    assert "-d 10.96.0.1" in payload  # but KUBE-SERVICES is complete
+
+
+def test_deleted_service_chains_are_removed(setup: Any) -> None:
+    proxier, fake = setup
+    proxier.sync()
+    chains_a = {c for c in proxier.applied.service_chains if c.startswith("KUBE-SEP-")}
+    proxier.on_event("Service", "DELETED", service("a", "10.96.0.1"))
+    proxier.on_event("EndpointSlice", "DELETED", slice_("a", ["10.244.1.1"]))
+    result = proxier.sync()
+    assert result is not None and not result.full
+    deleted = {line.split()[1] for line in fake.payloads[-1].splitlines() if line.startswith("-X ")}
+    assert deleted and deleted <= chains_a | {c for c in deleted if c.startswith("KUBE-SVC-")}
+    assert "-d 10.96.0.1" not in fake.payloads[-1]
+
+
+def test_failed_restore_rolls_back_and_forces_full_sync(setup: Any) -> None:
+    proxier, fake = setup
+    proxier.sync()
+    good = fake.payloads[-1]
+    proxier.on_event("EndpointSlice", "MODIFIED", slice_("b", ["10.244.9.9"]))
+    fake.fail_next = 1
+    failed = proxier.sync()
+    assert failed is not None and "line 3 failed" in failed.error
+    assert fake.payloads[-1] == good  # the last good full payload was put back
+    retry = proxier.sync()
+    assert retry is not None and retry.full and "10.244.9.9" in fake.payloads[-1]
+
+
+def test_stale_chains_found_by_save_are_deleted_on_full_sync(setup: Any) -> None:
+    proxier, fake = setup
+    fake.nat_chains = ["KUBE-SVC-AAAAAAAAAAAAAAAA", "KUBE-SEP-BBBBBBBBBBBBBBBB", "MY-CHAIN"]
+    proxier.sync()
+    assert "-X KUBE-SVC-AAAAAAAAAAAAAAAA" in fake.payloads[0]
+    assert "-X KUBE-SEP-BBBBBBBBBBBBBBBB" in fake.payloads[0]
+    assert "MY-CHAIN" not in fake.payloads[0]
