@@ -72,6 +72,9 @@ class KubeAPI:
     def __init__(self, configuration: Any, request_timeout: float, describe: str) -> None:
         from kubernetes.client import rest
 
+        # One attempt per request: callers own retries (the informer backs off), and a
+        # --request-timeout must bound the whole request, not each of urllib3's retries.
+        configuration.retries = False
         self._cfg = configuration
         self._rest = rest.RESTClientObject(configuration)
         self.host = str(configuration.host).rstrip("/")
