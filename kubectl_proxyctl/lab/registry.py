@@ -16,6 +16,13 @@ k8s.io/apiserver's generic registry. For every write it:
 
 An update that changes nothing (after defaults) is not written, as on a real server: no
 new resourceVersion, no watch event.
+
+Deletes are immediate, except for kinds with a grace policy in `graceful` (the lab's
+controllers register one for pods). Deleting such an object only marks it terminating:
+`metadata.deletionTimestamp` (now + grace) and `deletionGracePeriodSeconds` are set and the
+object stays, as on a real server. A later delete may only shorten the grace period; one
+with `gracePeriodSeconds=0` (or a grace the policy computes as 0) removes the object. That
+is how whoever plays the kubelet finishes the deletion once the grace period is over.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from kubectl_proxyctl.lab import schema, status, strategy
+from kubectl_proxyctl.lab import schema, status, strategy, tables
 from kubectl_proxyctl.lab.patch import PatchError, json_patch, merge_patch, strategic_merge
 from kubectl_proxyctl.lab.resources import NAMESPACES, RESOURCES, ResourceType
 from kubectl_proxyctl.lab.status import APIError
@@ -60,6 +67,9 @@ class Admission:
 
 AdmissionHook = Callable[[Admission], None]
 
+# (the stored object, the request's gracePeriodSeconds or None) -> grace in seconds; 0: delete now.
+GracePolicy = Callable[[dict[str, Any], "int | None"], int]
+
 STRICT, WARN, IGNORE = "Strict", "Warn", "Ignore"
 FIELD_VALIDATIONS = (IGNORE, STRICT, WARN)
 
@@ -82,8 +92,8 @@ class FieldValidation:
             self.warnings.extend(unknown)
 
 
-def now_timestamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def now_timestamp(at: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def _without_rv(obj: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +115,7 @@ class Registry:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.admission: list[AdmissionHook] = []
+        self.graceful: dict[ResourceType, GracePolicy] = {}
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -283,7 +294,7 @@ class Registry:
                 new["status"] = copy.deepcopy(old["status"])
         meta = new["metadata"]
         old_meta = old["metadata"]
-        for kept in ("uid", "creationTimestamp", "deletionTimestamp"):
+        for kept in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"):
             if kept in old_meta:
                 meta[kept] = old_meta[kept]
             else:
@@ -302,8 +313,10 @@ class Registry:
 
     def delete(
         self, r: ResourceType, namespace: str, name: str, preconditions: dict[str, Any] | None = None,
-        dry_run: bool = False,
+        dry_run: bool = False, grace_period: int | None = None,
     ) -> StoredObject:
+        """Delete an object, or for a kind with a grace policy, start or shorten its graceful
+        deletion (see the module docstring). Returns the deleted or the terminating object."""
         with self.store.lock:
             current = self.get(r, namespace, name)
             self._check_preconditions(r, current, preconditions or {})
@@ -313,11 +326,44 @@ class Registry:
                     {"name": name, "kind": "namespaces"},
                 )
             self._admit(Admission(DELETE, r, None, current.obj, dry_run=dry_run))
+            terminating = self._terminating(r, current, grace_period)
+            if terminating is current.obj or (terminating is not None and dry_run):
+                return current
+            if terminating is not None:
+                return self.store.write(r, terminating).obj
             if dry_run:
                 return current
             if r is NAMESPACES:
                 self._delete_contents(name)
             return self.store.remove(r, namespace, name).obj
+
+    def _terminating(self, r: ResourceType, current: StoredObject, requested: int | None) -> dict[str, Any] | None:
+        """The object marked for graceful deletion; `current.obj` itself when a pending
+        deletion stays as it is; None when the object must go now."""
+        policy = self.graceful.get(r)
+        if policy is None:
+            return None
+        meta = current.obj["metadata"]
+        pending = meta.get("deletionGracePeriodSeconds")
+        if meta.get("deletionTimestamp"):
+            if not pending:
+                return None
+            if requested is None or requested >= pending:
+                return current.obj
+            grace = max(0, requested)
+            started = tables.parse_timestamp(meta["deletionTimestamp"]) or time.time()
+            deadline = started - pending + grace
+        else:
+            grace = policy(current.obj, requested)
+            deadline = time.time() + grace
+        if grace <= 0:
+            return None
+        obj = current.thaw()
+        marked = obj["metadata"]
+        marked["deletionTimestamp"] = now_timestamp(deadline)
+        marked["deletionGracePeriodSeconds"] = grace
+        marked["generation"] = int(marked.get("generation", 1)) + 1
+        return obj
 
     @staticmethod
     def _check_preconditions(r: ResourceType, current: StoredObject, pre: dict[str, Any]) -> None:

@@ -455,7 +455,12 @@ class Dispatcher:
             if not isinstance(options, dict):
                 raise status.bad_request("DeleteOptions must be a JSON object")
         dry_run = self._dry_run(req) or "All" in (options.get("dryRun") or [])
-        so = self.registry.delete(r, namespace, name, options.get("preconditions"), dry_run)
+        grace = req.int_param("gracePeriodSeconds")
+        if options.get("gracePeriodSeconds") is not None:
+            grace = options["gracePeriodSeconds"]
+            if isinstance(grace, bool) or not isinstance(grace, int):
+                raise status.bad_request(f"invalid value for gracePeriodSeconds: {grace!r}")
+        so = self.registry.delete(r, namespace, name, options.get("preconditions"), dry_run, grace)
         if r.returns_deleted_object:
             return Response(200, so.raw)
         return json_response(status.success(r, name, so.obj["metadata"].get("uid", "")))
