@@ -34,8 +34,9 @@ Theory of operation
   `observers` see every committed event in order (a controller queues work there).
 * `fail_with(code)` makes API requests fail (health endpoints excepted), to test backoff.
 
-Deliberate differences from kube-apiserver: writes are immediate (no finalizers or graceful
-deletion; deleting a namespace deletes its objects at once); status given on create is
+Deliberate differences from kube-apiserver: writes are immediate (no finalizers; graceful
+deletion only for pods, and only when the lab's controllers register it; deleting a namespace
+deletes its objects at once); status given on create is
 kept; validation covers what lab manifests get wrong, not every rule; no server-side
 apply, no managedFields, no OpenAPI schemas (`kubectl explain`), protobuf request bodies only
 for what `kubectl create namespace|service` sends, no admission webhooks, no RBAC (one token
