@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubectl_proxyctl.cli.commands.run:run",
         "Run the node engine: a drop-in kube-proxy (iptables mode).",
     ),
+    "probe": (
+        "kubectl_proxyctl.cli.commands.probe:probe",
+        "Probe NodePort and LoadBalancer reachability from every node over SSH, judged by Service policy.",
+    ),
     "lab": (
         "kubectl_proxyctl.cli.commands.lab:lab",
         "A real multi-node Service data plane on this machine (network namespaces).",

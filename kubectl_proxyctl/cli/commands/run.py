@@ -68,6 +68,11 @@ def run(cluster: ClusterOptions, **flags: object) -> None:
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
       kubectl proxyctl run --cleanup
     """
+    from kubectl_proxyctl.cli.options import SETTINGS, configure_logging
     from kubectl_proxyctl.engine.app import EngineFlags, run_engine
 
+    if not flags.get("dry_run"):
+        # An engine logs one line per sync by default, like kube-proxy.
+        SETTINGS.verbosity = max(SETTINGS.verbosity, 1)
+        configure_logging()
     run_engine(cluster, EngineFlags.from_flags(flags, default_node=_default_node_name))
