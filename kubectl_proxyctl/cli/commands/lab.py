@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kubectl_proxyctl.cli.options import DURATION, common_options
-from kubectl_proxyctl.errors import ConfigError
+from kubectl_proxyctl.errors import ConfigError, NotFoundError, ProxyctlError
+
+if TYPE_CHECKING:
+    from kubectl_proxyctl.lab.spec import LabSpec
 
 
 @click.group("lab")
@@ -113,3 +117,365 @@ def apiserver(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop()
+
+
+# --- the lab itself ------------------------------------------------------------------------------
+
+LAB_NAME_HELP = "The lab's name (1-8 lower-case letters or digits); it prefixes every namespace and link."
+
+
+def lab_name_option(f: Any) -> Any:
+    return click.option("--name", "lab_name", default="lab", show_default=True, metavar="NAME",
+                        help=LAB_NAME_HELP)(f)
+
+
+def _existing(lab_name: str) -> LabSpec:
+    from kubectl_proxyctl.lab.supervisor import load_spec, require_root
+
+    require_root()
+    return load_spec(lab_name)
+
+
+def _name_flag(lab_name: str) -> str:
+    return "" if lab_name == "lab" else f" --name {lab_name}"
+
+
+@lab.command("up", short_help="Start a lab: nodes, engines, API server, client (idempotent).")
+@lab_name_option
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50), help="How many nodes.")
+@click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True,
+              help="The engines' proxy mode.")
+@click.option("--zones", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Spread the nodes over this many zones (topology.kubernetes.io/zone); 0: none.")
+@click.option("--timeout", type=DURATION, default="90s", show_default=True,
+              help="How long to wait for the lab to become ready.")
+@common_options
+def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None:
+    """Start a multi-node Service data plane on this machine, and wait until it is ready.
+
+    Builds an underlay network (172.18.0.0/24) of network namespaces: one per node, with a pod
+    bridge and host-gw routes, and an outside `client`. Starts the lab daemon in the background:
+    the API server (https://172.18.0.1:6443, on the lab's own link only), the
+    controllers that allocate ClusterIPs, NodePorts and pod IPs and maintain EndpointSlices,
+    the pod runtime, and on every node `kubectl proxyctl run` and sshd. Returns once every
+    engine is healthy. Running it again on a running lab changes nothing; on a crashed lab it
+    starts what is missing.
+
+    \b
+    Examples:
+      sudo kubectl proxyctl lab up
+      sudo kubectl proxyctl lab up --name demo --nodes 5 --zones 2
+    """
+    import time
+
+    from kubectl_proxyctl.lab import supervisor, topology
+    from kubectl_proxyctl.lab.spec import LabSpec
+
+    if mode == "nftables":
+        raise ConfigError("--mode nftables: the engine does not support nftables yet; use --mode iptables")
+    supervisor.require_root()
+    spec = LabSpec.build(lab_name, nodes=nodes, zones=zones, mode=mode)
+    started = time.monotonic()
+    try:
+        existing = supervisor.load_spec(lab_name)
+    except ProxyctlError:
+        existing = None
+    if existing is not None and existing != spec and topology.lab_namespaces(spec):
+        zones = len({n.zone for n in existing.nodes if n.zone})
+        raise ConfigError(
+            f"lab {lab_name!r} is up with {len(existing.nodes)} nodes"
+            f"{f' in {zones} zones' if zones else ''} ({existing.mode}); to change its shape, "
+            f"remove it first with `kubectl proxyctl lab down{_name_flag(lab_name)}`")
+    topology.up(spec)
+    supervisor.save_spec(spec)
+    daemon = None if supervisor.supervisor_running(spec) else supervisor.start_supervisor(spec)
+    supervisor.wait_ready(spec, timeout, lambda what: click.echo(
+        f"  {what} ready ({time.monotonic() - started:.1f}s)", err=True), daemon)
+    flag = _name_flag(lab_name)
+    click.echo(f"lab {lab_name!r} is up: {len(spec.nodes)} nodes ({mode}) in {time.monotonic() - started:.1f}s\n")
+    click.echo(f"  eval \"$(kubectl proxyctl lab env{flag})\"   # KUBECONFIG and PROXYCTL_SSH_CONFIG")
+    click.echo("  kubectl get nodes -o wide")
+    click.echo(f"  kubectl proxyctl lab run web --replicas 3 --labels app=web --port 80{flag}")
+    click.echo("  kubectl create service nodeport web --tcp=80 --node-port=30080")
+    click.echo(f"  kubectl proxyctl lab exec{flag} client -- curl -s http://{spec.nodes[0].ip}:30080/")
+    click.echo(f"  kubectl proxyctl lab status{flag}")
+    click.echo(f"  kubectl proxyctl lab down{flag}")
+
+
+@lab.command("env", short_help="Print the shell exports that point kubectl and ssh at a lab.")
+@lab_name_option
+@common_options
+def env(lab_name: str) -> None:
+    """Print `export KUBECONFIG=...` and `export PROXYCTL_SSH_CONFIG=...` for a lab.
+
+    \b
+    Example:
+      eval "$(kubectl proxyctl lab env)"; kubectl get pods -o wide
+    """
+    import shlex
+
+    from kubectl_proxyctl.lab import sshd
+    from kubectl_proxyctl.lab.spec import LabSpec
+    from kubectl_proxyctl.lab.supervisor import KUBECONFIG
+
+    spec = LabSpec.build(lab_name, nodes=1)
+    click.echo(f"export KUBECONFIG={shlex.quote(str(spec.state_dir / KUBECONFIG))}")
+    click.echo(f"export PROXYCTL_SSH_CONFIG={shlex.quote(str(sshd.ssh_config_path(spec)))}")
+
+
+@lab.command("status", short_help="Show a lab's nodes, engines, pods and services.")
+@lab_name_option
+@common_options
+def status_(lab_name: str) -> None:
+    """Show the lab's daemon, each node with its engine's health and sshd, the pods and the
+    Services with their endpoints."""
+    import socket
+
+    from kubectl_proxyctl.lab import sshd
+    from kubectl_proxyctl.lab.supervisor import PID_FILE, LabAPI, engine_health, read_ref, supervisor_running
+    from kubectl_proxyctl.output import table
+
+    spec = _existing(lab_name)
+    daemon = read_ref(spec.state_dir / PID_FILE)
+    running = supervisor_running(spec)
+    click.echo(f"lab {spec.name}: {len(spec.nodes)} nodes, {spec.mode}; daemon "
+               f"{'running (pid ' + str(daemon.pid) + ')' if running and daemon else 'NOT running'}; "
+               f"state {spec.state_dir}\n")
+
+    def ssh_up(ip: str) -> str:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return "up" if sock.connect_ex((ip, sshd.SSH_PORT)) == 0 else "down"
+
+    click.echo(table(["NODE", "IP", "POD CIDR", "ZONE", "ENGINE", "SSH"], [
+        (n.name, n.ip, n.pod_cidr, n.zone, engine_health(n)[1], ssh_up(n.ip)) for n in spec.nodes]))
+    if not running:
+        raise ProxyctlError(f"the lab daemon is not running: `kubectl proxyctl lab up{_name_flag(lab_name)}` "
+                            "starts it again")
+    api = LabAPI(spec)
+    pods = api.list("/api/v1/pods")
+    click.echo(table(["NAMESPACE", "POD", "NODE", "IP", "READY", "STATUS"], [
+        (p["metadata"].get("namespace"), p["metadata"]["name"], p.get("spec", {}).get("nodeName"),
+         p.get("status", {}).get("podIP"), _pod_ready(p),
+         "Terminating" if p["metadata"].get("deletionTimestamp") else p.get("status", {}).get("phase", "Pending"))
+        for p in pods]))
+    slices = api.list("/apis/discovery.k8s.io/v1/endpointslices")
+    click.echo(table(["NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS", "ENDPOINTS"], [
+        _service_row(s, slices) for s in api.list("/api/v1/services")]), nl=False)
+
+
+def _pod_ready(pod: dict[str, Any]) -> str:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return "true" if condition.get("status") == "True" else "false"
+    return "false"
+
+
+def _service_row(svc: dict[str, Any], slices: list[dict[str, Any]]) -> tuple[Any, ...]:
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ports = ",".join(
+        f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or [])
+    ready = total = 0
+    for s in slices:
+        labels = s["metadata"].get("labels") or {}
+        if s["metadata"].get("namespace") == meta.get("namespace") and \
+                labels.get("kubernetes.io/service-name") == meta["name"]:
+            for ep in s.get("endpoints") or []:
+                total += 1
+                ready += bool((ep.get("conditions") or {}).get("ready"))
+    return (meta.get("namespace"), meta["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP"),
+            ",".join(i.get("ip", "") for i in ingress), ports, f"{ready}/{total} ready")
+
+
+def _netns_of(spec: LabSpec, target: str, namespace: str) -> str:
+    from kubectl_proxyctl.lab import topology
+
+    if target == "client":
+        return spec.client_ns
+    if target in {n.name for n in spec.nodes}:
+        return spec.node_ns(target)
+    pod = target[len("pod/"):] if target.startswith("pod/") else target
+    netns = spec.pod_ns(namespace, pod)
+    if not topology.netns_exists(netns):
+        raise NotFoundError(f"no node, client or running pod {namespace}/{pod} in lab {spec.name!r} "
+                            f"(nodes: {', '.join(n.name for n in spec.nodes)})")
+    return netns
+
+
+@lab.command("exec", short_help="Run a command in a node's, the client's or a pod's network namespace.",
+             context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-n", "--namespace", default="default", show_default=True, help="The pod's namespace.")
+@lab_name_option
+@common_options
+def exec_(target: str, command: tuple[str, ...], namespace: str, lab_name: str) -> int:
+    """Run COMMAND inside the network namespace of TARGET, with this terminal attached; exit
+    with its exit code. TARGET is a node (`node1`), `client`, or a pod (`pod/NAME` or `NAME`).
+    Put `--` before COMMAND so that its options are not taken for ours.
+
+    \b
+    Examples:
+      kubectl proxyctl lab exec client -- curl -s http://172.18.0.2:30080/
+      kubectl proxyctl lab exec node1 -- iptables-save -t nat
+      kubectl proxyctl lab exec pod/web-x7k2p -- curl -s http://10.96.0.10/
+    """
+    import subprocess
+
+    from kubectl_proxyctl.lab import topology
+
+    spec = _existing(lab_name)
+    netns = _netns_of(spec, target, namespace)
+    try:
+        return subprocess.run(["nsenter", f"--net={topology.netns_path(netns)}", "--", *command],
+                              check=False).returncode
+    except FileNotFoundError:
+        raise ConfigError("nsenter not found: install util-linux") from None
+
+
+def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        for part in filter(None, value.split(",")):
+            key, sep, val = part.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--labels {part!r}: expected KEY=VALUE")
+            labels[key.strip()] = val.strip()
+    return labels
+
+
+def _parse_port(value: str) -> dict[str, Any]:
+    """`[NAME=]PORT[/tcp|/udp]` -> a container port."""
+    name, _, rest = value.rpartition("=")
+    number, _, protocol = rest.partition("/")
+    protocol = (protocol or "tcp").upper()
+    if not number.isdigit() or not 0 < int(number) < 65536 or protocol not in ("TCP", "UDP"):
+        raise ConfigError(f"--port {value!r}: expected [NAME=]PORT[/udp], e.g. 80, http=80 or dns=53/udp")
+    return {"containerPort": int(number), "protocol": protocol, **({"name": name} if name else {})}
+
+
+@lab.command("run", short_help="Create pods that answer with their name (the lab's echo server).")
+@click.argument("name")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 500), help="How many pods.")
+@click.option("-l", "--labels", multiple=True, metavar="K=V[,K=V]", help="Pod labels (repeatable).")
+@click.option("--port", "ports", multiple=True, metavar="[NAME=]PORT[/udp]",
+              help="A container port, optionally named (repeatable; default 80/tcp).")
+@click.option("--node", metavar="NODE", help="Put every pod on this node (spec.nodeName) instead of scheduling.")
+@click.option("-n", "--namespace", default="default", show_default=True, help="The pods' namespace.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every pod is Ready.")
+@lab_name_option
+@common_options
+def run_(name: str, replicas: int, labels: tuple[str, ...], ports: tuple[str, ...], node: str | None,
+         namespace: str, wait: bool, lab_name: str) -> None:
+    """Create REPLICAS pods named NAME-<5 characters>, with the given labels and container
+    ports. Each pod runs the lab's echo server, which answers on every port with its name and
+    the client address it saw.
+
+    \b
+    Examples:
+      kubectl proxyctl lab run web --replicas 3 --labels app=web --port 80
+      kubectl proxyctl lab run nginx --labels app=nginx --port http=80
+      kubectl proxyctl lab run dns --labels app=dns --port dns=53/udp --port dns-tcp=53 --node node2
+    """
+    import time
+
+    from kubectl_proxyctl.lab.supervisor import LabAPI
+
+    spec = _existing(lab_name)
+    if node is not None:
+        spec.node(node)
+    container: dict[str, Any] = {"name": name, "image": "proxyctl-lab/echo"}
+    if ports:
+        container["ports"] = [_parse_port(p) for p in ports]
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": f"{name}-", "namespace": namespace, "labels": _parse_labels(labels)},
+        "spec": {"containers": [container], **({"nodeName": node} if node else {})},
+    }
+    api = LabAPI(spec)
+    names = [api.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)["metadata"]["name"]
+             for _ in range(replicas)]
+    for pod in names:
+        click.echo(f"pod/{pod} created")
+    deadline = time.monotonic() + 60
+    pending = list(names)
+    while wait and pending:
+        if time.monotonic() > deadline:
+            raise ProxyctlError(f"not Ready after 60s: {', '.join(pending)} (see `kubectl proxyctl lab status`)")
+        time.sleep(0.1)
+        for pod in list(pending):
+            obj = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+            if _pod_ready(obj) == "true":
+                pending.remove(pod)
+                click.echo(f"pod/{pod} ready on {obj['spec'].get('nodeName')} ({obj['status'].get('podIP')})")
+
+
+@lab.command("set-ready", short_help="Mark a pod Ready or not Ready (its endpoints follow).")
+@click.argument("pod")
+@click.argument("ready", type=click.BOOL)
+@click.option("-n", "--namespace", default="default", show_default=True, help="The pod's namespace.")
+@lab_name_option
+@common_options
+def set_ready(pod: str, ready: bool, namespace: str, lab_name: str) -> None:
+    """Set POD's Ready condition to READY (true or false), as a failing or recovering
+    readiness probe would: the EndpointSlices, and then every node's rules, follow.
+
+    \b
+    Example:
+      kubectl proxyctl lab set-ready web-x7k2p false
+    """
+    from kubectl_proxyctl.lab.controllers import ready_pod_status
+    from kubectl_proxyctl.lab.supervisor import LabAPI
+
+    spec = _existing(lab_name)
+    pod = pod[len("pod/"):] if pod.startswith("pod/") else pod
+    api = LabAPI(spec)
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+    obj = api.request("GET", path)
+    obj["status"] = ready_pod_status(obj, ready)
+    api.request("PUT", path + "/status", obj)
+    click.echo(f"pod/{pod} ready={str(ready).lower()}")
+
+
+@lab.command("down", short_help="Remove a lab: processes, namespaces, links and files.")
+@lab_name_option
+@common_options
+def down(lab_name: str) -> None:
+    """Stop the lab daemon, the engines, sshd and every pod, remove the lab's namespaces and
+    links and its state directory. Also cleans up a half-built or crashed lab; running it
+    again does nothing.
+
+    \b
+    Example:
+      sudo kubectl proxyctl lab down
+    """
+    from kubectl_proxyctl.lab import supervisor
+    from kubectl_proxyctl.lab.spec import LabSpec
+
+    try:
+        spec = supervisor.load_spec(lab_name)
+    except ProxyctlError:
+        spec = LabSpec.build(lab_name, nodes=1)  # names are all down needs
+    report = supervisor.down(spec)
+    if not (report.supervisor or report.processes or report.namespaces or report.links or report.files):
+        click.echo(f"lab {lab_name!r}: nothing to remove")
+        return
+    click.echo(f"lab {lab_name!r} removed: daemon {'stopped' if report.supervisor else 'not running'}, "
+               f"{report.processes} processes, {len(report.namespaces)} namespaces, {len(report.links)} links, "
+               f"state {spec.state_dir}")
+
+
+@lab.command("supervise", hidden=True)
+@lab_name_option
+@common_options
+def supervise(lab_name: str) -> int:
+    """The lab daemon (started by `lab up`)."""
+    import logging
+
+    from kubectl_proxyctl.lab.supervisor import Supervisor, load_spec, require_root
+
+    require_root()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    return Supervisor(load_spec(lab_name)).run()

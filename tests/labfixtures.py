@@ -1,0 +1,268 @@
+"""Driving a whole lab from tests and benchmarks: the CLI, kubectl, and real traffic.
+
+`running_lab(nodes=…)` brings a lab up with a fresh name (`t` + 5 hex digits) and its
+state under a temporary directory (`PROXYCTL_LAB_DIR`), and always runs `lab down` at the
+end. `Lab` wraps what a test does with it:
+
+* `lab.cli("status")` / `lab.kubectl("get", "svc")`: the real commands, as subprocesses,
+  with the lab's name, state directory and kubeconfig;
+* `lab.api`: the small HTTPS client of the lab API server (`supervisor.LabAPI`);
+* `http_request(netns, ip, port)`: one HTTP request on a new connection from inside a
+  namespace (a socket opened there by this process), answered by the lab's echo server
+  with the pod's name and the client address it saw; `Load` sends them at a steady rate
+  from a thread and counts what failed;
+* `leftovers(lab)`: every namespace, link, process and file of the lab still around.
+
+`lab_skip_reason()` says why a machine cannot run a lab (not root, a tool missing, another
+lab holding 172.18.0.1 or port 6443).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kubectl_proxyctl.lab import topology
+from kubectl_proxyctl.lab.spec import LabSpec
+from kubectl_proxyctl.lab.supervisor import KUBECONFIG, PID_FILE, LabAPI, load_spec, read_ref
+from kubectl_proxyctl.system.netns import socket_in_netns
+
+from netns import lab_skip_reason as _tools_skip_reason
+
+TOOLS = ("iptables", "iptables-save", "iptables-restore", "kubectl")
+NGINX_DEMO = Path(__file__).resolve().parent / "data" / "nginx-demo.yaml"
+NGINX_PODS = ("nginx-5d9c7b-4xkqm", "nginx-5d9c7b-9wz2n", "nginx-5d9c7b-tq8rl")
+
+
+def proxyctl() -> list[str]:
+    script = Path(sys.executable).with_name("kubectl-proxyctl")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kubectl_proxyctl"]
+
+
+def lab_skip_reason() -> str | None:
+    reason = _tools_skip_reason(*TOOLS)
+    if reason:
+        return reason
+    probe = LabSpec.build("probe", nodes=1)
+    other = topology.conflicting_lab(probe)
+    if other:
+        return f"another lab holds {probe.host_ip} (link {other})"
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", probe.api_port))
+        except OSError:
+            return f"port {probe.api_port} is in use (the lab API server needs it)"
+    return None
+
+
+# --- traffic ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP exchange: `pod` answered (seeing us as `client`), or `error` happened."""
+
+    pod: str = ""
+    client: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def client_ip(self) -> str:
+        return self.client.rsplit(":", 1)[0]
+
+
+def http_request(netns: str | None, ip: str, port: int, timeout: float = 2.0) -> Answer:
+    """GET / on a new connection from inside `netns` (None: the root namespace)."""
+    with socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((ip, port))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        except OSError as exc:
+            return Answer(error=f"{type(exc).__name__}: {exc}")
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(part.split("=", 1) for part in body.decode().split() if "=" in part)
+    if not head.startswith(b"HTTP/1.1 200") or "pod" not in fields:
+        return Answer(error=f"unexpected answer {data[:200]!r}")
+    return Answer(pod=fields["pod"], client=fields.get("client", ""))
+
+
+def udp_request(netns: str, ip: str, port: int, timeout: float = 1.0) -> str:
+    """One datagram from inside `netns`; the answer line, or the error."""
+    with socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(b"ping\n", (ip, port))
+            return sock.recv(4096).decode().strip()
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+def spread(netns: str, ip: str, port: int, count: int) -> tuple[Counter[str], list[str]]:
+    """`count` requests: how many each pod answered, and the errors."""
+    pods: Counter[str] = Counter()
+    errors = []
+    for _ in range(count):
+        answer = http_request(netns, ip, port)
+        if answer.ok:
+            pods[answer.pod] += 1
+        else:
+            errors.append(answer.error)
+    return pods, errors
+
+
+@dataclass
+class Load:
+    """Steady traffic from a thread: `rate` new connections per second until `stop()`."""
+
+    netns: str
+    ip: str
+    port: int
+    rate: float = 20.0
+    answers: list[tuple[float, Answer]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._thread = threading.Thread(target=self._run, name="lab-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.answers.append((time.monotonic(), http_request(self.netns, self.ip, self.port)))
+            next_at += interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> Load:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self
+
+    @property
+    def failures(self) -> list[str]:
+        return [a.error for _, a in self.answers if not a.ok]
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+# --- the lab ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    name: str
+    state_root: Path
+    nodes: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PROXYCTL_LAB_DIR=str(self.state_root),
+                    KUBECONFIG=str(self.state_root / self.name / KUBECONFIG))
+
+    @property
+    def spec(self) -> LabSpec:
+        return load_spec(self.name, str(self.state_root))
+
+    @property
+    def bare_spec(self) -> LabSpec:
+        """The names of this lab, also once its state directory is gone."""
+        return LabSpec.build(self.name, nodes=self.nodes, state_root=str(self.state_root))
+
+    @property
+    def api(self) -> LabAPI:
+        return LabAPI(self.spec)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """`kubectl-proxyctl lab ARGS... --name NAME`."""
+        argv = [*proxyctl(), "lab", args[0], "--name", self.name, *args[1:]]
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["kubectl", *args], env=self.env, input=stdin, capture_output=True, text=True,
+                              timeout=60, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def supervisor_pid(self) -> int:
+        ref = read_ref(self.state_root / self.name / PID_FILE)
+        assert ref is not None, "the lab daemon is not running"
+        return ref.pid
+
+    def ready_endpoints(self, service: str, namespace: str = "default") -> set[str]:
+        slices = self.api.list(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+                               f"?labelSelector=kubernetes.io/service-name%3D{service}")
+        return {ep["addresses"][0] for s in slices for ep in s.get("endpoints") or []
+                if (ep.get("conditions") or {}).get("ready")}
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+
+def leftovers(lab: Lab) -> dict[str, list[str]]:
+    """What of the lab still exists: namespaces, root links, processes, files."""
+    spec = lab.bare_spec
+    prefix = f"{spec.name}-"
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    markers = (str(spec.state_dir), f"--name {spec.name}", prefix)
+    processes = [line.strip() for line in ps.splitlines()
+                 if any(m in line for m in markers) and "pytest" not in line]
+    state = spec.state_dir
+    return {
+        "namespaces": topology.list_netns(prefix),
+        "links": [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
+                  if line.split(":")[1].strip().startswith(prefix)],
+        "processes": processes,
+        "files": [str(p) for p in state.rglob("*")] + ([str(state)] if state.exists() else []),
+    }
+
+
+@contextlib.contextmanager
+def running_lab(state_root: Path, nodes: int = 3, up_timeout: float = 120.0) -> Iterator[Lab]:
+    """A lab with a unique name, up for the block; `lab down` afterwards whatever happens."""
+    lab = Lab(name="t" + secrets.token_hex(3)[:5], state_root=state_root, nodes=nodes)
+    try:
+        lab.cli("up", "--nodes", str(nodes), timeout=up_timeout)
+        yield lab
+    finally:
+        lab.cli("down", check=False)
