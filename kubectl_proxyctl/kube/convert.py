@@ -28,6 +28,7 @@ Bad objects never stop a conversion: each is skipped and reported once through `
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 from kubectl_proxyctl.model import (
@@ -74,6 +75,19 @@ def _labels(meta: Mapping[str, Any]) -> Mapping[str, str]:
     if not isinstance(labels, Mapping):
         raise InvalidObject("metadata.labels is not a map")
     return labels
+
+
+# What the API server allows in a namespace, a Service name and a port name (DNS labels;
+# kept lenient: a leading digit and port names up to 63 characters pass). These strings end
+# up inside iptables comments, so anything else (spaces, quotes, newlines, unicode, more
+# than 63 characters) must never get through from a hand-written file.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+def _dns_label(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.match(value):
+        raise InvalidObject(f"{what} {value!r} is not a DNS label (a-z, 0-9 and '-', at most 63 characters)")
+    return value
 
 
 def _str_list(value: Any, what: str) -> tuple[str, ...]:
@@ -130,8 +144,8 @@ def convert_service(obj: Obj) -> Service:
     """One Service object → model.Service (raises InvalidObject)."""
     meta = _meta(obj)
     labels = _labels(meta)
-    namespace = meta.get("namespace") or "default"
-    name = meta["name"]
+    namespace = _dns_label(meta.get("namespace") or "default", "metadata.namespace")
+    name = _dns_label(meta["name"], "metadata.name")
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
@@ -195,6 +209,8 @@ def convert_service(obj: Obj) -> Service:
         port_name = raw.get("name") or ""
         if not isinstance(port_name, str):
             raise InvalidObject(f"spec.ports[{i}].name is not a string")
+        if port_name:
+            _dns_label(port_name, f"spec.ports[{i}].name")
         proto = _protocol(raw.get("protocol"), f"spec.ports[{i}]")
         number = _port_number(raw.get("port"), f"spec.ports[{i}].port")
         node_port = 0
@@ -383,7 +399,7 @@ def _describe(obj: Obj) -> str:
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     ns = meta.get("namespace")  # type: ignore[union-attr]
     name = meta.get("name") or "<unnamed>"  # type: ignore[union-attr]
-    return f"{obj.get('kind', '?')} {ns + '/' if ns else ''}{name}"
+    return f"{obj.get('kind', '?')} {f'{ns}/' if ns else ''}{name}"
 
 
 def state_from_objects(objects: Iterable[Obj], warn: Warn = _ignore) -> ClusterState:

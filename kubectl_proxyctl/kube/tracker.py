@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from kubectl_proxyctl.kube.convert import (
     InvalidObject,
@@ -52,9 +52,16 @@ class _Pending:
     endpoint_events: int = 0
 
 
+def _meta(obj: JSON) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}  # a malformed object is reported by convert
+
+
 def _key(obj: JSON) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    """`namespace/name` of a Service or EndpointSlice; a missing namespace means `default`,
+    as in conversion (files may omit it), so both sides name the same Service."""
+    meta = _meta(obj)
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
 
 
 class StateTracker:
@@ -72,7 +79,7 @@ class StateTracker:
         self._warned: set[tuple[str, str]] = set()
 
     def _report(self, what: str, obj: JSON, exc: Exception) -> None:
-        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        rv = str(_meta(obj).get("resourceVersion", ""))
         if (what, rv) not in self._warned:
             self._warned.add((what, rv))
             self._warn(f"skipping invalid {what}: {exc}")
@@ -109,7 +116,14 @@ class StateTracker:
         if old is not None:
             self._pending.services.add(old[0])
             self._slices_of.get(old[0], set()).discard(key)
-        if event == "DELETED" or slice_ignore_reason(obj):
+        if event == "DELETED":
+            return
+        meta = obj.get("metadata")
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("labels") or {}, Mapping):
+            # malformed rather than deliberately ignored: say so, as state_from_objects does
+            self._report(f"EndpointSlice {key}", obj, InvalidObject("metadata or metadata.labels is not a map"))
+            return
+        if slice_ignore_reason(obj):
             return
         try:
             ns, svc, pairs = slice_endpoints(obj)
@@ -122,7 +136,7 @@ class StateTracker:
         self._pending.services.add(svc_key)
 
     def _apply_node(self, event: str, obj: JSON) -> None:
-        name = (obj.get("metadata") or {}).get("name", "")
+        name = str(_meta(obj).get("name") or "")
         if event == "DELETED":
             self._nodes.pop(name, None)
         else:

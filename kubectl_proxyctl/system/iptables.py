@@ -438,14 +438,19 @@ class IptablesSystem:
 
     # jump rules --------------------------------------------------------------------
 
-    def _present_rules(self, chains: Iterable[tuple[str, str]]) -> dict[tuple[str, str], set[tuple[str, ...]]]:
+    def _present_rules(
+        self, chains: Iterable[tuple[str, str]], saved_chains: dict[str, set[str]] | None = None
+    ) -> dict[tuple[str, str], set[tuple[str, ...]]]:
         """(table, chain) → its rules as token tuples (after `-A CHAIN`). The nft backend
-        lists single chains cheaply; legacy always reads a whole table, so one save per table."""
+        lists single chains cheaply; legacy always reads a whole table, so one save per table
+        (whose chain names go into `saved_chains`, when given)."""
         present: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         wanted = list(chains)
         if self.backend == Backend.LEGACY:
             for table in dict.fromkeys(t for t, _ in wanted):
                 lines = self.save(table).splitlines()
+                if saved_chains is not None:
+                    saved_chains[table] = {ln[1:].split(" ", 1)[0] for ln in lines if ln.startswith(":")}
                 for t, chain in wanted:
                     if t == table:
                         head = f"-A {chain} "
@@ -465,17 +470,29 @@ class IptablesSystem:
         for jump in jumps:
             if all((j.table, j.chain, j.args) != (jump.table, jump.chain, jump.args) for j in wanted):
                 wanted.append(jump)
-        present = self._present_rules(dict.fromkeys((j.table, j.chain) for j in wanted))
-        missing = [
-            j
-            for j in wanted
-            if j.args not in present[(j.table, j.chain)] and not self.rule_exists(j.table, j.chain, j.args)
-        ]
+        saved_chains: dict[str, set[str]] = {}  # legacy: the chains of each table read whole
+        present = self._present_rules(dict.fromkeys((j.table, j.chain) for j in wanted), saved_chains)
+
+        def absent(j: Jump) -> bool:
+            rules = present[(j.table, j.chain)]
+            if j.args in rules:
+                return False
+            if self.backend == Backend.LEGACY and all(_target_of(r) != j.target for r in rules):
+                # A whole-table save listed nothing that jumps there, so no other spelling of
+                # the rule either; with legacy each -C reloads the whole table (~1 s for a
+                # 200,000-rule nat table), so do not ask.
+                return True
+            return not self.rule_exists(j.table, j.chain, j.args)  # spelled differently?
+
+        missing = [j for j in wanted if absent(j)]
         if not missing:
             return []
         new_chains: dict[str, list[str]] = {}
         for table, target in dict.fromkeys((j.table, j.target) for j in missing):
-            if target and names_chain(target) and not self.chain_exists(table, target):
+            if not (target and names_chain(target)):
+                continue
+            known = saved_chains.get(table)  # legacy: -S would read the whole table again
+            if (target not in known) if known is not None else not self.chain_exists(table, target):
                 new_chains.setdefault(table, []).append(f":{target} - [0:0]")
         payload: list[str] = []
         for table in dict.fromkeys(j.table for j in missing):

@@ -1,0 +1,479 @@
+"""The iptables engine against the real kernel: `kubectl proxyctl run` inside a node network
+namespace, real TCP and UDP traffic from a pod, from the node itself and from an outside
+client.
+
+One topology serves the whole module (`lab`): a node namespace (underlay 172.18.0.2, pod
+bridge 10.244.1.1/24), pods pod-a/pod-b/pod-c (the endpoints) and pod-d (a pod client), and a
+client namespace (172.18.0.100 and 172.18.0.101) whose routes send the external and
+load-balancer IPs to the node. The Node object `node1` has the node's underlay IP; `node2`
+is a node elsewhere, used to make endpoints remote. Every test first applies the objects it
+needs with `run --once`, so tests do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import pytest
+
+from enginehelpers import (
+    Obj,
+    endpoint,
+    endpoint_slice,
+    engine_argv,
+    node,
+    reply_sources,
+    run_in,
+    saved_chains,
+    service,
+    tcp_burst,
+    tcp_from,
+    udp_flows,
+    write_objects,
+)
+from kubectl_proxyctl.backends.iptables import JUMP_RULES
+from kubectl_proxyctl.engine.app import OWNED_CHAIN_PREFIXES
+from netns import Topology, build_topology, requires_lab
+
+pytestmark = [pytest.mark.lab, requires_lab("iptables-nft", "iptables-nft-save", "iptables-nft-restore", "conntrack")]
+
+CLUSTER_CIDR = "10.244.0.0/16"
+NODE1_IP = "172.18.0.2"
+NODE2_IP = "172.18.0.3"
+CLIENT_IP = "172.18.0.100"
+CLIENT_IP_BLOCKED = "172.18.0.101"  # a second client address, outside loadBalancerSourceRanges
+ENDPOINT_PODS = ("pod-a", "pod-b", "pod-c")
+POD_CLIENT = "pod-d"
+
+# Services (namespace e2e): cluster IP, node port, external / load-balancer IPs.
+WEB = "10.96.0.10"  # ClusterIP, http/80 TCP and dns/53 UDP over pod-a, pod-b, pod-c
+NP = "10.96.0.11"  # NodePort 30080 + externalIP 192.0.2.10
+NP_PORT = 30080
+EXTERNAL_IP = "192.0.2.10"
+LB = "10.96.0.12"  # LoadBalancer 30081, ingress 198.51.100.10
+LB_PORT = 30081
+LB_IP = "198.51.100.10"
+LBFW = "10.96.0.13"  # LoadBalancer 30082, ingress 198.51.100.11, source range CLIENT_IP/32
+LBFW_PORT = 30082
+LBFW_IP = "198.51.100.11"
+LOCAL = "10.96.0.14"  # LoadBalancer ETP Local 30083, ingress 198.51.100.12; pod-a on node1, pod-b on node2
+LOCAL_PORT = 30083
+LOCAL_LB_IP = "198.51.100.12"
+REMOTE = "10.96.0.15"  # NodePort ETP Local 30084; pod-b and pod-c, both on node2
+REMOTE_PORT = 30084
+EMPTY = "10.96.0.16"  # NodePort 30085 without endpoints
+EMPTY_PORT = 30085
+STICKY = "10.96.0.17"  # ClusterIP with ClientIP affinity
+UDP1 = "10.96.0.18"  # ClusterIP dns/53 UDP, one endpoint (pod-a, or another one)
+LATE = "10.96.0.19"  # added later, without endpoints
+EXTERNAL_ROUTES = (EXTERNAL_IP, LB_IP, LBFW_IP, LOCAL_LB_IP)
+
+
+def objects(topo: Topology, *, udp1: str = "pod-a", web: Sequence[str] = ENDPOINT_PODS) -> list[Obj]:
+    ip = {p.name: p.ip for p in topo.pods}
+    on1 = [endpoint(ip[p], "node1", p) for p in ENDPOINT_PODS]
+    http = [("http", 80, "TCP")]
+    objs = [
+        node("node1", NODE1_IP),
+        node("node2", NODE2_IP),
+        service("web", WEB, [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+        endpoint_slice("web", [endpoint(ip[p], "node1", p) for p in web], [("http", 80, "TCP"), ("dns", 53, "UDP")]),
+        service("np", NP, [{"name": "http", "port": 80, "nodePort": NP_PORT}], type="NodePort",
+                external_ips=[EXTERNAL_IP]),
+        endpoint_slice("np", on1, http),
+        service("lb", LB, [{"name": "http", "port": 80, "nodePort": LB_PORT}], type="LoadBalancer", lb_ips=[LB_IP]),
+        endpoint_slice("lb", on1, http),
+        service("lbfw", LBFW, [{"name": "http", "port": 80, "nodePort": LBFW_PORT}], type="LoadBalancer",
+                lb_ips=[LBFW_IP], source_ranges=[f"{CLIENT_IP}/32"]),
+        endpoint_slice("lbfw", on1, http),
+        service("local", LOCAL, [{"name": "http", "port": 80, "nodePort": LOCAL_PORT}], type="LoadBalancer",
+                lb_ips=[LOCAL_LB_IP], etp="Local"),
+        endpoint_slice("local", [endpoint(ip["pod-a"], "node1", "pod-a"), endpoint(ip["pod-b"], "node2", "pod-b")],
+                       http),
+        service("remote", REMOTE, [{"name": "http", "port": 80, "nodePort": REMOTE_PORT}], type="NodePort",
+                etp="Local"),
+        endpoint_slice("remote", [endpoint(ip[p], "node2", p) for p in ("pod-b", "pod-c")], http),
+        service("empty", EMPTY, [{"name": "http", "port": 80, "nodePort": EMPTY_PORT}], type="NodePort"),
+        service("sticky", STICKY, [{"name": "http", "port": 80}], affinity=10800),
+        endpoint_slice("sticky", on1, http),
+        service("udp1", UDP1, [{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        endpoint_slice("udp1", [endpoint(ip[udp1], "node1", udp1)], [("dns", 53, "UDP")]),
+    ]
+    return objs
+
+
+@dataclass
+class Lab:
+    topo: Topology
+    workdir: str
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        return self.topo.node
+
+    def ns(self, role: str) -> str:
+        return self.topo.netns(role)
+
+    def write(self, objs: Sequence[Obj], name: str = "objects.json") -> str:
+        return write_objects(os.path.join(self.workdir, name), objs)
+
+    def flags(self, path: str, node_name: str = "node1") -> list[str]:
+        return ["--from-file", path, "--node-name", node_name, "--cluster-cidr", CLUSTER_CIDR,
+                "--healthz-bind-address", "", "--metrics-bind-address", ""]
+
+    def once(self, objs: Sequence[Obj] | None = None, node_name: str = "node1") -> subprocess.CompletedProcess[str]:
+        """`run --once` inside the node namespace; fails the test when it fails."""
+        path = self.write(objs if objs is not None else objects(self.topo))
+        done = subprocess.run(engine_argv(self.node, "run", "--once", *self.flags(path, node_name)),
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, f"run --once failed ({done.returncode}):\n{done.stderr}"
+        return done
+
+    def cleanup(self) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(engine_argv(self.node, "run", "--cleanup"), capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, f"run --cleanup failed ({done.returncode}):\n{done.stderr}"
+        return done
+
+    def start(self, objs: Sequence[Obj], sync_period: str, log_path: str) -> subprocess.Popen[Any]:
+        """The long-running engine in the background (stopped by the caller, or at teardown)."""
+        path = self.write(objs, "serve.json")
+        with open(log_path, "w", encoding="utf-8") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(
+                engine_argv(self.node, "run", "-v", *self.flags(path), "--sync-period", sync_period),
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.processes.append(proc)
+        return proc
+
+    def tcp(self, role: str, ip: str, port: int, timeout: float = 2.0) -> str:
+        return self.topo.tcp_request(role, ip, port, timeout)
+
+    def ipt(self, *args: str, table: str = "filter", check: bool = True) -> str:
+        return run_in(self.node, ["iptables", "-w", "5", "-t", table, *args], check=check).stdout
+
+    def counter(self, table: str, chain: str, needle: str) -> int:
+        """Packets counted by the first rule of `chain` whose listing contains `needle`."""
+        for line in self.ipt("-L", chain, "-n", "-v", "-x", table=table).splitlines():
+            if needle in line:
+                return int(line.split()[0])
+        raise AssertionError(f"no rule with {needle!r} in {table}/{chain}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    topo = build_topology(pods=[*ENDPOINT_PODS, POD_CLIENT], client=True, tcp_ports=(80,), udp_ports=(53,))
+    lab = Lab(topo, str(tmp_path_factory.mktemp("engine")))
+    try:
+        batch = [f"addr add {CLIENT_IP_BLOCKED}/24 dev eth0"]
+        batch += [f"route add {ip}/32 via {NODE1_IP}" for ip in EXTERNAL_ROUTES]
+        subprocess.run(["ip", "-n", topo.netns("client"), "-batch", "-"], input="\n".join(batch) + "\n",
+                       text=True, capture_output=True, check=True)
+        yield lab
+    finally:
+        for proc in lab.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        topo.close()
+
+
+# --- reaching the pods ----------------------------------------------------------------------
+
+
+def test_cluster_ip_tcp_and_udp_from_pod_node_and_outside(lab: Lab) -> None:
+    lab.once()
+    pod_d_ip = lab.topo.pod(POD_CLIENT).ip
+    for role in (POD_CLIENT, "node", "client"):
+        tcp = [lab.topo.tcp_exchange(role, WEB, 80) for _ in range(12)]
+        udp = [lab.topo.udp_exchange(role, WEB, 53) for _ in range(12)]
+        assert {x.answer for x in tcp} <= set(ENDPOINT_PODS) and len({x.answer for x in tcp}) > 1, (role, tcp)
+        assert {x.answer for x in udp} <= set(ENDPOINT_PODS) and len({x.answer for x in udp}) > 1, (role, udp)
+        seen = {x.seen_ip for x in tcp + udp}
+        # Pod traffic keeps its source; node and outside traffic is masqueraded (not in the cluster CIDR).
+        assert seen == ({pod_d_ip} if role == POD_CLIENT else {lab.topo.bridge_ip}), (role, seen)
+
+
+def test_node_port_external_ip_and_load_balancer_ip(lab: Lab) -> None:
+    lab.topo.sysctl("node").set("net.ipv4.conf.all.route_localnet", 0)
+    lab.once()
+    assert lab.topo.sysctl("node").get("net.ipv4.conf.all.route_localnet") == "1"  # set by the engine
+    assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
+    assert lab.tcp("node", "127.0.0.1", NP_PORT) in ENDPOINT_PODS  # localhost node port
+    assert lab.tcp("node", NODE1_IP, NP_PORT) in ENDPOINT_PODS
+    assert lab.tcp(POD_CLIENT, NODE1_IP, NP_PORT) in ENDPOINT_PODS
+    assert lab.topo.udp_request("client", NODE1_IP, NP_PORT) == "refused"  # TCP only: the node's own port
+    assert lab.tcp("client", EXTERNAL_IP, 80) in ENDPOINT_PODS
+    assert lab.tcp("client", LB_IP, 80) in ENDPOINT_PODS
+    assert lab.tcp("client", NODE1_IP, LB_PORT) in ENDPOINT_PODS
+    assert lab.tcp(POD_CLIENT, LB_IP, 80) in ENDPOINT_PODS
+
+
+def test_thousand_connections_spread_evenly(lab: Lab) -> None:
+    lab.once()
+    started = time.perf_counter()
+    counts = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 1000)
+    elapsed = time.perf_counter() - started
+    print(f"\n1000 connections to {WEB}:80 in {elapsed:.2f}s: {dict(sorted(counts.items()))}")
+    assert sum(counts[p] for p in ENDPOINT_PODS) == 1000, counts
+    for pod in ENDPOINT_PODS:
+        assert abs(counts[pod] - 1000 / 3) <= 0.15 * 1000 / 3, counts
+
+
+def test_client_ip_affinity_pins_each_client(lab: Lab) -> None:
+    lab.once()
+    from_pod = tcp_burst(lab.ns(POD_CLIENT), STICKY, 80, 60)
+    assert len(from_pod) == 1 and next(iter(from_pod)) in ENDPOINT_PODS, from_pod
+    from_outside = tcp_burst(lab.ns("client"), STICKY, 80, 30)
+    assert len(from_outside) == 1 and next(iter(from_outside)) in ENDPOINT_PODS, from_outside
+    # The same client spreads over every pod of the service without affinity.
+    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 60)
+    assert set(spread) == set(ENDPOINT_PODS), spread
+
+
+# --- traffic policies and source ranges ------------------------------------------------------
+
+
+def test_external_traffic_policy_local(lab: Lab) -> None:
+    lab.once()
+    # A local endpoint: outside traffic goes only to it and keeps the client's address.
+    for ip, port in ((NODE1_IP, LOCAL_PORT), (LOCAL_LB_IP, 80)):
+        for _ in range(8):
+            ex = lab.topo.tcp_exchange("client", ip, port)
+            assert (ex.answer, ex.seen_ip) == ("pod-a", CLIENT_IP), (ip, port, ex)
+    # All endpoints remote: outside traffic is dropped by the filter table...
+    before = lab.counter("filter", "KUBE-EXTERNAL-SERVICES", f"dpt:{REMOTE_PORT}")
+    assert lab.tcp("client", NODE1_IP, REMOTE_PORT, timeout=1.0) == "timeout"
+    assert lab.counter("filter", "KUBE-EXTERNAL-SERVICES", f"dpt:{REMOTE_PORT}") > before
+    # ...while pods are short-circuited to the cluster-wide endpoints.
+    assert {lab.tcp(POD_CLIENT, NODE1_IP, REMOTE_PORT) for _ in range(10)} <= {"pod-b", "pod-c"}
+
+    # The same objects, with the engine running as node2, where pod-b and pod-c are local.
+    lab.once(node_name="node2")
+    for _ in range(6):
+        ex = lab.topo.tcp_exchange("client", NODE1_IP, REMOTE_PORT)
+        assert ex.answer in ("pod-b", "pod-c") and ex.seen_ip == CLIENT_IP, ex
+        ex = lab.topo.tcp_exchange("client", NODE1_IP, LOCAL_PORT)
+        assert (ex.answer, ex.seen_ip) == ("pod-b", CLIENT_IP), ex
+
+
+def test_load_balancer_source_ranges(lab: Lab) -> None:
+    lab.once()
+    assert tcp_from(lab.ns("client"), CLIENT_IP, LBFW_IP, 80)[0] in ENDPOINT_PODS
+    before = lab.counter("filter", "KUBE-PROXY-FIREWALL", LBFW_IP)
+    assert tcp_from(lab.ns("client"), CLIENT_IP_BLOCKED, LBFW_IP, 80, timeout=1.0)[0] == "timeout"
+    assert lab.counter("filter", "KUBE-PROXY-FIREWALL", LBFW_IP) > before
+    # Source ranges guard the load-balancer IP only, not the node port.
+    assert tcp_from(lab.ns("client"), CLIENT_IP_BLOCKED, NODE1_IP, LBFW_PORT)[0] in ENDPOINT_PODS
+    # An allowed client after a blocked one still gets through.
+    assert tcp_from(lab.ns("client"), CLIENT_IP, LBFW_IP, 80)[0] in ENDPOINT_PODS
+
+
+def test_service_without_endpoints_is_refused(lab: Lab) -> None:
+    lab.once()
+    for role, ip, port in ((POD_CLIENT, EMPTY, 80), ("node", EMPTY, 80), ("client", EMPTY, 80),
+                           ("client", NODE1_IP, EMPTY_PORT), ("node", "127.0.0.1", EMPTY_PORT)):
+        started = time.perf_counter()
+        answer = lab.tcp(role, ip, port, timeout=3.0)
+        assert answer == "refused", (role, ip, port, answer, time.perf_counter() - started)
+
+
+# --- coexistence, clean-up ------------------------------------------------------------------
+
+
+FOREIGN = "MY-CHAIN"
+
+
+def test_foreign_rules_survive_sync_and_cleanup(lab: Lab) -> None:
+    for table, hook in (("nat", "PREROUTING"), ("filter", "INPUT")):
+        lab.ipt("-N", FOREIGN, table=table)
+        lab.ipt("-A", FOREIGN, "-j", "RETURN", table=table)
+        lab.ipt("-A", hook, "-j", FOREIGN, table=table)
+    try:
+        foreign = {t: [ln for ln in run_in(lab.node, ["iptables-save", "-t", t]).stdout.splitlines()
+                       if FOREIGN in ln] for t in ("nat", "filter")}
+        assert all(len(lines) == 3 for lines in foreign.values()), foreign
+
+        def still_there(when: str) -> None:
+            for t, lines in foreign.items():
+                now = run_in(lab.node, ["iptables-save", "-t", t]).stdout.splitlines()
+                assert [ln for ln in now if FOREIGN in ln] == lines, (when, t)
+
+        lab.once()
+        lab.once()  # and a second sync over existing rules
+        still_there("after two syncs")
+        assert lab.tcp(POD_CLIENT, WEB, 80) in ENDPOINT_PODS
+
+        done = lab.cleanup()
+        still_there("after --cleanup")
+        left = {t: sorted(c for c in chains if c.startswith(OWNED_CHAIN_PREFIXES))
+                for t, chains in saved_chains(lab.node).items()}
+        assert not any(left.values()), left
+        assert not any(c.startswith("KUBE-") for chains in saved_chains(lab.node).values() for c in chains)
+        jumps = [ln for ln in run_in(lab.node, ["iptables-save"]).stdout.splitlines() if "-j KUBE-" in ln]
+        assert not jumps, jumps
+        assert "removed" in done.stderr
+        # A cleanup of a clean node is a no-op, and the engine programs it again afterwards.
+        lab.cleanup()
+        still_there("after a second --cleanup")
+        lab.once()
+        assert lab.tcp(POD_CLIENT, WEB, 80) in ENDPOINT_PODS
+        still_there("after a resync")
+    finally:
+        for table, hook in (("nat", "PREROUTING"), ("filter", "INPUT")):
+            lab.ipt("-D", hook, "-j", FOREIGN, table=table, check=False)
+            lab.ipt("-F", FOREIGN, table=table, check=False)
+            lab.ipt("-X", FOREIGN, table=table, check=False)
+
+
+def test_jump_rules_are_not_duplicated_by_repeated_syncs(lab: Lab) -> None:
+    lab.once()
+    lab.once()
+    saved = {t: run_in(lab.node, ["iptables-save", "-t", t]).stdout.splitlines() for t in ("filter", "nat")}
+    for jump in JUMP_RULES:
+        hits = [ln for ln in saved[jump.table] if ln.startswith(f"-A {jump.chain} ")
+                and ln.endswith(f"-j {jump.target}") and (not jump.comment or jump.comment in ln)
+                and ("--ctstate NEW" in ln) == ("NEW" in jump.extra)]
+        assert len(hits) == 1, (jump, hits)
+
+
+# --- the long-running engine ----------------------------------------------------------------
+
+
+def test_long_running_engine_repairs_a_flush_and_survives_sigkill(lab: Lab, tmp_path: Any) -> None:
+    sync_period = 2.0
+    lab.cleanup()
+    assert lab.tcp(POD_CLIENT, WEB, 80, timeout=0.5) not in ENDPOINT_PODS
+    log = str(tmp_path / "engine.log")
+    proc = lab.start(objects(lab.topo), f"{sync_period:g}s", log)
+    try:
+        deadline = time.monotonic() + 10
+        while lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS:
+            assert proc.poll() is None, open(log).read()
+            assert time.monotonic() < deadline, "the engine did not program the node:\n" + open(log).read()
+            time.sleep(0.1)
+
+        # Someone flushes nat and deletes our chains by hand.
+        lab.ipt("-F", table="nat")
+        for chain in sorted(saved_chains(lab.node, "nat")["nat"]):
+            if chain.startswith("KUBE-"):
+                lab.ipt("-X", chain, table="nat")
+        flushed = time.monotonic()
+        assert not any(c.startswith("KUBE-") for c in saved_chains(lab.node, "nat")["nat"])
+        assert lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS
+        while lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS:
+            assert proc.poll() is None, open(log).read()
+            assert time.monotonic() - flushed < 2 * sync_period + 1.5, "not repaired:\n" + open(log).read()
+            time.sleep(0.1)
+        repaired = time.monotonic() - flushed
+        print(f"\nrepaired {repaired:.2f}s after the flush (sync period {sync_period:g}s)")
+        assert "canary" in open(log).read()
+        assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
+
+        # SIGKILL: no chance to clean anything; the rules keep serving.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=5)
+        assert proc.returncode == -signal.SIGKILL
+        spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
+        assert set(spread) == set(ENDPOINT_PODS), spread
+        assert lab.topo.udp_request(POD_CLIENT, WEB, 53) in ENDPOINT_PODS
+        assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# --- UDP conntrack --------------------------------------------------------------------------
+
+
+def test_udp_conntrack_entries_to_a_removed_endpoint_are_deleted(lab: Lab) -> None:
+    pod_a, pod_b = lab.topo.pod("pod-a").ip, lab.topo.pod("pod-b").ip
+    lab.once(objects(lab.topo, udp1="pod-a"))
+    sport = 40053
+    assert lab.topo.udp_request(POD_CLIENT, UDP1, 53, sport=sport) == "pod-a"
+    assert lab.topo.udp_request(POD_CLIENT, UDP1, 53, sport=sport) == "pod-a"
+    assert reply_sources(udp_flows(lab.node, UDP1)) == [pod_a]
+    old_seps = {c for c in saved_chains(lab.node, "nat")["nat"] if c.startswith("KUBE-SEP-")}
+
+    lab.once(objects(lab.topo, udp1="pod-b"))  # pod-a is gone, pod-b serves
+    assert pod_a not in reply_sources(udp_flows(lab.node, UDP1)), udp_flows(lab.node, UDP1)
+    # The same 5-tuple now reaches the new endpoint instead of sticking to the old one.
+    assert lab.topo.udp_request(POD_CLIENT, UDP1, 53, sport=sport) == "pod-b"
+    assert reply_sources(udp_flows(lab.node, UDP1)) == [pod_b]
+    new_seps = {c for c in saved_chains(lab.node, "nat")["nat"] if c.startswith("KUBE-SEP-")}
+    assert len(old_seps - new_seps) == 1 and len(new_seps - old_seps) == 1  # the stale SEP chain is gone
+
+
+# --- a failing restore ----------------------------------------------------------------------
+
+
+def test_failed_restore_keeps_the_old_rules_and_the_next_sync_succeeds(lab: Lab) -> None:
+    from kubectl_proxyctl.engine.plan import ProxyConfig
+    from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions
+    from kubectl_proxyctl.kube.tracker import StateTracker
+    from kubectl_proxyctl.system.conntrack import ConntrackSystem
+    from kubectl_proxyctl.system.executor import SubprocessExecutor
+    from kubectl_proxyctl.system.iptables import IptablesSystem
+
+    class FailingOnce(IptablesSystem):
+        """Corrupts the nat table of the next sync payload, so the real iptables-restore
+        fails after it committed the filter table."""
+
+        fail_next = False
+        failures = 0
+
+        def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
+            if self.fail_next and payload.startswith("*filter") and "\n*nat\n" in payload:
+                self.fail_next = False
+                self.failures += 1
+                head, _, tail = payload.rpartition("COMMIT\n")
+                payload = head + "-A KUBE-SERVICES -m no-such-match -j ACCEPT\nCOMMIT\n" + tail
+            super().restore(payload, noflush, counters)
+
+    executor = SubprocessExecutor(netns=lab.node)
+    system = FailingOnce(executor=executor)
+    config = ProxyConfig(node_name="node1", cluster_cidrs=(CLUSTER_CIDR,))
+    tracker = StateTracker("node1")
+    proxier = IptablesProxier(config, tracker, system, options=ProxierOptions(random_fully=system.supports_random_fully()),
+                              conntrack=ConntrackSystem(executor=executor))
+
+    def load(objs: Sequence[Obj]) -> None:
+        for obj in objs:
+            proxier.on_event(obj["kind"], "ADDED", obj)
+
+    lab.cleanup()
+    load(objects(lab.topo))
+    first = proxier.sync()
+    assert first is not None and not first.error and first.full, first
+    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
+    assert set(spread) == set(ENDPOINT_PODS), spread
+
+    # The next state: web keeps only pod-a, and "late" appears without endpoints (a filter REJECT).
+    proxier.on_event("EndpointSlice", "MODIFIED", endpoint_slice(
+        "web", [endpoint(lab.topo.pod("pod-a").ip, "node1", "pod-a")], [("http", 80, "TCP"), ("dns", 53, "UDP")]))
+    proxier.on_event("Service", "ADDED", service("late", LATE, [{"name": "http", "port": 80}]))
+    system.fail_next = True
+    failed = proxier.sync()
+    assert system.failures == 1
+    assert failed is not None and failed.error and "line" in failed.error, failed
+    assert "tables already committed by this restore: filter" in failed.error, failed.error
+    # The filter table had committed before nat failed: it was put back, and the old rules serve.
+    filter_table = run_in(lab.node, ["iptables-save", "-t", "filter"]).stdout
+    assert "e2e/late:http has no endpoints" not in filter_table, filter_table
+    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
+    assert set(spread) == set(ENDPOINT_PODS), spread
+    assert lab.tcp(POD_CLIENT, NP, 80) in ENDPOINT_PODS
+
+    # The retry is a full sync, and it brings the new state in.
+    retry = proxier.sync()
+    assert retry is not None and not retry.error and retry.full, retry
+    only_a = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 20)
+    assert only_a == {"pod-a": 20}, only_a
+    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=3.0) == "refused"
