@@ -28,6 +28,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubectl_proxyctl.cli.commands.endpoints:endpoints",
         "Show each service port's endpoints, their state, and why traffic might not reach them.",
     ),
+    "dump": (
+        "kubectl_proxyctl.cli.commands.dump:dump",
+        "Show the node's Service rules, each annotated with its service port and endpoint.",
+    ),
+    "explain": (
+        "kubectl_proxyctl.cli.commands.explain:explain",
+        "Explain where a new connection to a Service goes on a node, and which rules decide it.",
+    ),
+    "verify": (
+        "kubectl_proxyctl.cli.commands.verify:verify",
+        "Check a node's rules against the desired state from the API: missing, extra, stale.",
+    ),
     "run": (
         "kubectl_proxyctl.cli.commands.run:run",
         "Run the node engine: a drop-in kube-proxy (iptables mode).",

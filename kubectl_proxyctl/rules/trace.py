@@ -25,9 +25,15 @@ probabilities, e.g. DNAT to each of three endpoints with 1/3 each. `-m recent --
 connection) and its timeout is reported; `--set` always matches. Conntrack state is NEW, plus
 DNAT once a DNAT happened.
 
-Whatever the tracer cannot know (an ipset, a physdev, an interface the packet did not name,
-a target it does not implement) ends that branch as UNKNOWN with "cannot evaluate ..." instead
-of a guess; but a rule whose other matches already fail is simply skipped.
+`-m set` is evaluated when the caller passes the ipsets' contents (IPVS mode's rules).
+Whatever the tracer cannot know (an ipset it was not given, a physdev, an interface the packet
+did not name, a target it does not implement) ends that branch as UNKNOWN with "cannot
+evaluate ..." instead of a guess; but a rule whose other matches already fail is simply
+skipped.
+
+Big chains are not walked rule by rule: `Ruleset.candidates` hands over only the rules a
+packet to the current destination can match, so one service in a 10,000-service
+KUBE-SERVICES costs a few rules, not ten thousand.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from kubectl_proxyctl.model import NodeInfo
-from kubectl_proxyctl.rules.iptables_text import Chain, Match, Rule, Ruleset, parse_mark
+from kubectl_proxyctl.rules.iptables_text import Match, Rule, Ruleset, parse_mark
 
 
 class Origin(str, enum.Enum):
@@ -83,6 +89,19 @@ _PASSIVE_TARGETS = frozenset(
 _PROTOCOL_NUMBERS: Mapping[str, str] = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
 _MAX_DEPTH = 64
 _MAX_BRANCHES = 20000
+
+
+class AddressSet(Protocol):
+    """An ipset as `-m set --match-set NAME FLAGS` sees it (rules.ipvs_text.IpSet is one)."""
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """Per member part: "ip", "net", "port", or another ipset kind."""
+        ...
+
+    def contains(self, parts: Sequence[str]) -> bool | None:
+        """Is this member in the set (`ip`, `proto:port` parts)? None when it cannot tell."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,7 @@ class Outcome:
     affinity: tuple[tuple[str, int], ...]  # (recent list, seconds) checked on the way
     steps: tuple[Step, ...]
     reason: str
+    mark: int = 0  # the packet mark at the end (IPVS mode decides masquerading by it)
 
 
 @dataclass(frozen=True)
@@ -274,10 +294,13 @@ def _iface_matches(pattern: str, iface: str) -> bool:
 
 
 class _Tracer:
-    def __init__(self, ruleset: Ruleset, packet: Packet, node: LocalNode) -> None:
+    def __init__(
+        self, ruleset: Ruleset, packet: Packet, node: LocalNode, ipsets: Mapping[str, AddressSet] | None
+    ) -> None:
         self.ruleset = ruleset
         self.packet = packet
         self.node = node
+        self.ipsets = ipsets
         self.branches = 0
         self.hook = ""
 
@@ -385,6 +408,11 @@ class _Tracer:
             except ValueError:
                 return _UNKNOWN, 0.0
             ok = (st.mark & mask) == v
+        elif module == "set" and option == "--match-set":
+            in_set = self._match_set(m, st)
+            if in_set is None:
+                return _UNKNOWN, 0.0
+            ok = in_set
         elif module == "statistic":
             if option == "--mode":
                 if value != "random":
@@ -405,6 +433,29 @@ class _Tracer:
         if m.negated:
             ok = not ok
         return (_YES if ok else _NO), 1.0
+
+    def _match_set(self, m: Match, st: _State) -> bool | None:
+        """`--match-set NAME src,dst,...` (negation applied by the caller); None when unknown."""
+        if len(m.values) != 2 or self.ipsets is None or m.values[0] not in self.ipsets:
+            return None
+        ipset = self.ipsets[m.values[0]]
+        pkt = self.packet
+        parts: list[str] = []
+        for kind, flag in zip(ipset.dimensions, m.values[1].split(",")):
+            if flag not in ("src", "dst"):
+                return None
+            if kind in ("ip", "net"):
+                parts.append(pkt.src if flag == "src" else st.dst)
+            elif kind == "port":
+                port = pkt.sport if flag == "src" else st.dport
+                if port is None:
+                    return None
+                parts.append(f"{pkt.protocol}:{port}")
+            else:
+                return None
+        if len(parts) != len(ipset.dimensions):
+            return None
+        return ipset.contains(parts)
 
     def _evaluate(self, rule: Rule, st: _State) -> tuple[int, float, str, tuple[str, int] | None]:
         """→ (result, probability, note, affinity checked)."""
@@ -490,11 +541,10 @@ class _Tracer:
             return [(replace(st, untracked=True), _CONTINUE)]
         if target in _PASSIVE_TARGETS or target == "CT":
             return [(st, _CONTINUE)]
-        chain = self.ruleset.chain(table, target)
-        if chain is None:
+        if self.ruleset.policy(table, target) is None:
             return [(replace(st, reason=f"cannot evaluate -j {target}: not a chain of the {table} table"), _FAIL)]
         out: list[tuple[_State, str]] = []
-        for s, status in self._chain(table, chain, st, depth + 1):
+        for s, status in self._chain(table, target, st, depth + 1):
             if status == _RETURN:
                 out.append((s, _RETURN if rule.goto else _CONTINUE))
             else:
@@ -503,11 +553,15 @@ class _Tracer:
 
     # -- chains --
 
-    def _chain(self, table: str, chain: Chain, st: _State, depth: int) -> list[tuple[_State, str]]:
-        """Walk a chain; statuses: _RETURN (ran out or RETURN), _ACCEPT, or final ones."""
+    def _chain(self, table: str, name: str, st: _State, depth: int) -> list[tuple[_State, str]]:
+        """Walk a chain; statuses: _RETURN (ran out or RETURN), _ACCEPT, or final ones.
+
+        Only the rules a packet to the current destination can match are visited (see
+        Ruleset.candidates); the destination cannot change within one walk, since a DNAT
+        ends the table."""
         if depth > _MAX_DEPTH:
-            return [(replace(st, reason=f"cannot evaluate: chains nest deeper than {_MAX_DEPTH} at {chain.name}"), _FAIL)]
-        rules = chain.rules
+            return [(replace(st, reason=f"cannot evaluate: chains nest deeper than {_MAX_DEPTH} at {name}"), _FAIL)]
+        rules = self.ruleset.candidates(table, name, st.dst) or ()
         out: list[tuple[_State, str]] = []
         work: list[tuple[_State, int]] = [(st, 0)]
         while work:
@@ -516,7 +570,7 @@ class _Tracer:
                 if i >= len(rules):
                     out.append((s, _RETURN))
                     break
-                rule = rules[i]
+                position, rule = rules[i]
                 result, prob, note, affinity = self._evaluate(rule, s)
                 if affinity is not None:
                     s = replace(s, affinity=s.affinity + (affinity,))
@@ -524,8 +578,8 @@ class _Tracer:
                     i += 1
                     continue
                 if result == _UNKNOWN:
-                    s = s.step(table, chain.name, i + 1, rule.text, "?")
-                    out.append((replace(s, reason=f"{note} ({table}/{chain.name} rule {i + 1})"), _FAIL))
+                    s = s.step(table, name, position, rule.text, "?")
+                    out.append((replace(s, reason=f"{note} ({table}/{name} rule {position})"), _FAIL))
                     break
                 if result == _PROB:
                     self.branches += 1
@@ -538,7 +592,7 @@ class _Tracer:
                         break
                     s = replace(s, prob=s.prob * prob)
                 action = _describe_target(rule)
-                s = s.step(table, chain.name, i + 1, rule.text, action)
+                s = s.step(table, name, position, rule.text, action)
                 for s2, status in self._target(table, rule, s, depth):
                     if status == _CONTINUE:
                         work.append((s2, i + 1))
@@ -550,17 +604,17 @@ class _Tracer:
     def _hook(self, states: list[_State], hook: str, finals: list[tuple[_State, str]]) -> list[_State]:
         self.hook = hook
         for table in HOOKS[hook]:
-            chain = self.ruleset.chain(table, hook)
-            if chain is None:
+            chain_policy = self.ruleset.policy(table, hook)
+            if chain_policy is None:
                 continue
             nxt: list[_State] = []
             for st in states:
                 if table == "nat" and st.untracked:
                     nxt.append(st)  # untracked packets never see the nat table
                     continue
-                for s, status in self._chain(table, chain, st, 0):
+                for s, status in self._chain(table, hook, st, 0):
                     if status == _RETURN:
-                        policy = chain.policy if chain.policy not in ("-", "") else "ACCEPT"
+                        policy = chain_policy if chain_policy not in ("-", "") else "ACCEPT"
                         if policy == "ACCEPT":
                             nxt.append(s)
                         else:
@@ -606,7 +660,7 @@ class _Tracer:
         verdict_of = {_DROP: Verdict.DROP, _REJECT: Verdict.REJECT, _FAIL: Verdict.UNKNOWN}
         for s, status in finals:
             outcomes.append(
-                Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason)
+                Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark)
             )
         for s in done:
             if s.dnat:
@@ -615,48 +669,54 @@ class _Tracer:
                 verdict, reason = Verdict.ACCEPT, f"ACCEPT by {s.accepted}"
             else:
                 verdict, reason = Verdict.NONE, "no rule changed or stopped the packet"
-            outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason))
-        outcomes = _merge(outcomes)
+            outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark))
+        return summarize(self.packet, outcomes)
 
-        totals: dict[Verdict, float] = {}
-        for o in outcomes:
-            totals[o.verdict] = totals.get(o.verdict, 0.0) + o.probability
-        if not outcomes:
-            verdict = Verdict.NONE
-        elif Verdict.UNKNOWN in totals:
-            verdict = Verdict.UNKNOWN
-        else:
-            verdict = max(totals, key=lambda v: (totals[v], v != Verdict.NONE))
 
-        odds: dict[str, list[float | bool]] = {}
-        for o in outcomes:
-            if o.verdict == Verdict.DNAT:
-                entry = odds.setdefault(o.destination, [0.0, False])
-                entry[0] = float(entry[0]) + o.probability
-                entry[1] = bool(entry[1]) or o.masquerade
-        endpoints = tuple(EndpointOdds(d, float(p), bool(m)) for d, (p, m) in odds.items())
+def summarize(packet: Packet, outcomes: Iterable[Outcome]) -> TraceResult:
+    """Merge equal outcomes and sum them up: the overall verdict (UNKNOWN as soon as one way
+    could not be evaluated), each DNAT destination's total probability, and whether every way
+    through is masqueraded. Shared by the tracers of every backend."""
+    merged = _merge(outcomes)
+    totals: dict[Verdict, float] = {}
+    for o in merged:
+        totals[o.verdict] = totals.get(o.verdict, 0.0) + o.probability
+    if not merged:
+        verdict = Verdict.NONE
+    elif Verdict.UNKNOWN in totals:
+        verdict = Verdict.UNKNOWN
+    else:
+        verdict = max(totals, key=lambda v: (totals[v], v != Verdict.NONE))
 
-        passing = [o.masquerade for o in outcomes if o.verdict in (Verdict.DNAT, Verdict.ACCEPT, Verdict.NONE)]
-        masquerade: bool | None
-        if not passing:
-            masquerade = False
-        elif all(passing):
-            masquerade = True
-        elif not any(passing):
-            masquerade = False
-        else:
-            masquerade = None
-        seconds = [sec for o in outcomes for _, sec in o.affinity]
-        notes = sorted({o.reason for o in outcomes if o.verdict == Verdict.UNKNOWN})
-        return TraceResult(
-            packet=self.packet,
-            verdict=verdict,
-            outcomes=tuple(outcomes),
-            endpoints=endpoints,
-            masquerade=masquerade,
-            affinity_seconds=max(seconds) if seconds else None,
-            notes=tuple(notes),
-        )
+    odds: dict[str, list[float | bool]] = {}
+    for o in merged:
+        if o.verdict == Verdict.DNAT:
+            entry = odds.setdefault(o.destination, [0.0, False])
+            entry[0] = float(entry[0]) + o.probability
+            entry[1] = bool(entry[1]) or o.masquerade
+    endpoints = tuple(EndpointOdds(d, float(p), bool(m)) for d, (p, m) in odds.items())
+
+    passing = [o.masquerade for o in merged if o.verdict in (Verdict.DNAT, Verdict.ACCEPT, Verdict.NONE)]
+    masquerade: bool | None
+    if not passing:
+        masquerade = False
+    elif all(passing):
+        masquerade = True
+    elif not any(passing):
+        masquerade = False
+    else:
+        masquerade = None
+    seconds = [sec for o in merged for _, sec in o.affinity]
+    notes = sorted({o.reason for o in merged if o.verdict == Verdict.UNKNOWN})
+    return TraceResult(
+        packet=packet,
+        verdict=verdict,
+        outcomes=tuple(merged),
+        endpoints=endpoints,
+        masquerade=masquerade,
+        affinity_seconds=max(seconds) if seconds else None,
+        notes=tuple(notes),
+    )
 
 
 def _merge(outcomes: Iterable[Outcome]) -> list[Outcome]:
@@ -664,7 +724,8 @@ def _merge(outcomes: Iterable[Outcome]) -> list[Outcome]:
     did not matter)."""
     merged: dict[tuple[object, ...], Outcome] = {}
     for o in outcomes:
-        key = (o.verdict, o.destination, o.masquerade, o.reason, tuple((s.table, s.chain, s.index) for s in o.steps))
+        key = (o.verdict, o.destination, o.masquerade, o.reason, o.mark,
+               tuple((s.table, s.chain, s.index) for s in o.steps))
         old = merged.get(key)
         merged[key] = o if old is None else replace(old, probability=old.probability + o.probability)
     return list(merged.values())
@@ -724,11 +785,18 @@ def _apply_mark(mark: int, options: Sequence[Match]) -> int | None:
     return None
 
 
-def trace(ruleset: Ruleset, packet: Packet, node: LocalNode | NodeInfo | Iterable[str]) -> TraceResult:
+def trace(
+    ruleset: Ruleset,
+    packet: Packet,
+    node: LocalNode | NodeInfo | Iterable[str],
+    ipsets: Mapping[str, AddressSet] | None = None,
+) -> TraceResult:
     """Follow `packet` through `ruleset` on `node` (a LocalNode, a NodeInfo, or its addresses).
 
     The ruleset must contain the built-in chains' jumps into the kube chains (a real
     `iptables-save` does; for a bare restore payload add them with `Ruleset.with_jump_rules`).
+    `ipsets` (name → set) lets `-m set` matches be evaluated; without them they are
+    "cannot evaluate".
     """
     if isinstance(node, LocalNode):
         local = node
@@ -736,10 +804,11 @@ def trace(ruleset: Ruleset, packet: Packet, node: LocalNode | NodeInfo | Iterabl
         local = LocalNode.from_node_info(node)
     else:
         local = LocalNode(tuple(node))
-    return _Tracer(ruleset, packet, local).run()
+    return _Tracer(ruleset, packet, local, ipsets).run()
 
 
 __all__ = [
+    "AddressSet",
     "EndpointOdds",
     "HOOKS",
     "LocalNode",
@@ -749,5 +818,6 @@ __all__ = [
     "Step",
     "TraceResult",
     "Verdict",
+    "summarize",
     "trace",
 ]

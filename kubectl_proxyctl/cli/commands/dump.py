@@ -1,0 +1,63 @@
+"""`kubectl proxyctl dump [svc/NAME]`: the node's Service rules, annotated with their owners."""
+
+from __future__ import annotations
+
+import click
+
+from kubectl_proxyctl.cli.inspect import NodeOptions, complete_services, node_options
+from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
+
+
+@click.command("dump")
+@click.argument("target", required=False, metavar="[svc/NAME | NAME]", shell_complete=complete_services)
+@node_options
+@cluster_options(outputs=("text", "raw", "table", "json", "yaml"))
+def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None) -> None:
+    """Show the node's Service rules, each with the service port and endpoint it serves.
+
+    Reads the rules of every proxy mode on the node (iptables from both backends, the nft
+    `kube-proxy` table, IPVS virtual services and ipsets) and names kube-proxy's hashed
+    chains: from the rule comments, by following the jumps from the entry rules, and by
+    recomputing the hashes (which also works in large clusters, where kube-proxy drops the
+    SVC/SEP comments). With svc/NAME only that Service's chains and entry rules are shown.
+
+    \b
+    Output formats:
+      text    the rules in their own syntax, each followed by `# ns/svc:port -> endpoint`
+      raw     the rules verbatim (iptables-save blocks, nft statements, ipvsadm/ipset lines)
+      table   one row per rule: TABLE CHAIN SERVICE ENDPOINT RULE
+      json    the same records as JSON (yaml too)
+
+    \b
+    Examples:
+      kubectl proxyctl dump svc/kube-dns -n kube-system
+      kubectl proxyctl dump --rules-file node1.iptables -o table
+      kubectl proxyctl dump svc/web --node node1 --from-file cluster.yaml -o raw
+    """
+    from kubectl_proxyctl import output as out
+    from kubectl_proxyctl.cli.inspect import load_cluster_state, proxy_mode, read_rules, selector_for
+    from kubectl_proxyctl.errors import NotFoundError
+    from kubectl_proxyctl.rules import dump as view
+
+    if target and cluster.all_namespaces:
+        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
+    selector = selector_for(target, cluster) if target else None
+    graph, addresses = read_rules(node)
+    mode = proxy_mode(graph, node)
+    namespace = selector.namespace if selector else None
+    state, _ = load_cluster_state(cluster, node, namespace, selector.name if selector else None, required=False) \
+        if (cluster.from_file or mode.value == "ipvs") else (None, None)
+    node_ips = node.node_ips or tuple(addresses)
+    lines = view.dump_lines(graph, mode, state, node_ips, selector)
+    if selector is not None and not view.records(lines):
+        raise NotFoundError(f"no rules for {selector.key} in the node's {mode} rules")
+    if output == "text":
+        click.echo(view.render_annotated(lines), nl=False)
+    elif output == "raw":
+        click.echo(view.render_raw(lines), nl=False)
+    elif output == "table":
+        rows = [[r.table if r.backend.startswith("iptables") else r.backend, r.chain, r.service, r.endpoint, r.text]
+                for r in view.records(lines)]
+        click.echo(out.table(["TABLE", "CHAIN", "SERVICE", "ENDPOINT", "RULE"], rows), nl=False)
+    else:
+        click.echo(out.render([r.as_dict() for r in view.records(lines)], output), nl=False)

@@ -1,0 +1,92 @@
+"""`kubectl proxyctl verify [svc/NAME]`: the node's rules against what the API says."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from kubectl_proxyctl.cli.inspect import NodeOptions, complete_services, node_options
+from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
+
+if TYPE_CHECKING:
+    from kubectl_proxyctl.rules.verify import Report
+
+TEXT_LIMIT = 20  # findings of one kind shown in text output before "... and N more"
+
+
+@click.command("verify")
+@click.argument("target", required=False, metavar="[svc/NAME | NAME]", shell_complete=complete_services)
+@node_options
+@cluster_options(outputs=("text", "json", "yaml"))
+def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None) -> int:
+    """Check the node's rules against the desired state computed from the API.
+
+    The desired state is what the engine would program on this node (the plan for
+    --node-name, from the Services and EndpointSlices of the API or --from-file). Both sides
+    are parsed and compared by meaning, not text: per service port, the entry rules as
+    multisets (the order across services does not matter), each chain's rules, the endpoint
+    odds. Reported: missing services, missing, extra and stale endpoints, wrong odds, chains
+    nothing owns, missing jump rules, rules of another proxy mode (an nft kube-proxy table or
+    IPVS leftovers on an iptables node) and KUBE- rules split between the nft and legacy
+    iptables backends. The proxy's node-wide flags (masquerade bit, cluster CIDR,
+    --masquerade-all, node-port addresses) are read back from the rules unless given.
+
+    Exit status: 0 in sync, 1 drift found, 2 error (3 when the API server cannot be reached,
+    as for every command).
+
+    \b
+    Examples:
+      kubectl proxyctl verify
+      kubectl proxyctl verify svc/web -o json
+      kubectl proxyctl verify --rules-file node1.iptables --from-file cluster.yaml --node-name node1
+    """
+    from kubectl_proxyctl import output as out
+    from kubectl_proxyctl.cli.inspect import context_for, load_cluster_state, proxy_mode, read_rules, selector_for
+    from kubectl_proxyctl.errors import ConfigError, NotFoundError
+    from kubectl_proxyctl.rules import verify as check
+
+    if target and cluster.all_namespaces:
+        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
+    selector = selector_for(target, cluster) if target else None
+    graph, addresses = read_rules(node)
+    mode = proxy_mode(graph, node)
+    context = context_for(graph, None, node, addresses)
+    if not context.name:
+        raise ConfigError("verify needs to know which node the rules belong to: pass --node-name")
+    state, _ = load_cluster_state(cluster, node, selector.namespace if selector else None,
+                                  selector.name if selector else None, required=True)
+    assert state is not None
+    if selector is not None and selector.key not in state.services:
+        raise NotFoundError(f'service "{selector.name}" not found in namespace "{selector.namespace}"')
+    context = context_for(graph, state, node, addresses)
+    report = check.verify(graph, mode, state, context, selector)
+
+    if output in ("json", "yaml"):
+        click.echo(out.render(report.as_dict(), output), nl=False)
+    else:
+        click.echo(render_text(report), nl=False)
+    return 0 if report.in_sync else 1
+
+
+def render_text(report: "Report") -> str:
+    where = f"node {report.node}" if report.node else "this node"
+    if report.in_sync:
+        return f"In sync: {report.services_checked} service port(s) on {where} match the API ({report.mode} mode).\n"
+    lines = [f"Drift on {where} ({report.mode} mode): {len(report.findings)} finding(s) over "
+             f"{report.services_checked} service port(s) checked.", ""]
+    shown: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    for f in report.findings:
+        if shown.get(f.kind, 0) >= TEXT_LIMIT:
+            hidden[f.kind] = hidden.get(f.kind, 0) + 1
+            continue
+        shown[f.kind] = shown.get(f.kind, 0) + 1
+        lines.append(f"{f.severity.upper()} [{f.kind}] {f.message}")
+        for rule in f.missing:
+            lines.append(f"    missing: {rule}")
+        for rule in f.extra:
+            lines.append(f"    extra:   {rule}")
+    for kind, count in hidden.items():
+        lines.append(f"... and {count} more [{kind}] (use -o json for all)")
+    return "\n".join(lines) + "\n"

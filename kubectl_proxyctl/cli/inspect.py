@@ -1,0 +1,288 @@
+"""What `dump`, `explain` and `verify` share: where the rules come from, and which node.
+
+Options (`node_options`): `--rules-file FILE` (repeatable; iptables-save, nft -j, ipvsadm
+and ipset outputs, told apart automatically), `--node NODE` (collect over SSH, with the same
+SSH flags as `probe`), otherwise the live node this command runs on (`--ip-family` picks
+iptables or ip6tables, nft `ip` or `ip6`); `--node-name`,
+`--node-ip` (repeatable) and `--cluster-cidr` say which node the rules belong to and which
+sources are pods; `--proxy-mode` overrides the detection of the node's proxy mode.
+
+Heavy imports happen inside the functions: `explain --rules-file` never loads the
+kubernetes client (only `load_cluster_state` does, and only when it talks to the API).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+import click
+
+from kubectl_proxyctl.cli.options import DURATION, ClusterOptions
+
+if TYPE_CHECKING:
+    from kubectl_proxyctl.model import ClusterState
+    from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
+    from kubectl_proxyctl.rules.names import ServiceSelector
+    from kubectl_proxyctl.rules.nodeinfo import NodeContext
+    from kubectl_proxyctl.system.executor import Result
+
+F = TypeVar("F", bound=Callable[..., Any])
+PROXY_MODES = ("auto", "iptables", "nftables", "ipvs")
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    rules_files: tuple[str, ...] = ()
+    node: str | None = None
+    node_name: str | None = None
+    node_ips: tuple[str, ...] = ()
+    cluster_cidrs: tuple[str, ...] = ()
+    proxy_mode: str = "auto"
+    ip_family: str = "IPv4"
+    sudo: bool = False
+    ssh_config: str | None = None
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+    ssh_keys: tuple[str, ...] = ()
+    jump: str | None = None
+    accept_new_host_keys: bool = False
+    ssh_timeout: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return not self.rules_files and not self.node
+
+
+def node_options(f: F) -> F:
+    """Add the rule-source and node options; the command receives `node` (NodeOptions)."""
+
+    def collect(**kwargs: Any) -> Any:
+        cidrs: list[str] = []
+        for value in kwargs.pop("cluster_cidr"):
+            cidrs += [c.strip() for c in value.split(",") if c.strip()]
+        node = NodeOptions(
+            rules_files=tuple(kwargs.pop("rules_files")),
+            node=kwargs.pop("node_host"),
+            node_name=kwargs.pop("node_name"),
+            node_ips=tuple(kwargs.pop("node_ips")),
+            cluster_cidrs=tuple(cidrs),
+            proxy_mode=kwargs.pop("proxy_mode"),
+            ip_family=kwargs.pop("ip_family"),
+            sudo=kwargs.pop("sudo"),
+            ssh_config=kwargs.pop("ssh_config"),
+            ssh_user=kwargs.pop("ssh_user"),
+            ssh_port=kwargs.pop("ssh_port"),
+            ssh_keys=tuple(kwargs.pop("ssh_keys")),
+            jump=kwargs.pop("jump"),
+            accept_new_host_keys=kwargs.pop("accept_new_host_keys"),
+            ssh_timeout=kwargs.pop("ssh_timeout"),
+        )
+        _validate(node)
+        return f(node=node, **kwargs)
+
+    collect.__name__ = f.__name__
+    collect.__doc__ = f.__doc__
+    g: Any = collect
+    if hasattr(f, "__click_params__"):
+        g.__click_params__ = f.__click_params__
+    ssh = "(with --node)"
+    for decorator in reversed([
+        click.option("--rules-file", "rules_files", multiple=True, metavar="FILE",
+                     type=click.Path(dir_okay=False, allow_dash=True),
+                     help="Read the rules from a file ('-' = stdin): iptables-save (either backend), "
+                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln` or `ipset save` output, detected "
+                     "automatically; repeatable, and one file may hold several. Default: this node's live rules."),
+        click.option("--node", "node_host", metavar="NODE",
+                     help="Collect the rules from NODE over SSH (the ssh config applies) instead of this host."),
+        click.option("--node-name", metavar="NAME",
+                     help="The Node the rules belong to (decides which endpoints are local; default for "
+                     "live rules: $NODE_NAME or the hostname; with --node: NODE)."),
+        click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+                     help="The node's address(es), for NodePort paths (repeatable; default: the Node "
+                     "object's addresses, else the live node's)."),
+        click.option("--cluster-cidr", multiple=True, metavar="CIDR[,CIDR]",
+                     help="Pod CIDR(s): which sources are pods (default: read back from the rules)."),
+        click.option("--proxy-mode", type=click.Choice(PROXY_MODES), default="auto", show_default=True,
+                     help="Which proxy mode's rules to read when several are present."),
+        click.option("--ip-family", type=click.Choice(["IPv4", "IPv6"]), default="IPv4", show_default=True,
+                     help="Which family's tables to collect from a live node or over SSH (iptables or "
+                     "ip6tables, nft `ip` or `ip6`)."),
+        click.option("--sudo", is_flag=True, help=f"Run the node's tools with `sudo -n` {ssh}."),
+        click.option("--ssh-config", metavar="PATH", help=f"ssh config file, like `ssh -F` {ssh}."),
+        click.option("--ssh-user", metavar="USER", help=f"SSH user {ssh}."),
+        click.option("--ssh-port", type=int, metavar="PORT", help=f"SSH port {ssh}."),
+        click.option("--ssh-key", "ssh_keys", multiple=True, metavar="PATH", help=f"SSH identity file {ssh}."),
+        click.option("--jump", metavar="[USER@]HOST[:PORT]", help=f"SSH jump host {ssh}."),
+        click.option("--accept-new-host-keys", is_flag=True,
+                     help=f"Trust and remember unknown SSH host keys {ssh}."),
+        click.option("--ssh-timeout", type=DURATION, metavar="DURATION", help=f"SSH connect timeout {ssh}."),
+    ]):
+        g = decorator(g)
+    return g  # type: ignore[no-any-return]
+
+
+def complete_services(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    from kubectl_proxyctl.cli.completion import services_for
+
+    return services_for(ctx, incomplete)
+
+
+def _validate(node: NodeOptions) -> None:
+    import ipaddress
+
+    from kubectl_proxyctl.errors import ConfigError
+
+    if node.rules_files and node.node:
+        raise click.UsageError("--rules-file and --node exclude each other")
+    for ip in node.node_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"--node-ip: {ip!r} is not an IP address") from None
+    for cidr in node.cluster_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"--cluster-cidr: {cidr!r} is not a CIDR") from None
+
+
+class _SSHExecutor:
+    """The Executor protocol over one SSH connection (remote.ssh is the paramiko adapter)."""
+
+    def __init__(self, client: Any, host: str, sudo: bool) -> None:
+        self.netns: str | None = None
+        self.client = client
+        self.host = host
+        self.sudo = sudo
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 60.0) -> "Result":
+        from kubectl_proxyctl.system.executor import Result
+
+        if stdin is not None:
+            raise ValueError("commands sent over SSH take no input")
+        full = (["sudo", "-n"] if self.sudo else []) + list(argv)
+        done = self.client.run(self.host, full, timeout)
+        return Result(done.exit_code, done.stdout, done.stderr)
+
+
+def default_node_name() -> str:
+    return (os.environ.get("NODE_NAME") or socket.gethostname()).strip().lower()
+
+
+def read_rules(node: NodeOptions) -> tuple["RuleGraph", list[str]]:
+    """The RuleGraph and the node's own addresses (known only for live and SSH sources)."""
+    from kubectl_proxyctl.model import IPFamily
+    from kubectl_proxyctl.rules.graph import load_files, load_texts
+
+    if node.rules_files:
+        return load_files(node.rules_files), []
+    from kubectl_proxyctl.system.noderules import collect
+
+    family = IPFamily(node.ip_family)
+    if node.node:
+        from kubectl_proxyctl.remote.ssh import SSHClient, SSHOptions, validate_host, validate_jump
+
+        validate_host(node.node, "--node")
+        options = SSHOptions(config_file=node.ssh_config, user=node.ssh_user, port=node.ssh_port,
+                             identity_files=node.ssh_keys, jump=validate_jump(node.jump) if node.jump else None,
+                             accept_new_host_keys=node.accept_new_host_keys, connect_timeout=node.ssh_timeout)
+        with SSHClient(options) as client:
+            found = collect(_SSHExecutor(client, node.node, node.sudo), family)
+        sources = [f"{node.node}: {s}" for s, _ in found.texts]
+    else:
+        found = collect(family=family)
+        sources = [s for s, _ in found.texts]
+    graph = load_texts(list(zip(sources, (t for _, t in found.texts))), found.notes, found.backend_in_use)
+    return graph, found.addresses
+
+
+def node_name_for(node: NodeOptions) -> str | None:
+    if node.node_name:
+        return node.node_name
+    if node.node:
+        return node.node
+    if node.live:
+        return default_node_name()
+    return None
+
+
+def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "ProxyMode":
+    from kubectl_proxyctl.errors import NotFoundError
+    from kubectl_proxyctl.rules.graph import ProxyMode
+
+    if node.proxy_mode != "auto":
+        return ProxyMode(node.proxy_mode)
+    mode = graph.mode
+    if mode is None:
+        where = ", ".join(graph.sources) or ("this node" if node.live else "the input")
+        raise NotFoundError(f"no Service proxy rules found in {where}")
+    return mode
+
+
+def load_cluster_state(cluster: ClusterOptions, node: NodeOptions, namespace: str | None, service: str | None,
+                       required: bool) -> tuple["ClusterState | None", str | None]:
+    """The Services and EndpointSlices, or (None, why) when they are optional and unavailable.
+
+    With `--from-file` the file; with `--rules-file` and no `--from-file`, nothing unless
+    `required` (explain then works from the rules alone and never imports the API client);
+    otherwise the API server."""
+    if not cluster.from_file and node.rules_files and not required:
+        return None, None
+    from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError
+    from kubectl_proxyctl.kube.source import load_state
+
+    if cluster.from_file and service and namespace:
+        return _state_of_one_service(cluster.from_file, namespace, service), None
+    try:
+        state = load_state(cluster, namespace=namespace, service=service, include_pods=False)
+    except NotFoundError:
+        if cluster.from_file:
+            return None, None
+        if required:
+            raise
+        return None, f'service "{service}" not found in namespace "{namespace}" in the API'
+    except (ConfigError, ClusterError) as exc:
+        if required or cluster.from_file:
+            raise
+        return None, f"no cluster access ({exc}): the Service facts come from the rules alone"
+    return state, None
+
+
+def _state_of_one_service(path: str, namespace: str, service: str) -> "ClusterState":
+    """One Service, its EndpointSlices and the Nodes from a file: what the API would answer
+    for it, without converting every other object of a big snapshot."""
+    from kubectl_proxyctl.kube.convert import LABEL_SERVICE_NAME, state_from_objects
+    from kubectl_proxyctl.kube.snapshot import load_objects
+
+    def wanted(obj: dict[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        kind = obj.get("kind")
+        if kind == "Node":
+            return True
+        if meta.get("namespace", "default") != namespace:
+            return False
+        if kind == "Service":
+            return bool(meta.get("name") == service)
+        if kind == "EndpointSlice":
+            return bool((meta.get("labels") or {}).get(LABEL_SERVICE_NAME) == service)
+        return False
+
+    objects = [o for o in load_objects(path) if isinstance(o, dict) and wanted(o)]
+    return state_from_objects(objects, lambda message: click.echo(f"warning: {message}", err=True))
+
+
+def selector_for(target: str, cluster: ClusterOptions) -> "ServiceSelector":
+    from kubectl_proxyctl.cli.target import parse_service
+    from kubectl_proxyctl.rules.names import ServiceSelector
+
+    return ServiceSelector(cluster.namespace, parse_service(target))
+
+
+def context_for(graph: "RuleGraph", state: "ClusterState | None", node: NodeOptions,
+                addresses: Sequence[str]) -> "NodeContext":
+    from kubectl_proxyctl.rules.nodeinfo import node_context
+
+    return node_context(graph, state, node_name_for(node), node.node_ips, node.cluster_cidrs, addresses)

@@ -1,0 +1,841 @@
+"""`explain svc/NAME`: where a new connection to a Service goes on one node, and why.
+
+Theory of operation: for every port of the Service and every way in (the cluster IP, the
+node port on each node address, external IPs, load-balancer IPs) and every kind of client (a
+pod on this node, the node itself, a client outside the cluster), build the first packet of
+a connection and trace it through the node's real rules (`rules.paths`). Each path becomes
+one plain sentence ("pod → 10.96.0.10:80 → 1 of 3 endpoints, 33.3 % each, no SNAT") and the
+list of rules it crossed.
+
+The Service facts (cluster IP, ports, node port, external and load-balancer IPs, source
+ranges) come from the Service object when there is one (API or `--from-file`); with only a
+rules dump they are read back from the rules: kube-proxy's entry-rule comments in iptables
+mode (`"ns/svc:port cluster IP"`, `loadbalancer IP`, `external IP`, the node-port rules,
+the filter REJECT/DROP twins for ports without endpoints), the maps and chain names in
+nftables mode. IPVS virtual services carry no names, so IPVS needs the Service objects.
+
+Then the classic traps are named, from the traces rather than from the API (the rules are
+what packets meet): no endpoints (REJECT), a Local traffic policy without a local endpoint on
+this node (DROP for outside clients), load-balancer source ranges (other sources dropped,
+pods included), ClientIP affinity, hairpin traffic of endpoints on this node, a ruleset not
+hooked into the built-in chains, rules the tracer cannot evaluate.
+
+`render_text`, `as_dict` (the `-o json` contract) and `render_dot` (the chain graph, for
+Graphviz) are the three views.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from kubectl_proxyctl.model import ClusterState, Endpoint, ServicePort
+from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
+from kubectl_proxyctl.rules.iptables_text import Rule, Ruleset
+from kubectl_proxyctl.rules.names import (
+    EntryRule,
+    IptablesNames,
+    NftNames,
+    ServiceSelector,
+    parse_comment,
+    resolve_iptables,
+    resolve_nft,
+)
+from kubectl_proxyctl.rules.nft_json import NftTable, value_text
+from kubectl_proxyctl.rules.nodeinfo import EXTERNAL_CLIENT_IP, EXTERNAL_CLIENT_IP_V6, NodeContext
+from kubectl_proxyctl.rules.paths import trace_packet
+from kubectl_proxyctl.rules.trace import Origin, Packet, Step, TraceResult, Verdict
+
+CLIENTS = ("pod", "node", "external")
+KINDS = ("ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" | "warning"
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "message": self.message}
+
+
+@dataclass
+class EntryFacts:
+    kind: str  # ClusterIP, NodePort, ExternalIP, LoadBalancer
+    address: str | None  # None: a node port on any local address
+    port: int
+    source_ranges: tuple[str, ...] = ()
+
+
+@dataclass
+class PortFacts:
+    service_port: str  # ServicePortName string
+    name: str
+    protocol: str  # TCP, UDP, SCTP
+    port: int | None
+    entries: list[EntryFacts] = field(default_factory=list)
+    endpoints: tuple[Endpoint, ...] | None = None  # from the API; None when unknown
+    source: str = "rules"  # "api" or "rules"
+
+
+@dataclass
+class PathResult:
+    client: str
+    source: str
+    result: TraceResult
+    sentence: str
+
+    def rules(self, mode: ProxyMode) -> list[str]:
+        return [step_text(s, mode) for s in self.steps()]
+
+    def steps(self) -> list[Step]:
+        """The rules that mattered, first appearance first: a jump into a chain where no
+        rule matched (e.g. FORWARD → KUBE-PROXY-FIREWALL for an allowed packet) is left out."""
+        seen: set[tuple[str, str, int, str]] = set()
+        out: list[Step] = []
+        for outcome in self.result.outcomes:
+            steps = outcome.steps
+            for i, step in enumerate(steps):
+                verb, _, target = step.action.partition(" ")
+                if verb in ("jump", "goto") and not any(s.chain == target for s in steps[i + 1:]):
+                    continue
+                key = (step.table, step.chain, step.index, step.action)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(step)
+        return out
+
+    def as_dict(self, mode: ProxyMode) -> dict[str, Any]:
+        r = self.result
+        endpoints = []
+        for e in r.endpoints:
+            ip, port = _split_endpoint(e.destination)
+            endpoints.append({"ip": ip, "port": port, "probability": round(e.probability, 6),
+                              "masquerade": e.masquerade})
+        return {
+            "client": self.client,
+            "source": self.source,
+            "verdict": r.verdict.value,
+            "masquerade": r.masquerade,
+            "affinity_seconds": r.affinity_seconds,
+            "endpoints": endpoints,
+            "rules": self.rules(mode),
+            "sentence": self.sentence,
+            "notes": list(r.notes),
+            "steps": [
+                {"table": s.table, "chain": s.chain, "position": s.index, "rule": s.rule, "action": s.action,
+                 "probability": round(s.probability, 6)}
+                for s in self.steps()
+            ],
+        }
+
+
+@dataclass
+class EntryResult:
+    facts: EntryFacts
+    paths: list[PathResult] = field(default_factory=list)
+
+
+@dataclass
+class PortResult:
+    facts: PortFacts
+    entries: list[EntryResult] = field(default_factory=list)
+    desired: dict[str, Any] | None = None  # from the plan, with cluster access
+
+
+@dataclass
+class Explanation:
+    service: str
+    node: str | None
+    mode: ProxyMode
+    ports: list[PortResult]
+    problems: list[Problem]
+    sources: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        ports = []
+        for p in self.ports:
+            entry_dicts = []
+            for e in p.entries:
+                entry_dicts.append({
+                    "kind": e.facts.kind,
+                    "address": e.facts.address,
+                    "port": e.facts.port,
+                    "paths": [path.as_dict(self.mode) for path in e.paths],
+                })
+            port: dict[str, Any] = {
+                "name": p.facts.name,
+                "protocol": p.facts.protocol,
+                "port": p.facts.port,
+                "service_port": p.facts.service_port,
+                "facts_from": p.facts.source,
+                "entries": entry_dicts,
+            }
+            if p.desired is not None:
+                port["desired"] = p.desired
+            ports.append(port)
+        return {
+            "service": self.service,
+            "node": self.node,
+            "backend": self.mode.value,
+            "ports": ports,
+            "problems": [p.as_dict() for p in self.problems],
+            "sources": list(self.sources),
+        }
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _split_endpoint(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, None
+    return host, int(port)
+
+
+def step_text(step: Step, mode: ProxyMode) -> str:
+    """A traversed rule as people write it: `-A CHAIN …`, `add rule ip kube-proxy CHAIN …`."""
+    if step.table == "ipvs":
+        return f"ipvs {step.chain}: {step.rule}"
+    if mode == ProxyMode.NFTABLES or " " in step.table:
+        return f"add rule {step.table} {step.chain} {step.rule}"
+    if step.index == 0:
+        return f":{step.chain} {step.action}"
+    return f"-A {step.chain} {step.rule}".rstrip()
+
+
+def _address(ip: str | None, port: int) -> str:
+    if ip is None:
+        return f"<node>:{port}"
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _percent(p: float) -> str:
+    return f"{p * 100:.1f} %"
+
+
+def sentence(client: str, entry: EntryFacts, r: TraceResult) -> str:
+    head = f"{client} → {_address(entry.address, entry.port)}"
+    if r.verdict == Verdict.DNAT:
+        eps = r.endpoints
+        total = sum(e.probability for e in eps)
+        probs = [e.probability for e in eps]
+        if len(eps) == 1:
+            what = f"endpoint {eps[0].destination}"
+            if total < 0.9999:
+                what += f" ({_percent(total)}; the rest: {_other_verdicts(r)})"
+        elif max(probs) - min(probs) < 1e-6:
+            what = f"1 of {len(eps)} endpoints, {_percent(probs[0])} each"
+            if total < 0.9999:
+                what += f" (the rest: {_other_verdicts(r)})"
+        else:
+            what = ", ".join(f"{e.destination} {_percent(e.probability)}" for e in eps)
+        if r.masquerade is True:
+            snat = "SNAT to the node"
+        elif r.masquerade is False:
+            snat = "no SNAT"
+        else:
+            snat = "SNAT on some paths"
+        text = f"{head} → {what}, {snat}"
+        if r.affinity_seconds:
+            text += f", sticky per client IP for {r.affinity_seconds} s"
+        return text
+    if r.verdict == Verdict.REJECT:
+        return f"{head} → REJECT (connection refused at once)"
+    if r.verdict == Verdict.DROP:
+        return f"{head} → DROP (the connection times out)"
+    if r.verdict == Verdict.ACCEPT:
+        return f"{head} → ACCEPT (for the node itself, not rewritten)"
+    if r.verdict == Verdict.NONE:
+        return f"{head} → no service rule matches: the packet goes on unchanged"
+    return f"{head} → cannot tell: " + "; ".join(r.notes)
+
+
+def _other_verdicts(r: TraceResult) -> str:
+    parts = [f"{o.verdict.value} {_percent(o.probability)}" for o in r.outcomes if o.verdict != Verdict.DNAT]
+    return ", ".join(parts) or "none"
+
+
+# --- Service facts ---------------------------------------------------------------------
+
+
+def facts_from_state(state: ClusterState, selector: ServiceSelector, family_v6: bool) -> list[PortFacts]:
+    out: list[PortFacts] = []
+    for sp in state.service_ports(selector.key):
+        out.append(_facts_of_port(sp, state.endpoints_of(sp.name), family_v6))
+    return out
+
+
+def _same_family(ip: str, v6: bool) -> bool:
+    return (":" in ip) == v6
+
+
+def _facts_of_port(sp: ServicePort, endpoints: Sequence[Endpoint], v6: bool) -> PortFacts:
+    facts = PortFacts(str(sp.name), sp.name.port, sp.protocol.value, sp.port, source="api",
+                      endpoints=tuple(e for e in endpoints if _same_family(e.ip, v6)))
+    for ip in sp.cluster_ips:
+        if _same_family(ip, v6):
+            facts.entries.append(EntryFacts("ClusterIP", ip, sp.port))
+    if sp.node_port:
+        facts.entries.append(EntryFacts("NodePort", None, sp.node_port))
+    for ip in sp.external_ips:
+        if _same_family(ip, v6):
+            facts.entries.append(EntryFacts("ExternalIP", ip, sp.port))
+    ranges = tuple(c for c in sp.load_balancer_source_ranges if _same_family(c, v6))
+    for ip in sp.load_balancer_ips:
+        if _same_family(ip, v6):
+            facts.entries.append(EntryFacts("LoadBalancer", ip, sp.port, ranges))
+    return facts
+
+
+def _address_of(rule: Rule) -> str | None:
+    m = rule.find("-d")
+    if m is None or m.negated:
+        return None
+    value = m.value
+    for suffix in ("/32", "/128"):
+        if value.endswith(suffix):
+            value = value[: -len(suffix)]
+    return value
+
+
+def _dport_of(rule: Rule) -> int | None:
+    for m in rule.matches:
+        if m.option == "--dport" and not m.negated:
+            try:
+                return int(m.value)
+            except ValueError:
+                return None
+    return None
+
+
+def facts_from_iptables(names: IptablesNames, ruleset: Ruleset) -> list[PortFacts]:
+    """Ports and entry points read back from the entry rules' comments."""
+    ports: dict[tuple[str, str], PortFacts] = {}
+
+    def port_of(e: EntryRule) -> PortFacts:
+        key = (e.service_port, e.protocol)
+        if key not in ports:
+            _, _, name = e.service_port.partition(":")
+            ports[key] = PortFacts(e.service_port, name, (e.protocol or "tcp").upper(), None)
+        return ports[key]
+
+    def add(p: PortFacts, entry: EntryFacts) -> None:
+        for known in p.entries:
+            if (known.kind, known.address, known.port) == (entry.kind, entry.address, entry.port):
+                return
+            if known.address == entry.address and known.port == entry.port and entry.address is not None:
+                return  # the same destination under another (ambiguous) kind
+        p.entries.append(entry)
+
+    def rank(e: EntryRule) -> int:
+        if e.kind == "cluster-ip" or (e.table, e.chain) == ("filter", "KUBE-SERVICES"):
+            return 0  # the cluster IP and the port number first
+        return 1 if e.table == "nat" else 2  # nat rules say which kind an address is; filter twins may not
+
+    ordered = sorted(names.entries, key=rank)
+    for e in ordered:
+        p = port_of(e)
+        addr = _address_of(e.rule)
+        dport = _dport_of(e.rule)
+        if dport is None:
+            continue
+        if e.kind == "cluster-ip" or (e.table == "filter" and e.chain == "KUBE-SERVICES"
+                                      and e.kind in ("no-endpoints", "no-local-endpoints")):
+            p.port = p.port or dport
+            if addr:
+                add(p, EntryFacts("ClusterIP", addr, dport))
+        elif e.kind == "external-ip" and addr:
+            add(p, EntryFacts("ExternalIP", addr, dport))
+        elif e.kind == "loadbalancer-ip" and addr:
+            add(p, EntryFacts("LoadBalancer", addr, dport, _source_ranges(ruleset, e.rule.target)))
+        elif e.kind == "firewall-drop" and addr:
+            fw = ruleset.chain("nat", e.rule.comment.rsplit(" ", 1)[-1]) if e.rule.comment else None
+            ranges = _source_ranges(ruleset, fw.name) if fw else ()
+            add(p, EntryFacts("LoadBalancer", addr, dport, ranges))
+        elif e.kind == "service" and e.chain == "KUBE-NODEPORTS" and e.table == "nat":
+            if addr is None or not addr.startswith("127."):
+                add(p, EntryFacts("NodePort", None, dport))
+        elif e.table == "filter" and e.chain == "KUBE-EXTERNAL-SERVICES":
+            if addr is None and e.rule.find("--dst-type", "addrtype") is not None:
+                add(p, EntryFacts("NodePort", None, dport))
+            elif addr:
+                # Without the Service object an external IP and a load-balancer IP of a port
+                # without endpoints look the same.
+                add(p, EntryFacts("ExternalIP", addr, dport))
+    return list(ports.values())
+
+
+def _source_ranges(ruleset: Ruleset, chain: str) -> tuple[str, ...]:
+    if not chain.startswith("KUBE-FW-"):
+        return ()
+    c = ruleset.chain("nat", chain)
+    out = []
+    for rule in c.rules if c else ():
+        src = rule.find("-s")
+        if src is not None and not src.negated and rule.target.startswith("KUBE-EXT-"):
+            out.append(src.value)
+    return tuple(out)
+
+
+def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: ServiceSelector) -> list[PortFacts]:
+    """Ports and entry points read back from the kube-proxy table's maps and chain names."""
+    ports: dict[str, PortFacts] = {}
+
+    def port_of(spn: str, proto: str) -> PortFacts:
+        if spn not in ports:
+            _, _, name = spn.partition(":")
+            ports[spn] = PortFacts(spn, name, proto.upper(), None)
+        return ports[spn]
+
+    for table in tables:
+        cluster_ips = {value_text(e.key) for e in table.sets["cluster-ips"].elements} \
+            if "cluster-ips" in table.sets else set()
+        firewall_keys = {value_text(e.key) for e in table.sets["firewall-ips"].elements} \
+            if "firewall-ips" in table.sets else set()
+        for map_name in ("service-ips", "no-endpoint-services", "service-nodeports", "no-endpoint-nodeports"):
+            nmap = table.sets.get(map_name)
+            for element in nmap.elements if nmap else ():
+                target = _verdict_target(element.value)
+                owner = names.owners.get(target) if target else None
+                spn = owner.service_port if owner else element.comment
+                if not spn or not selector.matches(spn):
+                    continue
+                parts = element.key.get("concat") if isinstance(element.key, dict) else None
+                if not isinstance(parts, list):
+                    continue
+                values = [value_text(v) for v in parts]
+                if map_name.endswith("nodeports") and len(values) == 2:
+                    proto, port = values
+                    p = port_of(spn, proto)
+                    p.entries.append(EntryFacts("NodePort", None, int(port)))
+                    continue
+                if len(values) != 3:
+                    continue
+                ip, proto, port = values
+                p = port_of(spn, proto)
+                role = owner.role if owner else ""
+                if role in ("cluster", "local") or ip in cluster_ips:
+                    p.port = p.port or int(port)
+                    p.entries.append(EntryFacts("ClusterIP", ip, int(port)))
+                elif value_text(element.key) in firewall_keys:
+                    p.entries.append(EntryFacts("LoadBalancer", ip, int(port)))
+                else:
+                    p.entries.append(EntryFacts("ExternalIP", ip, int(port)))
+    for p in ports.values():
+        unique = {(e.kind, e.address, e.port): e for e in p.entries}
+        p.entries = sorted(unique.values(), key=lambda e: KINDS.index(e.kind))
+    return list(ports.values())
+
+
+def _verdict_target(value: Any) -> str:
+    if isinstance(value, dict) and len(value) == 1:
+        k, x = next(iter(value.items()))
+        if k in ("goto", "jump") and isinstance(x, dict):
+            return str(x.get("target", ""))
+    return ""
+
+
+# --- the explanation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    selector: ServiceSelector
+    ports: tuple[str, ...] = ()  # port names or numbers; empty: all
+    clients: tuple[str, ...] = CLIENTS
+    source: str | None = None
+
+
+def _wanted(p: PortFacts, ports: Sequence[str]) -> bool:
+    if not ports:
+        return True
+    return any(w == p.name or (w.isdigit() and p.port == int(w)) or w.lower() == p.name.lower() for w in ports)
+
+
+def _rules_family_v6(names: IptablesNames | None, tables: Sequence[NftTable]) -> bool:
+    if names is not None:
+        for e in names.entries:
+            addr = _address_of(e.rule)
+            if addr:
+                return ":" in addr
+    return any(t.family == "ip6" for t in tables) and not any(t.family == "ip" for t in tables)
+
+
+def explain(
+    graph: RuleGraph,
+    mode: ProxyMode,
+    request: Request,
+    node: NodeContext,
+    state: ClusterState | None = None,
+) -> Explanation:
+    """Trace every port, entry point and client of one Service on one node."""
+    selector = request.selector
+    problems: list[Problem] = []
+    ipt_names: IptablesNames | None = None
+    nft_names: NftNames | None = None
+    tables = graph.nft_tables()
+    if mode in (ProxyMode.IPTABLES, ProxyMode.IPVS) and graph.ruleset is not None:
+        ipt_names = resolve_iptables(graph.ruleset, state, selector)
+    if mode == ProxyMode.NFTABLES:
+        nft_names = resolve_nft(tables)
+
+    v6 = _rules_family_v6(ipt_names, tables)
+    if state is not None and selector.key in state.services:
+        facts = facts_from_state(state, selector, v6)
+        svc = state.services[selector.key]
+        if not svc.proxied:
+            problems.append(Problem("warning", f"the proxy skips this Service: {svc.skip_reason}"))
+    elif mode == ProxyMode.NFTABLES and nft_names is not None:
+        facts = facts_from_nft(tables, nft_names, selector)
+    elif mode == ProxyMode.IPTABLES and ipt_names is not None and graph.ruleset is not None:
+        facts = facts_from_iptables(ipt_names, graph.ruleset)
+    else:
+        facts = []
+        if mode == ProxyMode.IPVS:
+            problems.append(Problem("error", "IPVS virtual services carry no service names: pass --from-file "
+                                             "or use cluster access so the Service's addresses are known"))
+    if not facts and not any(p.severity == "error" for p in problems):
+        problems.append(Problem("error", f"no rules for {selector.key} on this node ({mode} mode): the Service "
+                                         "does not exist, has no ports, or the proxy has not programmed it"))
+    facts = [f for f in facts if _wanted(f, request.ports)]
+    if request.ports and not facts:
+        problems.append(Problem("error", f"{selector.key} has no port {', '.join(request.ports)}"))
+
+    problems += _layout_problems(graph, mode)
+    if not node.ips_known:
+        problems.append(Problem("warning", f"the node's address is unknown (pass --node-ip): NodePort paths use "
+                                           f"{node.node_ip(v6)} as a stand-in"))
+
+    results: list[PortResult] = []
+    for f in facts:
+        port = PortResult(f)
+        endpoint_ips = [e.ip for e in f.endpoints or ()]
+        port_v6 = any(":" in (e.address or "") for e in f.entries)
+        for entry in f.entries:
+            addresses: Iterable[str | None] = [entry.address]
+            if entry.kind == "NodePort" and entry.address is None:
+                addresses = [ip for ip in node.ips if (":" in ip) == port_v6] if node.ips_known else [None]
+            for address in addresses:
+                e = EntryFacts(entry.kind, address, entry.port, entry.source_ranges)
+                er = EntryResult(e)
+                for client in request.clients:
+                    er.paths += _paths(graph, mode, f, e, client, node, request.source, endpoint_ips, port_v6)
+                port.entries.append(er)
+        results.append(port)
+
+    problems += _trap_problems(results)
+    if state is not None:
+        problems += _hairpin_problems(results, node)
+    return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources)
+
+
+def _paths(graph: RuleGraph, mode: ProxyMode, facts: PortFacts, entry: EntryFacts, client: str, node: NodeContext,
+           source: str | None, endpoint_ips: Sequence[str], v6: bool) -> list[PathResult]:
+    dst = entry.address or node.node_ip(v6)
+    protocol = facts.protocol.lower()
+    sources: list[str]
+    if source:
+        sources = [source]
+    elif client == "pod":
+        sources = [node.pod_source(endpoint_ips, v6)]
+    elif client == "node":
+        sources = [node.node_ip(v6)]
+    else:
+        sources = [EXTERNAL_CLIENT_IP_V6 if v6 else EXTERNAL_CLIENT_IP]
+        if entry.source_ranges:
+            inside = _first_host(entry.source_ranges[0])
+            outside = _outside(entry.source_ranges, v6)
+            sources = [s for s in (inside, outside) if s]
+    out = []
+    for src in sources:
+        packet = Packet(src, dst, entry.port, protocol, Origin(client))
+        result = trace_packet(graph, mode, packet, node.local)
+        out.append(PathResult(client, src, result, sentence(client, entry, result)))
+    return out
+
+
+def _first_host(cidr: str) -> str | None:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    return str(net.network_address + 1) if net.num_addresses > 2 else str(net.network_address)
+
+
+def _outside(cidrs: Sequence[str], v6: bool) -> str | None:
+    nets = []
+    for c in cidrs:
+        try:
+            nets.append(ipaddress.ip_network(c, strict=False))
+        except ValueError:
+            continue
+    candidates = ((EXTERNAL_CLIENT_IP_V6, "2001:db8:1::200") if v6 else
+                  (EXTERNAL_CLIENT_IP, "198.51.100.200", "192.0.2.200", "100.64.0.200"))
+    for candidate in candidates:
+        addr = ipaddress.ip_address(candidate)
+        if not any(addr.version == n.version and addr in n for n in nets):
+            return candidate
+    return None
+
+
+def _unique(problems: Iterable[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+def _layout_problems(graph: RuleGraph, mode: ProxyMode) -> list[Problem]:
+    out: list[Problem] = []
+    rs = graph.ruleset
+    if mode == ProxyMode.IPTABLES and rs is not None:
+        hooked = any(r.target == "KUBE-SERVICES" for hook in ("PREROUTING", "OUTPUT")
+                     for _, r in (rs.candidates("nat", hook, None) or ()))
+        if not hooked:
+            out.append(Problem("warning", "nat PREROUTING/OUTPUT do not jump to KUBE-SERVICES: no packet reaches "
+                                          "these rules (a restore payload without its jump rules, or a broken node)"))
+    for note in graph.notes:
+        out.append(Problem("warning", note))
+    return out
+
+
+def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
+    out: list[Problem] = []
+    for port in results:
+        spn = port.facts.service_port
+        for er in port.entries:
+            where = f"{er.facts.kind} {_address(er.facts.address, er.facts.port)}"
+            for path in er.paths:
+                r = path.result
+                comments = [parse_comment(_step_comment(s)) for o in r.outcomes for s in o.steps]
+                kinds = {c[1] for c in comments if c is not None}
+                if r.verdict == Verdict.REJECT:
+                    out.append(Problem("error", f"{spn} has no endpoints: connections to {where} are rejected"))
+                elif r.verdict == Verdict.DROP and "no-local-endpoints" in kinds:
+                    if er.facts.kind == "ClusterIP":
+                        out.append(Problem("warning", f"{spn}: internalTrafficPolicy Local and no endpoint on this "
+                                                      f"node: {where} drops traffic from this node"))
+                    else:
+                        out.append(Problem("warning", f"{spn}: externalTrafficPolicy Local and no endpoint on this "
+                                                      f"node: outside clients of {where} are dropped here (pods and "
+                                                      "the node itself still reach the cluster-wide endpoints)"))
+                elif r.verdict == Verdict.DROP and path.client == "pod" and er.facts.kind == "LoadBalancer":
+                    out.append(Problem("warning", f"{spn}: loadBalancerSourceRanges drop pods calling {where} "
+                                                  f"from {path.source} (pods are not in the allowed ranges)"))
+                elif r.verdict == Verdict.DROP and ("firewall-drop" in kinds or "firewall-rest" in kinds
+                                                    or any("firewall" in o.reason for o in r.outcomes)):
+                    out.append(Problem("warning", f"{spn}: loadBalancerSourceRanges: {where} drops sources outside "
+                                                  f"{', '.join(er.facts.source_ranges) or 'the allowed ranges'}"))
+                elif r.verdict == Verdict.UNKNOWN:
+                    out.append(Problem("warning", f"{spn} {where} from {path.client}: " + "; ".join(r.notes)))
+                if r.affinity_seconds:
+                    out.append(Problem("warning", f"{spn}: sessionAffinity ClientIP ({r.affinity_seconds} s): each "
+                                                  "client sticks to one endpoint; the odds shown are for a client's "
+                                                  "first connection, and few clients spread load unevenly"))
+    return out
+
+
+def _step_comment(step: Step) -> str | None:
+    marker = '--comment '
+    text = step.rule
+    i = text.find(marker)
+    if i < 0:
+        return None
+    rest = text[i + len(marker):]
+    if rest.startswith('"'):
+        end = rest.find('"', 1)
+        return rest[1:end] if end > 0 else None
+    return rest.split(" ", 1)[0]
+
+
+def _hairpin_problems(results: Sequence[PortResult], node: NodeContext) -> list[Problem]:
+    out: list[Problem] = []
+    for port in results:
+        local = [e.address for e in port.facts.endpoints or () if node.name and e.node_name == node.name]
+        if local:
+            out.append(Problem("warning", f"{port.facts.service_port}: endpoint(s) {', '.join(local)} run on this "
+                                          "node: a pod that calls its own Service is SNATed to the node (hairpin); "
+                                          "the pod bridge needs hairpin mode for the reply to come back"))
+    return out
+
+
+# --- views -----------------------------------------------------------------------------
+
+
+def render_text(ex: Explanation) -> str:
+    lines = [f"Service {ex.service} on node {ex.node or '<unknown>'} ({ex.mode} rules"
+             + (f" from {', '.join(ex.sources)}" if ex.sources else "") + ")"]
+    for port in ex.ports:
+        f = port.facts
+        number = f" {f.port}" if f.port else ""
+        lines.append("")
+        lines.append(f"Port {f.name or '<unnamed>'}{number}/{f.protocol}")
+        if port.desired is not None:
+            lines.append(f"  desired: {port.desired.get('summary', '')}")
+        for er in port.entries:
+            lines.append(f"  {er.facts.kind} {_address(er.facts.address, er.facts.port)}")
+            for path in er.paths:
+                lines.append(f"    {path.sentence}")
+                lines.append(f"      from {path.source}")
+                for note in path.result.notes:
+                    lines.append(f"      note: {note}")
+                for rule in path.rules(ex.mode):
+                    lines.append(f"      {rule}")
+    if ex.problems:
+        lines.append("")
+        lines.append("Problems:")
+        for p in ex.problems:
+            lines.append(f"  {p.severity}: {p.message}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str
+    dst: str
+    label: str = ""
+    dashed: bool = False
+
+
+def _condition(rule: Rule) -> str:
+    """A short label for what a rule checks (no comments, no protocol noise)."""
+    parts = [str(m) for m in rule.matches
+             if m.module not in ("comment", "tcp", "udp", "sctp") and m.option not in ("-p", "--mode")]
+    return " ".join(parts)
+
+
+def _cascade(rules: Sequence[Rule]) -> dict[int, float]:
+    """Rule index → the share of packets that take it in a `statistic` probability cascade."""
+    remaining = 1.0
+    out: dict[int, float] = {}
+    for i, rule in enumerate(rules):
+        if not rule.target.startswith("KUBE-SEP-") or any(m.module == "recent" for m in rule.matches):
+            continue
+        p = 1.0
+        for m in rule.matches:
+            if m.module == "statistic" and m.option == "--probability":
+                try:
+                    p = float(m.value)
+                except ValueError:
+                    p = 1.0
+        out[i] = remaining * p
+        remaining *= 1.0 - p
+    return out
+
+
+def chain_edges(graph: RuleGraph, mode: ProxyMode, selector: ServiceSelector,
+                state: ClusterState | None) -> list[Edge]:
+    """The Service's chain graph: entry points → chains → endpoints."""
+    edges: list[Edge] = []
+    if mode == ProxyMode.NFTABLES:
+        return _nft_edges(graph.nft_tables(), selector)
+    rs = graph.ruleset
+    if mode == ProxyMode.IPVS:
+        edges += _ipvs_edges(graph, state, selector)
+    if rs is None:
+        return edges
+    names = resolve_iptables(rs, state, selector)
+    for e in names.entries:
+        dst = e.rule.target or "(count)"
+        where = _address_of(e.rule)
+        dport = _dport_of(e.rule)
+        label = f"{where or '*'}:{dport}" if dport else (where or "")
+        edges.append(Edge(f"{e.table} {e.chain}", dst if dst.startswith("KUBE-") else f"{dst} ({e.table})", label))
+    for chain in names.chains_of(selector):
+        c = rs.chain("nat", chain)
+        if c is None:
+            continue
+        shares = _cascade(c.rules)
+        for i, rule in enumerate(c.rules):
+            if not rule.target:
+                continue
+            if rule.target == "DNAT":
+                edges.append(Edge(chain, rule.target_option("--to-destination") or "?", "DNAT"))
+                continue
+            label = f"{shares[i] * 100:.1f} %" if i in shares else _condition(rule)
+            edges.append(Edge(chain, rule.target, label, dashed=rule.target == "KUBE-MARK-MASQ"))
+    return edges
+
+
+def _nft_edges(tables: Sequence[NftTable], selector: ServiceSelector) -> list[Edge]:
+    names = resolve_nft(tables)
+    mine = set(names.chains_of(selector))
+    edges: list[Edge] = []
+    for table in tables:
+        for nset in table.sets.values():
+            for element in nset.elements if nset.is_map else ():
+                target = _verdict_target(element.value)
+                if target in mine or (element.comment and selector.matches(element.comment)):
+                    edges.append(Edge(f"map {nset.name}", target or value_text(element.value),
+                                      value_text(element.key)))
+        for name in mine:
+            chain = table.chains.get(name)
+            for rule in chain.rules if chain else ():
+                for stmt in rule.expr:
+                    edges += _nft_stmt_edges(name, stmt)
+    return edges
+
+
+def _nft_stmt_edges(chain: str, stmt: Any) -> list[Edge]:
+    if not isinstance(stmt, dict) or len(stmt) != 1:
+        return []
+    k, x = next(iter(stmt.items()))
+    if k in ("jump", "goto"):
+        return [Edge(chain, str(x.get("target")), "", dashed=x.get("target") == "mark-for-masquerade")]
+    if k == "dnat":
+        port = f":{x['port']}" if "port" in x else ""
+        return [Edge(chain, f"{value_text(x.get('addr'))}{port}", "DNAT")]
+    if k == "vmap":
+        data = x.get("data")
+        key = x.get("key")
+        items = data.get("set", []) if isinstance(data, dict) else []
+        mod = key.get("numgen", {}).get("mod") if isinstance(key, dict) and "numgen" in key else None
+        out = []
+        for item in items:
+            if isinstance(item, list) and len(item) == 2:
+                label = f"1/{mod}" if mod else value_text(item[0])
+                out.append(Edge(chain, _verdict_target(item[1]) or value_text(item[1]), label))
+        return out
+    return []
+
+
+def _ipvs_edges(graph: RuleGraph, state: ClusterState | None, selector: ServiceSelector) -> list[Edge]:
+    if state is None:
+        return []
+    wanted = set()
+    for sp in state.service_ports(selector.key):
+        for ip in (*sp.cluster_ips, *sp.external_ips, *sp.load_balancer_ips):
+            wanted.add((sp.protocol.value, ip, sp.port))
+        if sp.node_port:
+            wanted.add((sp.protocol.value, "", sp.node_port))
+    edges = []
+    for vs in graph.ipvs_services():
+        if (vs.protocol, vs.address, vs.port) not in wanted and (vs.protocol, "", vs.port) not in wanted:
+            continue
+        for real in vs.reals:
+            edges.append(Edge(f"ipvs {vs.key}", real.endpoint, f"weight {real.weight} ({vs.scheduler})"))
+    return edges
+
+
+def render_dot(ex: Explanation, graph: RuleGraph, state: ClusterState | None = None) -> str:
+    """The Service's chain graph as a Graphviz digraph."""
+    selector = ServiceSelector(*ex.service.split("/", 1))
+    edges = chain_edges(graph, ex.mode, selector, state)
+    lines = [f"digraph {_dot_id(ex.service)} {{", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
+    for node in dict.fromkeys(n for e in edges for n in (e.src, e.dst)):
+        shape = "ellipse" if node[:1].isdigit() or node.startswith("[") else "box"
+        lines.append(f"  {_dot_id(node)} [shape={shape}];")
+    for e in edges:
+        attrs = [f"label={_dot_id(e.label)}"] if e.label else []
+        if e.dashed:
+            attrs.append("style=dashed")
+        lines.append(f"  {_dot_id(e.src)} -> {_dot_id(e.dst)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
