@@ -22,6 +22,14 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
     return [d for d in docs() if d["kind"] == kind]
 
 
+def _root() -> click.Context:
+    """The root context, so `run` gets the CLI's settings (e.g. -h): click caches a command's
+    help option from the first context it sees, and man pages are generated from it later."""
+    from kubectl_proxyctl.cli.main import CONTEXT_SETTINGS, cli
+
+    return click.Context(cli, info_name="kubectl proxyctl", **CONTEXT_SETTINGS)  # type: ignore[arg-type]
+
+
 def test_every_object_is_well_formed() -> None:
     for d in docs():
         assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
@@ -58,7 +66,7 @@ def test_daemonset_runs_the_engine_with_valid_flags() -> None:
     assert args[0] == "run"
     from kubectl_proxyctl.cli.commands.run import run
 
-    ctx = run.make_context("run", args[1:])  # raises click.UsageError on an unknown or bad flag
+    ctx = run.make_context("run", args[1:], parent=_root())  # raises click.UsageError on a bad flag
     assert ctx.params["node_name"] == "node1"
     ports = {p["httpGet"]["port"] for p in (container["livenessProbe"], container["readinessProbe"])}
     assert ports == {int(ctx.params["healthz_bind_address"].rsplit(":", 1)[1])}
@@ -77,7 +85,7 @@ def test_bad_flag_would_be_caught() -> None:
     from kubectl_proxyctl.cli.commands.run import run
 
     try:
-        run.make_context("run", ["--no-such-flag"])
+        run.make_context("run", ["--no-such-flag"], parent=_root())
     except click.UsageError:
         return
     raise AssertionError("an unknown flag must be rejected")
