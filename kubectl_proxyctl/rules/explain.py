@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 from kubectl_proxyctl.model import ClusterState, Endpoint, ServicePort
 from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
-from kubectl_proxyctl.rules.iptables_text import Rule, Ruleset
+from kubectl_proxyctl.rules.iptables_text import Rule, Ruleset, statistic_cascade
 from kubectl_proxyctl.rules.names import (
     EntryRule,
     IptablesNames,
@@ -711,25 +711,6 @@ def _condition(rule: Rule) -> str:
     return " ".join(parts)
 
 
-def _cascade(rules: Sequence[Rule]) -> dict[int, float]:
-    """Rule index → the share of packets that take it in a `statistic` probability cascade."""
-    remaining = 1.0
-    out: dict[int, float] = {}
-    for i, rule in enumerate(rules):
-        if not rule.target.startswith("KUBE-SEP-") or any(m.module == "recent" for m in rule.matches):
-            continue
-        p = 1.0
-        for m in rule.matches:
-            if m.module == "statistic" and m.option == "--probability":
-                try:
-                    p = float(m.value)
-                except ValueError:
-                    p = 1.0
-        out[i] = remaining * p
-        remaining *= 1.0 - p
-    return out
-
-
 def chain_edges(graph: RuleGraph, mode: ProxyMode, selector: ServiceSelector,
                 state: ClusterState | None) -> list[Edge]:
     """The Service's chain graph: entry points → chains → endpoints."""
@@ -752,7 +733,7 @@ def chain_edges(graph: RuleGraph, mode: ProxyMode, selector: ServiceSelector,
         c = rs.chain("nat", chain)
         if c is None:
             continue
-        shares = _cascade(c.rules)
+        shares = statistic_cascade(c.rules)
         for i, rule in enumerate(c.rules):
             if not rule.target:
                 continue

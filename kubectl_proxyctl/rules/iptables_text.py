@@ -958,3 +958,24 @@ def _canonical_mark_target(options: Sequence[Match]) -> str:
             continue
         return f"--set-xmark 0x{v:x}/0x{mask:x}"
     return " ".join(str(m) for m in options)
+
+
+def statistic_cascade(rules: Sequence[Rule]) -> dict[int, float]:
+    """Rule index → the share of new connections that take it, in a KUBE-SVC/SVL chain's
+    `statistic --probability` cascade (each rule sees what the earlier ones left; affinity
+    (`recent`) rules and rules not jumping to a KUBE-SEP chain take no share)."""
+    remaining = 1.0
+    out: dict[int, float] = {}
+    for i, rule in enumerate(rules):
+        if not rule.target.startswith("KUBE-SEP-") or any(m.module == "recent" for m in rule.matches):
+            continue
+        p = 1.0
+        for m in rule.matches:
+            if m.module == "statistic" and m.option == "--probability":
+                try:
+                    p = float(m.value)
+                except ValueError:
+                    p = 1.0
+        out[i] = remaining * p
+        remaining *= 1.0 - p
+    return out

@@ -41,7 +41,7 @@ from kubectl_proxyctl.engine.naming import SEP_PREFIX
 from kubectl_proxyctl.engine.plan import DetectLocalMode, NodePlan, ProxyConfig, ServicePortPlan, plan
 from kubectl_proxyctl.model import ClusterState, IPFamily
 from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
-from kubectl_proxyctl.rules.iptables_text import Rule, Ruleset, parse, parse_rule_args
+from kubectl_proxyctl.rules.iptables_text import Rule, Ruleset, parse, parse_rule_args, statistic_cascade
 from kubectl_proxyctl.rules.names import (
     ENTRY_CHAINS,
     IptablesNames,
@@ -259,21 +259,10 @@ def _diff(expected: Sequence[Rule], actual: Sequence[Rule]) -> tuple[list[str], 
 
 def endpoint_odds(rules: Sequence[Rule], sep_endpoint: Mapping[str, str]) -> dict[str, float]:
     """Endpoint → share of new connections, from an SVC/SVL chain's `statistic` cascade."""
-    remaining = 1.0
     odds: dict[str, float] = {}
-    for rule in rules:
-        if not rule.target.startswith(SEP_PREFIX) or any(m.module == "recent" for m in rule.matches):
-            continue
-        p = 1.0
-        for m in rule.matches:
-            if m.module == "statistic" and m.option == "--probability":
-                try:
-                    p = float(m.value)
-                except ValueError:
-                    p = 1.0
-        key = sep_endpoint.get(rule.target, rule.target)
-        odds[key] = odds.get(key, 0.0) + remaining * p
-        remaining *= 1.0 - p
+    for i, share in statistic_cascade(rules).items():
+        key = sep_endpoint.get(rules[i].target, rules[i].target)
+        odds[key] = odds.get(key, 0.0) + share
     return odds
 
 
