@@ -39,9 +39,9 @@ from kubectl_proxyctl.engine.metrics import (
     NOT_FOUND,
     HTTPListener,
     HTTPResponse,
+    ListeningServer,
     ProxyMetrics,
     parse_bind_address,
-    start_listener,
 )
 from kubectl_proxyctl.engine.runner import REAL_CLOCK, Clock
 from kubectl_proxyctl.errors import ProxyctlError
@@ -177,7 +177,7 @@ class ProxyHealth:
         return HTTPResponse.json_text(code, report.to_json(eligible))
 
 
-class ProxyHealthServer:
+class ProxyHealthServer(ListeningServer):
     """kube-proxy's health server (`--healthz-bind-address`, default 0.0.0.0:10256).
 
     Serves /healthz and /livez (any method); other paths get 404. Port 0 binds an ephemeral
@@ -196,17 +196,6 @@ class ProxyHealthServer:
         if path == "/livez":
             return self.health.livez()
         return NOT_FOUND
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return self._listener.address
-
-    def start(self) -> bool:
-        """Start serving; on a bind failure raise ProxyctlError, or log and return False."""
-        return start_listener(self._listener, self._hard_fail)
-
-    def stop(self) -> None:
-        self._listener.stop()
 
 
 def service_health_body(namespace: str, name: str, local_endpoints: int, proxy_healthy: bool) -> str:

@@ -649,7 +649,26 @@ def start_listener(listener: HTTPListener, hard_fail: bool) -> bool:
 CONFIGZ_KEY = "kubeproxy.config.k8s.io"
 
 
-class MetricsServer:
+class ListeningServer:
+    """A server owning one HTTPListener: its address, start (raising or logging on a bind
+    failure, per `hard_fail`) and stop. Subclasses set `_listener` and `_hard_fail`."""
+
+    _listener: HTTPListener
+    _hard_fail: bool
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._listener.address
+
+    def start(self) -> bool:
+        """Start serving; see `start_listener` for what happens when binding fails."""
+        return start_listener(self._listener, self._hard_fail)
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+
+class MetricsServer(ListeningServer):
     """kube-proxy's metrics server (`--metrics-bind-address`, default 127.0.0.1:10249).
 
     An empty bind address disables the server in kube-proxy; callers decide that and simply
@@ -677,14 +696,3 @@ class MetricsServer:
             configs = {} if self.config is None else {CONFIGZ_KEY: self.config}
             return HTTPResponse.json_text(200, json.dumps(configs, separators=(",", ":"), default=str))
         return NOT_FOUND
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return self._listener.address
-
-    def start(self) -> bool:
-        """Start serving; see `start_listener` for what happens when binding fails."""
-        return start_listener(self._listener, self._hard_fail)
-
-    def stop(self) -> None:
-        self._listener.stop()
