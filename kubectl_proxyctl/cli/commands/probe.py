@@ -7,7 +7,6 @@ import os
 import socket
 import sys
 import threading
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
