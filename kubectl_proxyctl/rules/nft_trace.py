@@ -39,12 +39,10 @@ from kubectl_proxyctl.rules.nft_json import NftChain, NftRule, NftRuleset, NftTa
 from kubectl_proxyctl.rules.trace import (
     LocalNode,
     Origin,
-    Outcome,
     Packet,
     Step,
     TraceResult,
-    Verdict,
-    summarize,
+    result_of,
 )
 
 HOOK_ORDER_ARRIVING = ("prerouting",)
@@ -76,6 +74,7 @@ class _State:
 _NEXT = "next"  # the rule did not match, or a non-terminal statement ran: go on
 _RETURN = "return"
 _ACCEPT = "accept"
+# The stopping statuses are the same words as in rules.trace, whose result_of() reads them.
 _DROP = "drop"
 _REJECT = "reject"
 _FAIL = "unknown"
@@ -446,18 +445,7 @@ class _Tracer:
             done += self._hook(local, "input", finals)
             forwarded = self._hook(forwarded, "forward", finals)
             done += self._hook(forwarded, "postrouting", finals)
-        verdict_of = {_DROP: Verdict.DROP, _REJECT: Verdict.REJECT, _FAIL: Verdict.UNKNOWN}
-        outcomes = [Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark)
-                    for s, status in finals]
-        for s in done:
-            if s.dnat:
-                verdict, reason = Verdict.DNAT, f"DNAT to {s.dnat}"
-            elif s.accepted:
-                verdict, reason = Verdict.ACCEPT, f"accept by {s.accepted}"
-            else:
-                verdict, reason = Verdict.NONE, "no rule changed or stopped the packet"
-            outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark))
-        return summarize(pkt, outcomes)
+        return result_of(pkt, done, finals, accept_word="accept")
 
 
 def _affinity_checked(match: Any, table: NftTable) -> tuple[str, int] | None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from kubectl_proxyctl.model import NodeInfo
 from kubectl_proxyctl.rules.iptables_text import Match, Rule, Ruleset, parse_mark
@@ -656,21 +656,29 @@ class _Tracer:
         return self._result(done, finals)
 
     def _result(self, done: Sequence[_State], finals: Sequence[tuple[_State, str]]) -> TraceResult:
-        outcomes: list[Outcome] = []
-        verdict_of = {_DROP: Verdict.DROP, _REJECT: Verdict.REJECT, _FAIL: Verdict.UNKNOWN}
-        for s, status in finals:
-            outcomes.append(
-                Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark)
-            )
-        for s in done:
-            if s.dnat:
-                verdict, reason = Verdict.DNAT, f"DNAT to {s.dnat}"
-            elif s.accepted:
-                verdict, reason = Verdict.ACCEPT, f"ACCEPT by {s.accepted}"
-            else:
-                verdict, reason = Verdict.NONE, "no rule changed or stopped the packet"
-            outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark))
-        return summarize(self.packet, outcomes)
+        return result_of(self.packet, done, finals)
+
+
+def result_of(packet: Packet, done: Sequence[Any], finals: Sequence[tuple[Any, str]],
+              accept_word: str = "ACCEPT") -> TraceResult:
+    """The TraceResult of a walk, shared by the tracers of every backend.
+
+    `finals` are the ways that stopped (with a drop / reject / unknown status), `done` the
+    ways that went through; each way is a walker state with prob, dnat, accepted, masquerade,
+    affinity, steps, reason and mark. `accept_word` is the backend's name for an accept.
+    """
+    verdict_of = {_DROP: Verdict.DROP, _REJECT: Verdict.REJECT, _FAIL: Verdict.UNKNOWN}
+    outcomes = [Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark)
+                for s, status in finals]
+    for s in done:
+        if s.dnat:
+            verdict, reason = Verdict.DNAT, f"DNAT to {s.dnat}"
+        elif s.accepted:
+            verdict, reason = Verdict.ACCEPT, f"{accept_word} by {s.accepted}"
+        else:
+            verdict, reason = Verdict.NONE, "no rule changed or stopped the packet"
+        outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark))
+    return summarize(packet, outcomes)
 
 
 def summarize(packet: Packet, outcomes: Iterable[Outcome]) -> TraceResult:
