@@ -2,10 +2,15 @@
 
 The four ways to run:
 
-* `--dry-run`: read the objects once (file or API), plan, render, print the payload. Touches
+* `--dry-run`: read the objects once (file or API), plan, render, print the payload (an
+  `iptables-restore` payload, or with `--mode nftables` an `nft -f` script). Touches
   nothing, needs no root.
 * `--once`: the same, then apply it as one full sync (jump rules and canaries included).
-* `--cleanup`: remove every chain and jump rule of kube-proxy's iptables layout, nothing else.
+* `--cleanup`: remove every chain and jump rule of kube-proxy's iptables layout and the
+  nftables `kube-proxy` tables, both families, nothing else.
+
+Starting `--once` or the long-running engine in one mode first removes the other mode's
+rules, as kube-proxy does, so a node switched between modes never runs both layouts.
 * the default: list+watch the API (or read `--from-file` once) and keep the node in sync
   until SIGINT/SIGTERM; the rules stay in place when the process exits.
 """
@@ -84,6 +89,9 @@ class EngineFlags:
             raise ConfigError("--detect-local-mode BridgeInterface needs --pod-bridge-interface")
         if mode == DetectLocalMode.InterfaceNamePrefix and not flags["pod_interface_name_prefix"]:
             raise ConfigError("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix")
+        nftables = str(flags["mode"]) == "nftables"
+        if nftables and not np_addresses:
+            np_addresses = ("primary",)  # kube-proxy's nftables default: the node's primary IP only
         node_name = str(flags["node_name"] or default_node()).strip().lower()
         if not node_name:
             raise ConfigError("cannot tell this node's name: pass --node-name")
@@ -98,7 +106,8 @@ class EngineFlags:
             masquerade_bit=int(flags["masquerade_bit"]),  # type: ignore[call-overload]
             nodeport_addresses=np_addresses,
             node_ips=tuple(flags["node_ips"] or ()),  # type: ignore[call-overload]
-            localhost_nodeports=bool(flags["localhost_nodeports"]),
+            # nftables mode has no localhost NodePorts (kube-proxy's deliberate difference)
+            localhost_nodeports=bool(flags["localhost_nodeports"]) and not nftables,
         )
         return cls(
             mode=str(flags["mode"]), config=config, sync_period=sync_period, min_sync_period=min_sync,
@@ -110,14 +119,12 @@ class EngineFlags:
 
 
 def _check_mode(mode: str) -> None:
-    if mode == "nftables":
-        raise ConfigError("--mode nftables is not available in this version yet; use --mode iptables")
     if mode == "ipvs":
         if not os.path.exists("/proc/net/ip_vs"):
             raise ConfigError("--mode ipvs needs the kernel's IP_VS support, which this kernel lacks "
                               "(no /proc/net/ip_vs); IPVS mode is not available in this version either; "
-                              "use --mode iptables")
-        raise ConfigError("--mode ipvs is not available in this version yet; use --mode iptables")
+                              "use --mode iptables or --mode nftables")
+        raise ConfigError("--mode ipvs is not available in this version yet; use --mode iptables or --mode nftables")
 
 
 def _require_root(what: str) -> None:
@@ -184,20 +191,39 @@ def run_engine(cluster: Any, flags: EngineFlags) -> None:
 def dry_run(cluster: Any, flags: EngineFlags) -> None:
     import click
 
-    from kubectl_proxyctl.backends.iptables import render
     from kubectl_proxyctl.engine.plan import plan
 
     tracker = _tracker_from(_static_objects(cluster), flags.config.node_name)
-    rendered = render(plan(tracker.snapshot().state, flags.config))
+    node_plan = plan(tracker.snapshot().state, flags.config)
+    if flags.mode == "nftables":
+        from kubectl_proxyctl.backends import nftables
+
+        rendered_nft = nftables.render(node_plan)
+        click.echo(rendered_nft.text, nl=False)
+        log.info("dry run: one nft transaction with %d rules and %d map/set elements (apply with nft -f)",
+                 rendered_nft.rules_written, rendered_nft.elements_written)
+        return
+    from kubectl_proxyctl.backends.iptables import render
+
+    rendered = render(node_plan)
     click.echo(rendered.text, nl=False)
     log.info("dry run: %d filter and %d nat rules; jump rules a real sync ensures: %s",
              rendered.filter_rules, rendered.nat_rules,
              "; ".join(j.restore_line() for j in rendered.jump_rules))
 
 
-def _proxier(config: ProxyConfig, tracker: Any, **kwargs: Any) -> Any:
-    from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions
+def _proxier(mode: str, config: ProxyConfig, tracker: Any, **kwargs: Any) -> Any:
     from kubectl_proxyctl.system.conntrack import ConntrackSystem
+
+    if mode == "nftables":
+        from kubectl_proxyctl.engine.proxier import NftablesProxier
+        from kubectl_proxyctl.system.nftables import NftSystem
+
+        nft = NftSystem(config.family)
+        nft.check_available()
+        return NftablesProxier(config, tracker, nft, conntrack=ConntrackSystem(family=config.family), **kwargs)
+
+    from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions
     from kubectl_proxyctl.system.iptables import IptablesSystem
 
     system = IptablesSystem(config.family)
@@ -209,8 +235,51 @@ def _proxier(config: ProxyConfig, tracker: Any, **kwargs: Any) -> Any:
                            conntrack=ConntrackSystem(family=config.family), **kwargs)
 
 
-def _prepare_node(config: ProxyConfig) -> None:
-    if config.localhost_nodeports and config.family == IPFamily.IPv4:
+def _remove_other_mode(mode: str) -> None:
+    """Starting in one mode removes the other mode's rules (as kube-proxy does), so a node
+    switched between modes never runs both layouts."""
+    if mode == "nftables":
+        for family in (IPFamily.IPv4, IPFamily.IPv6):
+            removed = _cleanup_iptables(family)
+            if removed:
+                log.info("removed iptables-mode rules (%s) left from an earlier run", removed)
+    else:
+        for family in (IPFamily.IPv4, IPFamily.IPv6):
+            if _cleanup_nftables(family):
+                log.info("removed the nftables-mode table (%s) left from an earlier run", family)
+
+
+def _cleanup_iptables(family: IPFamily) -> str:
+    """Remove our iptables chains and jumps of one family; a summary, "" when there were none."""
+    from kubectl_proxyctl.system.iptables import IptablesSystem
+
+    system = IptablesSystem(family)
+    try:
+        detection = system.detect()
+        if detection.warning:
+            log.warning("%s", detection.warning)
+        result = system.cleanup(prefixes=OWNED_CHAIN_PREFIXES)
+    except Exception as exc:  # no ip6tables on an IPv4-only host, no iptables on an nft-only one
+        log.info("%s iptables: nothing to clean (%s)", family, exc)
+        return ""
+    if not result.chains and not result.rules:
+        return ""
+    return f"{len(result.chains)} chains and {len(result.rules)} jump rules"
+
+
+def _cleanup_nftables(family: IPFamily) -> bool:
+    from kubectl_proxyctl.system.nftables import NftSystem
+
+    try:
+        return NftSystem(family).delete_table()
+    except Exception as exc:  # no nft binary, or no nf_tables in the kernel
+        log.info("%s nftables: nothing to clean (%s)", family, exc)
+        return False
+
+
+def _prepare_node(config: ProxyConfig, mode: str) -> None:
+    _remove_other_mode(mode)
+    if mode == "iptables" and config.localhost_nodeports and config.family == IPFamily.IPv4:
         from kubectl_proxyctl.system.sysctl import ROUTE_LOCALNET, Sysctl
 
         if Sysctl().ensure(ROUTE_LOCALNET, 1):
@@ -220,8 +289,8 @@ def _prepare_node(config: ProxyConfig) -> None:
 def once(cluster: Any, flags: EngineFlags) -> None:
     config = _with_local_addresses(flags.config)
     tracker = _tracker_from(_static_objects(cluster), config.node_name)
-    _prepare_node(config)
-    proxier = _proxier(config, tracker)
+    proxier = _proxier(flags.mode, config, tracker)
+    _prepare_node(config, flags.mode)
     result = proxier.sync()
     if result is None or result.error:
         raise ApplyError(f"sync failed: {result.error if result else 'sources not synced'}")
@@ -232,21 +301,14 @@ def once(cluster: Any, flags: EngineFlags) -> None:
 
 
 def cleanup() -> None:
+    """Remove both modes' rules for both families (what `run --cleanup` does)."""
     import click
 
-    from kubectl_proxyctl.system.iptables import IptablesSystem
-
     for family in (IPFamily.IPv4, IPFamily.IPv6):
-        system = IptablesSystem(family)
-        try:
-            detection = system.detect()
-        except Exception as exc:  # ip6tables may be missing on an IPv4-only host
-            log.info("%s: nothing to clean (%s)", family, exc)
-            continue
-        if detection.warning:
-            log.warning("%s", detection.warning)
-        result = system.cleanup(prefixes=OWNED_CHAIN_PREFIXES)
-        click.echo(f"{family}: removed {len(result.chains)} chains and {len(result.rules)} jump rules", err=True)
+        removed = _cleanup_iptables(family)
+        click.echo(f"{family} iptables: removed {removed or 'nothing'}", err=True)
+        table = _cleanup_nftables(family)
+        click.echo(f"{family} nftables: {'deleted table kube-proxy' if table else 'no table kube-proxy'}", err=True)
 
 
 def serve(cluster: Any, flags: EngineFlags) -> None:
@@ -257,7 +319,6 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
     from kubectl_proxyctl.kube.tracker import StateTracker
 
     config = _with_local_addresses(flags.config)
-    _prepare_node(config)
     stop = threading.Event()
     tracker = StateTracker(config.node_name, warn=lambda m: log.warning("%s", m))
     metrics = ProxyMetrics()
@@ -279,9 +340,10 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
         synced = lambda: informers.synced  # noqa: E731
 
     runner: Runner | None = None
-    proxier = _proxier(config, tracker, synced=synced, metrics=metrics, health=health,
+    proxier = _proxier(flags.mode, config, tracker, synced=synced, metrics=metrics, health=health,
                        service_health=service_health,
                        on_failure=lambda: runner.retry_after_failure() if runner else None)
+    _prepare_node(config, flags.mode)
 
     def on_change(kind: str, typ: str, obj: dict[str, Any]) -> None:
         proxier.on_event(kind, typ, obj)
@@ -298,8 +360,7 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
             last_canary_check[0] = now
             missing = proxier.canaries_missing()
             if missing:
-                log.warning("canary chain gone from %s: someone flushed our rules; resyncing everything",
-                            ", ".join(missing))
+                log.warning("%s gone: someone flushed our rules; resyncing everything", ", ".join(missing))
                 proxier.schedule.request()
         proxier.sync()
 
@@ -308,7 +369,7 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
     if flags.healthz_bind_address not in ("", "0"):
         servers.append(ProxyHealthServer(flags.healthz_bind_address, health, hard_fail=flags.hard_fail))
     if flags.metrics_bind_address not in ("", "0"):
-        servers.append(MetricsServer(flags.metrics_bind_address, metrics.registry, "iptables",
+        servers.append(MetricsServer(flags.metrics_bind_address, metrics.registry, flags.mode,
                                      config=_configz(config, flags), hard_fail=flags.hard_fail))
     for server in servers:
         server.start()
@@ -326,7 +387,7 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
             for obj in objects:
                 proxier.on_event(str(obj.get("kind")), "ADDED", obj)
         runner.run()
-        log.info("engine started for node %s (%s, iptables mode)", config.node_name, config.family)
+        log.info("engine started for node %s (%s, %s mode)", config.node_name, config.family, flags.mode)
         runner.loop(stop)
     finally:
         if informers is not None:
@@ -346,6 +407,8 @@ def _configz(config: ProxyConfig, flags: EngineFlags) -> dict[str, Any]:
         "detectLocalMode": str(config.detect_local_mode), "nodePortAddresses": list(config.nodeport_addresses),
         "iptables": {"masqueradeAll": config.masquerade_all, "masqueradeBit": config.masquerade_bit,
                      "localhostNodePorts": config.localhost_nodeports,
+                     "syncPeriod": f"{flags.sync_period:g}s", "minSyncPeriod": f"{flags.min_sync_period:g}s"},
+        "nftables": {"masqueradeAll": config.masquerade_all, "masqueradeBit": config.masquerade_bit,
                      "syncPeriod": f"{flags.sync_period:g}s", "minSyncPeriod": f"{flags.min_sync_period:g}s"},
         "healthzBindAddress": flags.healthz_bind_address, "metricsBindAddress": flags.metrics_bind_address,
     }

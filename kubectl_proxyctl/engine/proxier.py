@@ -1,4 +1,9 @@
-"""The iptables proxier: tracked state → plan → render → one atomic restore per sync.
+"""The proxiers: tracked state → plan → render → one atomic write per sync.
+
+`IptablesProxier` writes with `iptables-restore`, `NftablesProxier` with `nft -f`; both share
+`BaseProxier` (event intake, full/partial bookkeeping, conntrack, health, metrics). The
+nftables differences are in NftablesProxier's docstring; the rest of this text describes
+iptables mode.
 
 Theory of operation (kube-proxy's `syncProxyRules`, reshaped around our pure core):
 
@@ -82,7 +87,12 @@ class _Applied:
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
-class IptablesProxier:
+class BaseProxier:
+    """What every backend's proxier shares: event intake, the sync bookkeeping, conntrack,
+    health-check servers and metrics. Subclasses implement `sync()`."""
+
+    mode = ""
+
     def __init__(
         self,
         config: ProxyConfig,
@@ -134,17 +144,14 @@ class IptablesProxier:
                 ip_family=str(self.config.family)).set(self.wall_clock())
 
     def canaries_missing(self) -> list[str]:
-        """Checked every sync period by the caller: someone flushed our tables?"""
-        try:
-            return self.system.missing_canaries()
-        except ProxyctlError as exc:
-            log.warning("cannot check the canary chains: %s", exc)
-            return []
-
-    # --- the sync --------------------------------------------------------------------------
+        """Checked every sync period by the caller: someone flushed our rules?"""
+        raise NotImplementedError
 
     def sync(self) -> SyncResult | None:
-        """One sync. Returns None when the sources have not synced yet."""
+        raise NotImplementedError
+
+    def _begin(self) -> tuple[Any, bool, float] | None:
+        """Start a sync: (tracker snapshot, full?, start time), or None before the sources synced."""
         if not self.synced():
             log.info("waiting for Services and EndpointSlices to be listed before programming rules")
             return None
@@ -153,31 +160,10 @@ class IptablesProxier:
         self._pending_changed |= snap.changed_services
         if snap.node_changed:
             self.schedule.request()
-        full = self.schedule.due() or self.applied.plan is None
-        family = str(self.config.family)
-        try:
-            if full:
-                node_plan = plan(snap.state, self.config)
-                existing = self._existing_nat_chains()
-                rendered = render(node_plan, random_fully=self.options.random_fully,
-                                  large_cluster=self.options.large_cluster, existing_nat_chains=existing)
-            else:
-                node_plan = plan(snap.state, self.config, previous=self.applied.plan,
-                                 changed=self._pending_changed)
-                existing = self.applied.service_chains
-                rendered = render(node_plan, random_fully=self.options.random_fully,
-                                  large_cluster=self.options.large_cluster,
-                                  changed=self._pending_changed, existing_nat_chains=existing)
-            self.system.restore(rendered.text)
-            if full:
-                self.system.ensure_jumps(_system_jumps(rendered))
-                self.system.ensure_canaries()
-        except ProxyctlError as exc:
-            return self._failed(exc, full, start)
+        return snap, self.schedule.due() or self.applied.plan is None, start
 
-        if full:  # the rollback point: partial syncs after it are redone by the next full sync
-            self.applied.payload = rendered.text
-        self.applied.service_chains = rendered.service_chains
+    def _succeeded(self, node_plan: NodePlan, full: bool, start: float, rules: int, snap: Any) -> SyncResult:
+        """Bookkeeping after the kernel accepted a sync; returns the result (also logged)."""
         self.applied.plan = node_plan
         self._pending_changed = set()
         self.schedule.record_success(full)
@@ -185,42 +171,21 @@ class IptablesProxier:
         self._follow_health(node_plan)
         seconds = time.perf_counter() - start
         result = SyncResult(full=full, services=len(node_plan.services), endpoints=node_plan.total_endpoints,
-                            rules=rendered.filter_rules + rendered.nat_rules, seconds=seconds,
-                            conntrack_deleted=deleted)
-        self._record_metrics(result, rendered, node_plan, snap.service_changes, snap.endpoint_changes)
+                            rules=rules, seconds=seconds, conntrack_deleted=deleted)
+        self._record_common_metrics(result, node_plan, snap.service_changes, snap.endpoint_changes)
         if self.health is not None:
             self.health.updated(self.config.family)
-        log.info("sync %s (%s): %d service ports, %d endpoints, %d rules written, %.3fs%s",
-                 "full" if full else "partial", family, result.services, result.endpoints, result.rules,
-                 seconds, f", {deleted} stale UDP conntrack entries deleted" if deleted else "")
+        log.info("sync %s (%s, %s): %d service ports, %d endpoints, %d rules written, %.3fs%s",
+                 "full" if full else "partial", self.mode, self.config.family, result.services,
+                 result.endpoints, result.rules, seconds,
+                 f", {deleted} stale UDP conntrack entries deleted" if deleted else "")
         self.last_result = result
         return result
 
-    def _existing_nat_chains(self) -> set[str]:
-        try:
-            text = self.system.save("nat")
-        except ProxyctlError as exc:
-            log.warning("cannot list existing chains (%s); stale chains stay until the next full sync", exc)
-            return set(self.applied.service_chains)
-        chains = set()
-        for line in text.splitlines():
-            if line.startswith(":"):
-                name = line[1:].split(" ", 1)[0]
-                if is_service_chain(name):
-                    chains.add(name)
-        return chains
-
     def _failed(self, exc: ProxyctlError, full: bool, start: float) -> SyncResult:
         log.error("sync failed, the previous rules stay in place: %s", exc)
-        if self.metrics is not None:
-            counter = (self.metrics.sync_proxy_rules_iptables_restore_failures_total if full
-                       else self.metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
-            counter.labels(ip_family=str(self.config.family)).inc()
-        if isinstance(exc, ApplyError) and self.applied.payload:
-            try:  # a table may have committed before the failing one: put the last good state back
-                self.system.restore(self.applied.payload)
-            except ProxyctlError as again:
-                log.error("restoring the last good rules failed too: %s", again)
+        self._count_failure(full)
+        self._after_failure(exc)
         self.schedule.record_failure()
         if self.on_failure is not None:
             self.on_failure()
@@ -228,6 +193,13 @@ class IptablesProxier:
                             seconds=time.perf_counter() - start, error=str(exc))
         self.last_result = result
         return result
+
+    def _count_failure(self, full: bool) -> None:
+        pass
+
+    def _after_failure(self, exc: ProxyctlError) -> None:
+        pass
+
 
     def _conntrack_cleanup(self, node_plan: NodePlan) -> int:
         """Delete UDP flows whose reply source is no longer a serving endpoint (kube-proxy ≥ 1.32)."""
@@ -270,8 +242,8 @@ class IptablesProxier:
             log.warning("health check node port for %s: %s", service, reason)
         self.service_health.sync_endpoints(node_plan.local_ready_endpoints())
 
-    def _record_metrics(self, result: SyncResult, rendered: RenderedRules, node_plan: NodePlan,
-                        service_changes: int, endpoint_changes: int) -> None:
+    def _record_common_metrics(self, result: SyncResult, node_plan: NodePlan,
+                               service_changes: int, endpoint_changes: int) -> None:
         m = self.metrics
         triggers, self._pending_triggers = self._pending_triggers, []
         if m is None:
@@ -289,14 +261,171 @@ class IptablesProxier:
         pending_services, pending_endpoints = self.tracker.pending_changes()
         m.sync_proxy_rules_service_changes_pending.set(pending_services)
         m.sync_proxy_rules_endpoint_changes_pending.set(pending_endpoints)
-        m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
-        m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="nat").set(rendered.nat_rules)
-        m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
-        m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="nat").set(rendered.nat_rules_total)
         m.sync_proxy_rules_no_local_endpoints_total.labels(ip_family=fam, traffic_policy="internal").set(
             node_plan.no_local_endpoints_internal)
         m.sync_proxy_rules_no_local_endpoints_total.labels(ip_family=fam, traffic_policy="external").set(
             node_plan.no_local_endpoints_external)
+
+
+class IptablesProxier(BaseProxier):
+    """iptables mode: one `iptables-restore --noflush` per sync (see the module docstring)."""
+
+    mode = "iptables"
+
+    def canaries_missing(self) -> list[str]:
+        try:
+            return self.system.missing_canaries()
+        except ProxyctlError as exc:
+            log.warning("cannot check the canary chains: %s", exc)
+            return []
+
+    def sync(self) -> SyncResult | None:
+        """One sync. Returns None when the sources have not synced yet."""
+        begun = self._begin()
+        if begun is None:
+            return None
+        snap, full, start = begun
+        try:
+            if full:
+                node_plan = plan(snap.state, self.config)
+                existing = self._existing_nat_chains()
+                rendered = render(node_plan, random_fully=self.options.random_fully,
+                                  large_cluster=self.options.large_cluster, existing_nat_chains=existing)
+            else:
+                node_plan = plan(snap.state, self.config, previous=self.applied.plan,
+                                 changed=self._pending_changed)
+                existing = self.applied.service_chains
+                rendered = render(node_plan, random_fully=self.options.random_fully,
+                                  large_cluster=self.options.large_cluster,
+                                  changed=self._pending_changed, existing_nat_chains=existing)
+            self.system.restore(rendered.text)
+            if full:
+                self.system.ensure_jumps(_system_jumps(rendered))
+                self.system.ensure_canaries()
+        except ProxyctlError as exc:
+            return self._failed(exc, full, start)
+
+        if full:  # the rollback point: partial syncs after it are redone by the next full sync
+            self.applied.payload = rendered.text
+        self.applied.service_chains = rendered.service_chains
+        result = self._succeeded(node_plan, full, start, rendered.filter_rules + rendered.nat_rules, snap)
+        if self.metrics is not None:
+            m, fam = self.metrics, str(self.config.family)
+            m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
+            m.sync_proxy_rules_iptables_last.labels(ip_family=fam, table="nat").set(rendered.nat_rules)
+            m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="filter").set(rendered.filter_rules)
+            m.sync_proxy_rules_iptables_total.labels(ip_family=fam, table="nat").set(rendered.nat_rules_total)
+        return result
+
+    def _existing_nat_chains(self) -> set[str]:
+        try:
+            text = self.system.save("nat")
+        except ProxyctlError as exc:
+            log.warning("cannot list existing chains (%s); stale chains stay until the next full sync", exc)
+            return set(self.applied.service_chains)
+        chains = set()
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split(" ", 1)[0]
+                if is_service_chain(name):
+                    chains.add(name)
+        return chains
+
+    def _count_failure(self, full: bool) -> None:
+        if self.metrics is not None:
+            counter = (self.metrics.sync_proxy_rules_iptables_restore_failures_total if full
+                       else self.metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
+            counter.labels(ip_family=str(self.config.family)).inc()
+
+    def _after_failure(self, exc: ProxyctlError) -> None:
+        if isinstance(exc, ApplyError) and self.applied.payload:
+            try:  # a table may have committed before the failing one: put the last good state back
+                self.system.restore(self.applied.payload)
+            except ProxyctlError as again:
+                log.error("restoring the last good rules failed too: %s", again)
+
+
+class NftablesProxier(BaseProxier):
+    """nftables mode: one atomic `nft -f -` transaction per sync.
+
+    A full transaction (first sync, after a failure, when the node changed or our table was
+    deleted or flushed, at least every `full_sync_period`) rebuilds the table; a partial one
+    rewrites only the changed services' chains and the map elements that differ
+    (`backends/nftables.py`). Stale chains are deleted by a separate small transaction at the
+    start of a later sync, at least a second after they were flushed. A failed transaction
+    changes nothing in the kernel (nft batches are atomic), so there is nothing to roll back:
+    the next sync is a full one.
+    """
+
+    mode = "nftables"
+
+    def __init__(self, *args: Any, service_cidrs: tuple[str, ...] = (),
+                 monotonic: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service_cidrs = service_cidrs
+        self.monotonic = monotonic
+        self.state: Any = None  # backends.nftables.NftState after the last transaction
+        self._recreated_base_chains = False
+
+    def canaries_missing(self) -> list[str]:
+        from kubectl_proxyctl.backends.nftables import MASQUERADING, TABLE
+
+        try:
+            count = self.system.chain_rule_count(MASQUERADING)
+        except ProxyctlError as exc:
+            log.warning("cannot check our nftables table: %s", exc)
+            return []
+        if count is None:
+            return [f"table {self.system.fam} {TABLE}"]
+        if count == 0:
+            return [f"chain {MASQUERADING} (flushed)"]
+        return []
+
+    def sync(self) -> SyncResult | None:
+        from kubectl_proxyctl.backends.nftables import forget_chains, is_affinity_set, render, stale_deletion
+
+        begun = self._begin()
+        if begun is None:
+            return None
+        snap, full, start = begun
+        full = full or self.state is None
+        now = self.monotonic()
+        if self.state is not None and self.state.stale:
+            text, due = stale_deletion(self.state, now)
+            if text:
+                try:
+                    self.system.run(text)
+                    forget_chains(self.state, due)
+                    log.info("deleted %d stale chains", len(due))
+                except ProxyctlError as exc:
+                    log.warning("cannot delete stale chains yet (%s); will retry", exc)
+                    if self.metrics is not None:
+                        self.metrics.sync_proxy_rules_nftables_cleanup_failures_total.labels(
+                            ip_family=str(self.config.family)).inc()
+        try:
+            if full:
+                node_plan = plan(snap.state, self.config)
+                existing = self.system.chains()
+                affinity = {s for s in self.system.sets() if is_affinity_set(s)}
+                rendered = render(node_plan, existing_chains=existing, existing_affinity_sets=affinity,
+                                  first=not self._recreated_base_chains, now=now,
+                                  service_cidrs=self.service_cidrs)
+            else:
+                node_plan = plan(snap.state, self.config, previous=self.applied.plan,
+                                 changed=self._pending_changed)
+                rendered = render(node_plan, previous=self.state, changed=self._pending_changed, now=now,
+                                  service_cidrs=self.service_cidrs)
+            self.system.run(rendered.text)
+        except ProxyctlError as exc:
+            return self._failed(exc, full, start)
+        self.state = rendered.state
+        self._recreated_base_chains = True
+        return self._succeeded(node_plan, not rendered.partial, start, rendered.rules_written, snap)
+
+    def _count_failure(self, full: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.sync_proxy_rules_nftables_sync_failures_total.labels(
+                ip_family=str(self.config.family)).inc()
 
 
 def _system_jumps(rendered: RenderedRules) -> list[Any]:

@@ -1,4 +1,4 @@
-"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables mode)."""
+"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables or nftables mode)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _default_node_name() -> str:
 
 @click.command("run")
 @click.option("--mode", type=click.Choice(MODES), default="iptables", show_default=True,
-              help="Proxy mode. Only iptables is available in this version.")
+              help="Proxy mode: iptables or nftables (ipvs is not available in this version).")
 @click.option("--node-name", "--hostname-override", "node_name", metavar="NAME",
               help="This node's name: decides which endpoints are local (default: $NODE_NAME, else the hostname).")
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
@@ -37,9 +37,10 @@ def _default_node_name() -> str:
 @click.option("--masquerade-bit", "--iptables-masquerade-bit", "masquerade_bit", type=click.IntRange(0, 31),
               default=14, show_default=True, help="The fwmark bit that flags packets for SNAT.")
 @click.option("--nodeport-addresses", metavar="CIDR[,CIDR]|primary", default="",
-              help="Accept NodePort traffic only on these addresses (default: all local addresses).")
+              help="Accept NodePort traffic only on these addresses (default: all local addresses in iptables mode, "
+                   "the primary node IP in nftables mode).")
 @click.option("--localhost-nodeports/--no-localhost-nodeports", default=True, show_default=True,
-              help="Accept NodePort connections to 127.0.0.1 (sets route_localnet=1; IPv4 only).")
+              help="Accept NodePort connections to 127.0.0.1 (sets route_localnet=1; IPv4, iptables mode only).")
 @click.option("--sync-period", "--iptables-sync-period", "sync_period", type=DURATION, default="30s",
               show_default=True, help="Maximum time between syncs (and canary checks).")
 @click.option("--min-sync-period", "--iptables-min-sync-period", "min_sync_period", type=DURATION,
@@ -49,22 +50,24 @@ def _default_node_name() -> str:
 @click.option("--metrics-bind-address", default="127.0.0.1:10249", show_default=True,
               help="Serve /metrics, /proxyMode, /configz here; empty disables.")
 @click.option("--bind-address-hard-fail", is_flag=True, help="Exit when a server port cannot be bound.")
-@click.option("--cleanup", is_flag=True, help="Remove every chain and rule of this layout, then exit.")
+@click.option("--cleanup", is_flag=True, help="Remove every chain, rule and table of both modes (iptables and nftables), then exit.")
 @click.option("--dry-run", is_flag=True,
               help="Print the payload one full sync would apply and exit; changes nothing (no root needed).")
 @click.option("--once", is_flag=True, help="Apply one full sync and exit.")
 @cluster_options(outputs=(), namespaced=False)
 def run(cluster: ClusterOptions, **flags: object) -> None:
-    """Run the node engine: turn Services and EndpointSlices into iptables rules.
+    """Run the node engine: turn Services and EndpointSlices into iptables or nftables rules.
 
-    Watches Services, EndpointSlices and Nodes and programs kube-proxy's exact iptables layout
-    (same chains, hashes, probabilities and comments), so runbooks written for kube-proxy
-    apply. Nothing is programmed until Services and EndpointSlices are listed; when the API
-    server goes away the last rules stay in place.
+    Watches Services, EndpointSlices and Nodes and programs kube-proxy's exact layout (same
+    chains, hashes, probabilities and comments in iptables mode; the same table, verdict maps
+    and chain names in nftables mode), so runbooks written for kube-proxy apply. Nothing is
+    programmed until Services and EndpointSlices are listed; when the API server goes away the
+    last rules stay in place. Starting in one mode removes the other mode's rules.
 
     \b
     Examples:
       kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --mode nftables --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
       kubectl proxyctl run --cleanup
     """

@@ -1,0 +1,153 @@
+"""The `nft` tool: one adapter for running transactions and reading our table back.
+
+Theory of operation: everything the nftables engine does to the kernel goes through
+`NftSystem.run(script)`, which feeds one script to `nft -f -`. nft applies a script as one
+netlink batch: either every command commits or none does, so a failed sync leaves the previous
+rules in place and there is nothing to roll back. A failure becomes an ApplyError naming the
+failing line of the script with the lines around it (nft reports `/dev/stdin:LINE:COL-COL:`).
+
+Reading back is cheap and narrow: `chains()` and `sets()` list only names (`nft -j list
+chains ip` / `list sets ip`, filtered to our table), which the engine needs on a full sync to
+find stale chains; `table_present()` and `chain_rule_count()` notice that someone deleted or
+flushed our table (the nftables counterpart of iptables mode's canary chains).
+
+`available()` checks the nft binary and the kernel (nft ≥ 1.0.1 is needed for the syntax
+kube-proxy uses; a kernel without nf_tables fails the probe transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from kubectl_proxyctl.backends.nftables import TABLE
+from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
+
+CONTEXT_LINES = 2
+_LINE_RE = re.compile(r"/dev/stdin:(\d+):")
+_VERSION_RE = re.compile(r"nftables v(\d+)\.(\d+)\.(\d+)")
+MIN_VERSION = (1, 0, 1)
+
+
+def family_word(family: IPFamily) -> str:
+    return "ip6" if family == IPFamily.IPv6 else "ip"
+
+
+def nft_error(script: str, result: Result, what: str = "nft") -> ApplyError:
+    """An ApplyError naming the failing script line (if nft said which) and nft's reason."""
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    reason = "; ".join(ln.split(": Error: ", 1)[-1].strip() for ln in lines if "Error:" in ln)
+    reason = reason or ("; ".join(ln.strip() for ln in lines[:3]) or f"exit status {result.returncode}")
+    match = _LINE_RE.search(result.stderr)
+    if match is None:
+        return ApplyError(f"{what} failed: {reason}", script=script)
+    line = int(match.group(1))
+    text = script.splitlines()
+    lo, hi = max(1, line - CONTEXT_LINES), min(len(text), line + CONTEXT_LINES)
+    context = [f"{'>' if n == line else ' '} {n:5d}: {text[n - 1]}" for n in range(lo, hi + 1)]
+    head = f"{what} failed at line {line}: {reason} (nothing was applied: the transaction is atomic)"
+    return ApplyError("\n".join([head, *context]), script=script, line=line)
+
+
+class NftSystem:
+    """Our `kube-proxy` table of one family, through the `nft` binary."""
+
+    def __init__(self, family: IPFamily = IPFamily.IPv4, executor: Executor | None = None) -> None:
+        self.family = family
+        self.executor = executor or SubprocessExecutor()
+        self.fam = family_word(family)
+
+    def __repr__(self) -> str:
+        return f"NftSystem({self.family}, {self.executor!r})"
+
+    # --- writing --------------------------------------------------------------------------
+
+    def run(self, script: str, check: bool = False) -> None:
+        """Apply `script` as one transaction (`check`: only validate it, `nft -c`)."""
+        if not script.strip():
+            return
+        argv = ["nft", "-c", "-f", "-"] if check else ["nft", "-f", "-"]
+        result = self.executor.run(argv, stdin=script, timeout=600.0)
+        if not result.ok:
+            raise nft_error(script, result, "nft -c" if check else "nft")
+
+    def delete_table(self) -> bool:
+        """Delete our table; False when there was none."""
+        present = self.table_present()
+        if present:
+            self.run(f"delete table {self.fam} {TABLE}\n")
+        return present
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _json(self, *args: str) -> list[dict[str, Any]]:
+        result = self.executor.run(["nft", "-j", *args], timeout=120.0)
+        if not result.ok:
+            raise ProxyctlError(f"nft -j {' '.join(args)} failed: {result.stderr.strip() or result.returncode}")
+        try:
+            data = json.loads(result.stdout or "{}")
+        except ValueError as exc:
+            raise ProxyctlError(f"nft -j {' '.join(args)}: unreadable output ({exc})") from exc
+        return list(data.get("nftables") or [])
+
+    def table_present(self) -> bool:
+        for item in self._json("list", "tables", self.fam):
+            table = item.get("table")
+            if table and table.get("name") == TABLE and table.get("family") == self.fam:
+                return True
+        return False
+
+    def _names(self, kind: str) -> set[str]:
+        out: set[str] = set()
+        for item in self._json("list", f"{kind}s", self.fam):
+            obj = item.get(kind)
+            if obj and obj.get("table") == TABLE and obj.get("family") == self.fam:
+                out.add(str(obj.get("name")))
+        return out
+
+    def chains(self) -> set[str]:
+        """Names of every chain in our table (none when it does not exist)."""
+        return self._names("chain")
+
+    def sets(self) -> set[str]:
+        """Names of every named set in our table (maps excluded)."""
+        return self._names("set")
+
+    def chain_rule_count(self, chain: str) -> int | None:
+        """Rules in one chain of our table; None when the table or chain is missing."""
+        result = self.executor.run(["nft", "-j", "list", "chain", self.fam, TABLE, chain], timeout=60.0)
+        if not result.ok:
+            return None
+        try:
+            data = json.loads(result.stdout or "{}")
+        except ValueError:
+            return None
+        return sum(1 for item in data.get("nftables") or [] if "rule" in item)
+
+    def list_table(self) -> str:
+        """`nft -j list table` of our table (JSON text), for inspection tools and tests."""
+        result = self.executor.run(["nft", "-j", "list", "table", self.fam, TABLE], timeout=300.0)
+        if not result.ok:
+            raise ProxyctlError(f"nft list table {self.fam} {TABLE} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def version(self) -> tuple[int, int, int] | None:
+        result = self.executor.run(["nft", "--version"], timeout=30.0)
+        match = _VERSION_RE.search(result.stdout + result.stderr)
+        return tuple(int(g) for g in match.groups()) if match else None  # type: ignore[return-value]
+
+    def check_available(self) -> None:
+        """Raise a ProxyctlError saying what is missing when nftables mode cannot work here."""
+        version = self.version()  # a missing binary raises "nft not found: install nftables"
+        if version is not None and version < MIN_VERSION:
+            raise ProxyctlError(
+                f"nftables mode needs nft >= {'.'.join(map(str, MIN_VERSION))}; this host has "
+                f"{'.'.join(map(str, version))}")
+        probe = f"add table {self.fam} {TABLE}\n"
+        result = self.executor.run(["nft", "-c", "-f", "-"], stdin=probe, timeout=30.0)
+        if not result.ok:
+            raise ProxyctlError(f"the kernel refused an nftables table ({result.stderr.strip() or 'no reason given'}); "
+                                "nftables mode needs nf_tables support (kernel >= 5.13)")
