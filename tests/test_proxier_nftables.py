@@ -1,0 +1,248 @@
+"""The nftables proxier's sync logic and the `nft` adapter, against fakes (no root needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubectl_proxyctl.engine.app import EngineFlags
+from kubectl_proxyctl.engine.metrics import ProxyMetrics
+from kubectl_proxyctl.engine.plan import ProxyConfig
+from kubectl_proxyctl.engine.proxier import NftablesProxier
+from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.kube.tracker import StateTracker
+from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.system.executor import FakeExecutor, Result
+from kubectl_proxyctl.system.nftables import NftSystem, nft_error
+
+
+class FakeNft:
+    """Records transactions; keeps the chain names a real table would have."""
+
+    fam = "ip"
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+        self.fail_next = 0
+        self.existing: set[str] = set()
+        self.affinity: set[str] = set()
+        self.masquerading_rules: int | None = None
+
+    def run(self, script: str, check: bool = False) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ApplyError("nft failed at line 3: No such file or directory", script=script, line=3)
+        self.scripts.append(script)
+        for line in script.splitlines():
+            words = line.split()
+            if words[:2] == ["add", "chain"]:
+                self.existing.add(words[4])
+            elif words[:2] == ["delete", "chain"]:
+                self.existing.discard(words[4])
+        self.masquerading_rules = 3
+
+    def chains(self) -> set[str]:
+        return set(self.existing)
+
+    def sets(self) -> set[str]:
+        return set(self.affinity)
+
+    def chain_rule_count(self, chain: str) -> int | None:
+        return self.masquerading_rules
+
+
+def service(name: str, ip: str) -> dict[str, Any]:
+    return {"kind": "Service", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80}]}}
+
+
+def slice_(name: str, ips: list[str]) -> dict[str, Any]:
+    return {"kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
+            "ports": [{"name": "p", "port": 8080}],
+            "endpoints": [{"addresses": [ip]} for ip in ips]}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup() -> tuple[NftablesProxier, FakeNft, Clock, ProxyMetrics]:
+    tracker = StateTracker("node1")
+    fake = FakeNft()
+    clock = Clock()
+    metrics = ProxyMetrics()
+    proxier = NftablesProxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker, fake,
+                              monotonic=clock, metrics=metrics)
+    for obj in (service("a", "10.96.0.1"), slice_("a", ["10.244.1.1"]),
+                service("b", "10.96.0.2"), slice_("b", ["10.244.1.2"])):
+        proxier.on_event(obj["kind"], "ADDED", obj)
+    return proxier, fake, clock, metrics
+
+
+def test_nothing_is_programmed_before_sources_sync() -> None:
+    fake = FakeNft()
+    proxier = NftablesProxier(ProxyConfig(node_name="n"), StateTracker("n"), fake, synced=lambda: False)
+    assert proxier.sync() is None and fake.scripts == []
+
+
+def test_first_sync_is_full_and_recreates_base_chains_once(setup: Any) -> None:
+    proxier, fake, _, _ = setup
+    first = proxier.sync()
+    assert first is not None and first.full and not first.error
+    text = fake.scripts[0]
+    assert "delete chain ip kube-proxy nat-prerouting" in text  # add+delete once per process
+    assert "10.244.1.1:8080" in text and "10.244.1.2:8080" in text
+    proxier.schedule.request()
+    again = proxier.sync()
+    assert again is not None and again.full
+    assert "delete chain ip kube-proxy nat-prerouting" not in fake.scripts[-1]
+
+
+def test_partial_sync_touches_only_the_changed_service(setup: Any) -> None:
+    proxier, fake, _, _ = setup
+    proxier.sync()
+    proxier.on_event("EndpointSlice", "MODIFIED", slice_("a", ["10.244.1.1", "10.244.1.9"]))
+    result = proxier.sync()
+    assert result is not None and not result.full and not result.error
+    text = fake.scripts[-1]
+    assert "ns/a/tcp/p" in text and "ns/b/tcp/p" not in text
+    assert "10.244.1.9:8080" in text
+    assert "add table" not in text  # no fixed structure in a partial transaction
+    assert "numgen random mod 2" in text
+
+
+def test_deleted_service_chains_are_flushed_then_deleted_a_second_later(setup: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    proxier.on_event("Service", "DELETED", service("b", "10.96.0.2"))
+    proxier.sync()
+    flushed = [ln for ln in fake.scripts[-1].splitlines() if ln.startswith("flush chain") and "ns/b/" in ln]
+    assert flushed and not any(ln.startswith("delete chain") for ln in fake.scripts[-1].splitlines())
+    assert "delete element ip kube-proxy service-ips { 10.96.0.2 . tcp . 80 }" in fake.scripts[-1]
+    clock.now += 0.5
+    proxier.sync()  # too early: nothing deleted
+    assert not any(ln.startswith("delete chain") for s in fake.scripts for ln in s.splitlines() if "ns/b/" in ln)
+    clock.now += 1.0
+    proxier.sync()
+    deleted = [ln for s in fake.scripts for ln in s.splitlines() if ln.startswith("delete chain") and "ns/b/" in ln]
+    assert len(deleted) == len(flushed)
+    assert not any("ns/b/" in c for c in fake.existing)
+
+
+def test_failed_transaction_counts_and_forces_a_full_sync(setup: Any) -> None:
+    proxier, fake, _, metrics = setup
+    proxier.sync()
+    failures: list[int] = []
+    proxier.on_failure = lambda: failures.append(1)
+    proxier.on_event("EndpointSlice", "MODIFIED", slice_("a", ["10.244.1.3"]))
+    fake.fail_next = 1
+    failed = proxier.sync()
+    assert failed is not None and failed.error and failures == [1]
+    exposed = metrics.registry.expose()
+    assert 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv4"} 1' in exposed
+    again = proxier.sync()
+    assert again is not None and again.full and not again.error
+    assert "10.244.1.3:8080" in fake.scripts[-1] and "10.244.1.1:8080" not in fake.scripts[-1]
+
+
+def test_stale_chains_found_in_the_kernel_are_flushed_by_a_full_sync(setup: Any) -> None:
+    proxier, fake, _, _ = setup
+    fake.existing = {"service-AAAAAAAA-old/gone/tcp/p", "services"}
+    fake.affinity = {"affinity-BBBBBBBB-old/gone/tcp/p__10.0.0.1/80"}
+    proxier.sync()
+    text = fake.scripts[-1]
+    assert "flush chain ip kube-proxy service-AAAAAAAA-old/gone/tcp/p" in text
+    assert "delete set ip kube-proxy affinity-BBBBBBBB-old/gone/tcp/p__10.0.0.1/80" in text
+
+
+def test_canary_check_reports_a_deleted_or_flushed_table(setup: Any) -> None:
+    proxier, fake, _, _ = setup
+    proxier.sync()
+    assert proxier.canaries_missing() == []
+    fake.masquerading_rules = None
+    assert proxier.canaries_missing() == ["table ip kube-proxy"]
+    fake.masquerading_rules = 0
+    assert proxier.canaries_missing() == ["chain masquerading (flushed)"]
+
+
+# --- the adapter ------------------------------------------------------------------------------
+
+
+def test_nft_error_names_the_failing_line() -> None:
+    script = "add table ip kube-proxy\nadd chain ip kube-proxy x\nadd rule ip kube-proxy nope accept\nadd chain ip kube-proxy y\n"
+    stderr = ("/dev/stdin:3:25-28: Error: No such file or directory; did you mean chain 'x' in table ip 'kube-proxy'?\n"
+              "add rule ip kube-proxy nope accept\n                        ^^^^\n")
+    err = nft_error(script, Result(1, "", stderr))
+    text = str(err)
+    assert "failed at line 3" in text and "No such file or directory" in text
+    assert ">     3: add rule ip kube-proxy nope accept" in text
+    assert "atomic" in text and err.line == 3
+
+
+def test_adapter_lists_only_our_tables_objects() -> None:
+    fake = FakeExecutor()
+    fake.script(["nft", "-j", "list", "chains", "ip"], Result(0, '{"nftables": [{"metainfo": {}},'
+                '{"chain": {"family": "ip", "table": "kube-proxy", "name": "services"}},'
+                '{"chain": {"family": "ip", "table": "filter", "name": "INPUT"}}]}'))
+    fake.script(["nft", "-j", "list", "tables", "ip"], Result(0, '{"nftables": [{"table": {"family": "ip", "name": "nat"}}]}'))
+    system = NftSystem(IPFamily.IPv4, fake)
+    assert system.chains() == {"services"}
+    assert system.table_present() is False
+    assert system.delete_table() is False  # nothing to delete, no delete issued
+    assert not any(c.argv[:2] == ("nft", "-f") for c in fake.calls)
+
+
+def test_adapter_run_raises_apply_error_and_sends_the_script_on_stdin() -> None:
+    fake = FakeExecutor()
+    fake.script(["nft", "-f", "-"], Result(1, "", "/dev/stdin:1:1-3: Error: syntax error\n"))
+    system = NftSystem(IPFamily.IPv6, fake)
+    with pytest.raises(ApplyError, match="line 1"):
+        system.run("bad thing\n")
+    assert fake.calls[-1].stdin == "bad thing\n"
+    system.run("   \n")  # an empty transaction runs nothing
+    assert len(fake.calls) == 1
+
+
+def test_check_available_explains_a_missing_binary_and_an_old_nft() -> None:
+    missing = NftSystem(IPFamily.IPv4, FakeExecutor(missing={"nft"}))
+    with pytest.raises(ProxyctlError, match="install the nftables package"):
+        missing.check_available()
+    old = FakeExecutor()
+    old.script(["nft", "--version"], Result(0, "nftables v0.9.8 (E.D.S.)\n"))
+    with pytest.raises(ProxyctlError, match=r"nft >= 1\.0\.1"):
+        NftSystem(IPFamily.IPv4, old).check_available()
+    refused = FakeExecutor()
+    refused.script(["nft", "--version"], Result(0, "nftables v1.0.6 (Lester Gooch #5)\n"))
+    refused.script(["nft", "-c", "-f", "-"], Result(1, "", "Error: Could not process rule: Operation not supported\n"))
+    with pytest.raises(ProxyctlError, match="nf_tables support"):
+        NftSystem(IPFamily.IPv4, refused).check_available()
+
+
+# --- flags --------------------------------------------------------------------------------------
+
+
+def _flags(**over: Any) -> dict[str, Any]:
+    flags: dict[str, Any] = dict(
+        mode="iptables", node_name="n1", node_ips=(), ip_family="IPv4", cluster_cidr="", detect_local_mode="ClusterCIDR",
+        pod_bridge_interface="", pod_interface_name_prefix="", masquerade_all=False, masquerade_bit=14,
+        nodeport_addresses="", localhost_nodeports=True, sync_period=30.0, min_sync_period=1.0,
+        healthz_bind_address="", metrics_bind_address="", bind_address_hard_fail=False, cleanup=False,
+        dry_run=False, once=False)
+    flags.update(over)
+    return flags
+
+
+def test_nftables_mode_defaults_nodeport_addresses_to_primary_and_has_no_localhost_nodeports() -> None:
+    nft = EngineFlags.from_flags(_flags(mode="nftables"), default_node=lambda: "x")
+    assert nft.config.nodeport_addresses == ("primary",) and nft.config.localhost_nodeports is False
+    explicit = EngineFlags.from_flags(_flags(mode="nftables", nodeport_addresses="10.0.0.0/8"), default_node=lambda: "x")
+    assert explicit.config.nodeport_addresses == ("10.0.0.0/8",)
+    ipt = EngineFlags.from_flags(_flags(), default_node=lambda: "x")
+    assert ipt.config.nodeport_addresses == () and ipt.config.localhost_nodeports is True
