@@ -77,10 +77,27 @@ class ServicePortName:
         base = f"{self.namespace}/{self.name}"
         return f"{base}:{self.port}" if self.port else base
 
+    # Hash and `service` are cached on the instance (outside the dataclass fields, so equality,
+    # ordering and repr are unchanged): a sync hashes the same names tens of thousands of times.
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.namespace, self.name, self.port, self.protocol))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @property
     def service(self) -> str:
         """`namespace/name` of the owning Service."""
-        return f"{self.namespace}/{self.name}"
+        cached = self.__dict__.get("_service")
+        if cached is None:
+            cached = f"{self.namespace}/{self.name}"
+            object.__setattr__(self, "_service", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, object]:
+        # never carry the cached hash into another process (string hashes are salted)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 @dataclass(frozen=True)

@@ -391,3 +391,49 @@ def test_incremental_plan_equals_full_plan() -> None:
     # a changed config re-plans everything
     other = dc.replace(config, masquerade_all=True)
     assert make_plan(after_state, other, previous=before, changed=set()) == make_plan(after_state, other)
+
+
+def test_incremental_plans_over_random_change_sequences_equal_full_plans() -> None:
+    """Many rounds of random adds, deletes, port renames and endpoint changes: after every
+    round the spliced plan equals a full plan, including the internal sort keys and the
+    per-Service index a later splice relies on."""
+    import random
+
+    from kubectl_proxyctl.engine.plan import ProxyConfig, plan as make_plan
+    from kubectl_proxyctl.kube.convert import state_from_objects
+
+    rng = random.Random(7)
+    config = ProxyConfig(node_name="n1", cluster_cidrs=("10.244.0.0/16",))
+
+    def objects(spec: dict[str, tuple[int, int, bool]]) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for name, (ports, eps, broken) in spec.items():
+            i = int(name[1:])
+            out.append({"kind": "Service", "metadata": {"name": name, "namespace": f"ns{i % 3}"},
+                        "spec": {"clusterIP": "" if broken else f"10.96.{i // 250}.{i % 250 + 1}",
+                                 "ports": [{"name": f"p{j}", "port": 80 + j} for j in range(ports)]}})
+            out.append({"kind": "EndpointSlice",
+                        "metadata": {"name": f"{name}-1", "namespace": f"ns{i % 3}",
+                                     "labels": {"kubernetes.io/service-name": name}},
+                        "ports": [{"name": f"p{j}", "port": 8080 + j} for j in range(ports)],
+                        "endpoints": [{"addresses": [f"10.244.{i % 200}.{k + 1}"]} for k in range(eps)]})
+        return out
+
+    spec = {f"s{i}": (rng.randint(1, 3), rng.randint(0, 3), False) for i in range(40)}
+    previous = make_plan(state_from_objects(objects(spec)), config)
+    for _ in range(30):
+        changed: set[str] = set()
+        for _ in range(rng.randint(1, 6)):
+            name = f"s{rng.randint(0, 60)}"
+            if name in spec and rng.random() < 0.3:
+                del spec[name]
+            else:
+                spec[name] = (rng.randint(1, 3), rng.randint(0, 3), rng.random() < 0.1)
+            changed.add(f"ns{int(name[1:]) % 3}/{name}")
+        state = state_from_objects(objects(spec))
+        full = make_plan(state, config)
+        incremental = make_plan(state, config, previous=previous, changed=changed)
+        assert incremental == full
+        assert incremental._keys == full._keys and dict(incremental._by_service) == dict(full._by_service)
+        assert dict(incremental._index) == dict(full._index)
+        previous = incremental

@@ -239,6 +239,28 @@ class NftState:
     affinity_sets: set[str] = field(default_factory=set)
     fixed_signature: str = ""  # the fixed part; a change needs a full transaction
 
+    # `namespace/name` → the service ports in `services` (tuples, so a copy can be shallow)
+    by_service: dict[str, tuple[ServicePortName, ...]] = field(default_factory=dict, repr=False)
+
+    def ports_of(self, service_key: str) -> tuple[ServicePortName, ...]:
+        """The service ports of one Service (`namespace/name`) the table holds."""
+        return self.by_service.get(service_key, ())
+
+    def put(self, name: ServicePortName, out: ServiceOut) -> None:
+        if name not in self.services:
+            self.by_service[name.service] = self.by_service.get(name.service, ()) + (name,)
+        self.services[name] = out
+
+    def drop(self, name: ServicePortName) -> ServiceOut | None:
+        out = self.services.pop(name, None)
+        if out is not None:
+            left = tuple(n for n in self.by_service.get(name.service, ()) if n != name)
+            if left:
+                self.by_service[name.service] = left
+            else:
+                self.by_service.pop(name.service, None)
+        return out
+
     def copy(self) -> "NftState":
         return NftState(
             family=self.family,
@@ -248,6 +270,7 @@ class NftState:
             stale=dict(self.stale),
             affinity_sets=set(self.affinity_sets),
             fixed_signature=self.fixed_signature,
+            by_service=dict(self.by_service),
         )
 
     @property
@@ -596,7 +619,7 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
         elements[name] = {}
     for sp in plan.services:
         so = service_out(sp, ctx)
-        state.services[sp.name] = so
+        state.put(sp.name, so)
         for set_name, timeout in so.affinity_sets:
             set_lines.append(f"add set {t} {set_name} {{ type {'ipv6_addr' if ctx.ipx == 'ip6' else 'ipv4_addr'} ; "
                              f"flags dynamic,timeout ; timeout {timeout}s ; }}")
@@ -642,11 +665,17 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
     changed_set = frozenset(changed or ())
     state = previous.copy()
     addr_type = "ipv6_addr" if ctx.ipx == "ip6" else "ipv4_addr"
-    planned = {sp.name: sp for sp in plan.services}
-    touched = [n for n in planned if n in changed_set or n.service in changed_set]
-    touched += [n for n in previous.services if n not in planned]  # gone from the plan
-    touched_set = set(touched)
-    skipped = tuple(n for n in planned if n not in touched_set)
+    # The service ports to rewrite: those named in `changed`, and every port (old or new) of
+    # a Service named there; found through the plan's and the state's per-Service indexes, so
+    # the cost does not grow with the number of unchanged services.
+    touched: list[ServicePortName] = []
+    for item in changed_set:
+        if isinstance(item, ServicePortName):
+            touched.append(item)
+        else:
+            touched.extend(plan.ports_of(item))
+            touched.extend(previous.ports_of(item))
+    touched = list(dict.fromkeys(touched))
 
     chain_lines: list[str] = []
     rule_lines: list[str] = []
@@ -657,11 +686,11 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
     outs: dict[ServicePortName, tuple[ServiceOut | None, ServiceOut | None]] = {}
 
     for name in touched:
-        old = state.services.pop(name, None)
-        sp = planned.get(name)
+        old = state.drop(name)
+        sp = plan.service(name)
         new = service_out(sp, ctx) if sp is not None else None
         if new is not None:
-            state.services[name] = new
+            state.put(name, new)
         outs[name] = (old, new)
         removed_chains |= set(old.chain_names if old else ()) - set(new.chain_names if new else ())
         removed_affinity |= ({s for s, _ in old.affinity_sets} if old else set()) - (
@@ -710,9 +739,10 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
         if now_held is not None:
             adds.setdefault(container, []).append(_element_text(key, now_held[0], now_held[1]))
 
-    active = state.active_chains if removed_chains else set()
+    # Chain names embed the service port (and endpoint), so a chain one port stopped using
+    # cannot be in use by another port: every removed chain is stale.
     stale: list[str] = []
-    for chain in sorted(removed_chains - active):
+    for chain in sorted(removed_chains):
         if chain in state.chains and chain not in state.stale:
             chain_lines.append(f"flush chain {t} {chain}")
             state.stale[chain] = now
@@ -730,7 +760,7 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
     return RenderedNft(
         text="\n".join(out) + ("\n" if out else ""), family=plan.family, state=state, partial=True,
         rules_written=len(rule_lines), elements_written=n_elements, chains_written=tuple(written),
-        stale_flushed=tuple(stale), affinity_deleted=tuple(deleted_affinity), skipped_services=skipped,
+        stale_flushed=tuple(stale), affinity_deleted=tuple(deleted_affinity),
     )
 
 

@@ -298,9 +298,17 @@ class NodePlan:
     no_local_endpoints_external: int
     skipped: tuple[tuple[ServicePortName, str], ...] = ()
     _index: Mapping[ServicePortName, ServicePortPlan] = field(default_factory=dict, repr=False, compare=False)
+    # sort keys parallel to `services`, and `namespace/name` → its planned port names: what
+    # an incremental re-plan needs to splice changed services in without a full pass
+    _keys: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    _by_service: Mapping[str, tuple[ServicePortName, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def service(self, name: ServicePortName) -> ServicePortPlan | None:
         return self._index.get(name)
+
+    def ports_of(self, service_key: str) -> tuple[ServicePortName, ...]:
+        """The planned port names of one Service (`namespace/name`)."""
+        return self._by_service.get(service_key, ())
 
     @property
     def health_check_node_ports(self) -> dict[str, int]:
@@ -697,15 +705,12 @@ def plan(
     else:
         internal_masq = InternalMasquerade.NONE
 
-    reuse: dict[ServicePortName, ServicePortPlan] = {}
-    reuse_skipped: dict[ServicePortName, str] = {}
     if (
         previous is not None and changed is not None and previous.config == config
         and previous.node_ips == node_ips and previous.zone == zone and previous.local_detector == detector
+        and len(previous._keys) == len(previous.services)
     ):
-        dirty = frozenset(changed)
-        reuse = {sp.name: sp for sp in previous.services if sp.name.service not in dirty}
-        reuse_skipped = {n: why for n, why in previous.skipped if n.service not in dirty}
+        return _replan(previous, state, frozenset(changed), config, v6, family, zone, primary_ip)
 
     services: list[ServicePortPlan] = []
     skipped: list[tuple[ServicePortName, str]] = []
@@ -713,13 +718,7 @@ def plan(
     no_local_internal = 0
     no_local_external = 0
     for name in sorted(state.ports, key=_sort_key):
-        result: ServicePortPlan | str | None = reuse.get(name) or reuse_skipped.get(name)
-        if result is None:
-            sp = state.ports[name]
-            try:
-                result = _plan_port(sp, state.endpoints.get(name, ()), config, v6, family, zone, primary_ip)
-            except (ValueError, TypeError, AttributeError) as exc:  # odd data never stops a sync
-                result = f"cannot plan: {exc}"
+        result = _plan_one(state, name, config, v6, family, zone, primary_ip)
         if isinstance(result, str):
             skipped.append((name, result))
             continue
@@ -749,4 +748,86 @@ def plan(
         no_local_endpoints_external=no_local_external,
         skipped=tuple(skipped),
         _index={sp.name: sp for sp in services},
+        _keys=tuple(_sort_key(sp.name) for sp in services),
+        _by_service=_by_service(services),
+    )
+
+
+def _by_service(services: Iterable[ServicePortPlan]) -> dict[str, tuple[ServicePortName, ...]]:
+    out: dict[str, list[ServicePortName]] = {}
+    for sp in services:
+        out.setdefault(sp.name.service, []).append(sp.name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _plan_one(state: ClusterState, name: ServicePortName, config: ProxyConfig, v6: bool, family: IPFamily,
+              zone: str, primary_ip: str) -> ServicePortPlan | str:
+    try:
+        return _plan_port(state.ports[name], state.endpoints.get(name, ()), config, v6, family, zone, primary_ip)
+    except (ValueError, TypeError, AttributeError) as exc:  # odd data never stops a sync
+        return f"cannot plan: {exc}"
+
+
+def _replan(previous: NodePlan, state: ClusterState, dirty: frozenset[str], config: ProxyConfig, v6: bool,
+            family: IPFamily, zone: str, primary_ip: str) -> NodePlan:
+    """`previous` with the ports of the `dirty` Services planned again and spliced into the
+    sorted order: O(changed) work plus a few C-level list/dict copies, and equal to a full plan
+    of `state` when `dirty` names every Service that changed."""
+    import bisect
+
+    services = list(previous.services)
+    keys = list(previous._keys)
+    index = dict(previous._index)
+    by_service = dict(previous._by_service)
+    skipped = dict(previous.skipped)
+    total = previous.total_endpoints
+    no_local_internal = previous.no_local_endpoints_internal
+    no_local_external = previous.no_local_endpoints_external
+
+    def count(sp: ServicePortPlan, sign: int) -> None:
+        nonlocal total, no_local_internal, no_local_external
+        total += sign * len(sp.endpoints)
+        if sp.internal_filter == FilterAction.DROP:
+            no_local_internal += sign
+        if sp.external_filter == FilterAction.DROP:
+            no_local_external += sign
+
+    for svc_key in dirty:
+        for name in by_service.pop(svc_key, ()):
+            old = index.pop(name, None)
+            if old is not None:
+                pos = bisect.bisect_left(keys, _sort_key(name))
+                del keys[pos]
+                del services[pos]
+                count(old, -1)
+        for name in [n for n in skipped if n.service == svc_key]:
+            del skipped[name]
+        svc = state.services.get(svc_key)
+        names = [p.name for p in svc.ports if p.name in state.ports] if svc is not None else []
+        planned: list[ServicePortName] = []
+        for name in sorted(names, key=_sort_key):
+            result = _plan_one(state, name, config, v6, family, zone, primary_ip)
+            if isinstance(result, str):
+                skipped[name] = result
+                continue
+            key = _sort_key(name)
+            pos = bisect.bisect_left(keys, key)
+            keys.insert(pos, key)
+            services.insert(pos, result)
+            index[name] = result
+            planned.append(name)
+            count(result, +1)
+        if planned:
+            by_service[svc_key] = tuple(planned)
+
+    return dataclasses.replace(
+        previous,
+        services=tuple(services),
+        total_endpoints=total,
+        no_local_endpoints_internal=no_local_internal,
+        no_local_endpoints_external=no_local_external,
+        skipped=tuple(sorted(skipped.items(), key=lambda item: _sort_key(item[0]))),
+        _index=index,
+        _keys=tuple(keys),
+        _by_service=by_service,
     )

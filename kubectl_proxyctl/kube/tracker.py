@@ -27,7 +27,7 @@ from kubectl_proxyctl.kube.convert import (
     slice_endpoints,
     slice_ignore_reason,
 )
-from kubectl_proxyctl.model import ClusterState, Endpoint, NodeInfo, Service, ServicePortName
+from kubectl_proxyctl.model import ClusterState, Endpoint, NodeInfo, Service, ServicePort, ServicePortName
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ class StateTracker:
         self._services: dict[str, Service] = {}
         self._slices: dict[str, tuple[str, list[tuple[ServicePortName, Endpoint]]]] = {}  # key → (svc, pairs)
         self._slices_of: dict[str, set[str]] = {}  # svc key → slice keys
+        # svc key → sorted slice names, kept up to date by snapshot() for the services that
+        # changed (every change to _slices_of marks its service pending), so a snapshot does
+        # not sort the slices of every service again.
+        self._slice_names: dict[str, tuple[str, ...]] = {}
+        # every proxied service port, kept up to date by snapshot() like _slice_names
+        self._ports: dict[ServicePortName, ServicePort] = {}
+        self._ports_of: dict[str, tuple[ServicePortName, ...]] = {}
         self._endpoints: dict[ServicePortName, tuple[Endpoint, ...]] = {}
         self._eps_of: dict[str, set[ServicePortName]] = {}  # svc key → port names with endpoints
         self._nodes: dict[str, NodeInfo] = {}
@@ -168,8 +175,18 @@ class StateTracker:
             pending, self._pending = self._pending, _Pending()
             changed_ports: set[ServicePortName] = set()
             for svc_key in pending.services:
+                names = self._slices_of.get(svc_key)
+                if names:
+                    self._slice_names[svc_key] = tuple(sorted(n.split("/", 1)[1] for n in names))
+                else:
+                    self._slice_names.pop(svc_key, None)
                 changed_ports |= self._remerge(svc_key)
+                for old_port in self._ports_of.pop(svc_key, ()):
+                    self._ports.pop(old_port, None)
                 svc = self._services.get(svc_key)
+                if svc is not None and svc.proxied:
+                    self._ports_of[svc_key] = tuple(p.name for p in svc.ports)
+                    self._ports.update((p.name, p) for p in svc.ports)
                 if svc is not None:
                     changed_ports.update(p.name for p in svc.ports)
             # Which ports existed before is not kept: deleted services are found by the
@@ -177,11 +194,10 @@ class StateTracker:
             services = dict(self._services)
             state = ClusterState(
                 services=services,
-                ports={p.name: p for s in services.values() if s.proxied for p in s.ports},
+                ports=dict(self._ports),
                 endpoints=dict(self._endpoints),
                 nodes=dict(self._nodes),
-                slices_by_service={k: tuple(sorted(n.split("/", 1)[1] for n in v))
-                                   for k, v in self._slices_of.items() if v},
+                slices_by_service=dict(self._slice_names),
             )
             return Snapshot(
                 state=state,
