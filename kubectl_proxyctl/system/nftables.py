@@ -8,8 +8,9 @@ failing line of the script with the lines around it (nft reports `/dev/stdin:LIN
 
 Reading back is cheap and narrow: `chains()` and `sets()` list only names (`nft -j list
 chains ip` / `list sets ip`, filtered to our table), which the engine needs on a full sync to
-find stale chains; `table_present()` and `chain_rule_count()` notice that someone deleted or
-flushed our table (the nftables counterpart of iptables mode's canary chains).
+find stale chains; `set_present()` notices that someone deleted our table or flushed the ruleset (the
+nftables counterpart of iptables mode's canary chains); it stays cheap on a large table,
+where listing even one chain makes nft 1.0.x load the whole table.
 
 `available()` checks the nft binary and the kernel (nft ≥ 1.0.1 is needed for the syntax
 kube-proxy uses; a kernel without nf_tables fails the probe transaction).
@@ -116,8 +117,15 @@ class NftSystem:
         """Names of every named set in our table (maps excluded)."""
         return self._names("set")
 
+    def set_present(self, name: str) -> bool:
+        """Whether our table holds the named set. Cheap at any table size (nft loads only that
+        set), so it is the engine's periodic "is our table still there" check."""
+        result = self.executor.run(["nft", "-j", "list", "set", self.fam, TABLE, name], timeout=60.0)
+        return result.ok
+
     def chain_rule_count(self, chain: str) -> int | None:
-        """Rules in one chain of our table; None when the table or chain is missing."""
+        """Rules in one chain of our table; None when the table or chain is missing. nft 1.0.x
+        loads the whole table to list one chain (seconds at 10,000 services)."""
         result = self.executor.run(["nft", "-j", "list", "chain", self.fam, TABLE, chain], timeout=60.0)
         if not result.ok:
             return None
