@@ -60,6 +60,8 @@ TABLE_COMMENT = "rules for kube-proxy"
 STALE_CHAIN_DELAY = 1.0  # seconds a stale chain stays (flushed) before it is deleted
 NAME_LENGTH_MAX = 256  # knftables.NameLengthMax
 _BASE_LENGTH_MAX = NAME_LENGTH_MAX - 16  # chainNameBaseLengthMax
+COMMENT_LENGTH_MAX = 128  # knftables.CommentLengthMax: nft refuses longer comments
+AFFINITY_SECONDS_MAX = 86400  # the API's maximum ClientIP timeout; nft refuses far larger ones
 
 # --- fixed structure -------------------------------------------------------------------
 
@@ -342,7 +344,8 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     """The chains, rules, elements and affinity sets of one service port (kube-proxy's loop
     body in syncProxyRules)."""
     spn = sp.name
-    spn_text = str(spn)
+    # Element comments are cut to what nft accepts: valid names can be longer (63 + 63 + 15).
+    spn_text = str(spn)[:COMMENT_LENGTH_MAX]
     proto = _PROTO[sp.protocol]
     names = service_chains(spn)
     ipx = ctx.ipx
@@ -399,7 +402,7 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
             internal_rules.append(
                 f"{ipx} daddr {sp.cluster_ip} {proto} dport {port} {ctx.if_not_local} jump {MARK_FOR_MASQUERADE}")
 
-    affinity = sp.affinity_seconds
+    affinity = min(sp.affinity_seconds, AFFINITY_SECONDS_MAX)
     affinity_sets: list[tuple[str, int]] = []
     if affinity:
         affinity_sets = [(ep_affinity[id(ep)], affinity) for ep in sp.reachable_endpoints]
@@ -675,7 +678,9 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
         else:
             touched.extend(plan.ports_of(item))
             touched.extend(previous.ports_of(item))
-    touched = list(dict.fromkeys(touched))
+    # In the plan's order: the transaction text is deterministic, and of two touched ports
+    # claiming one element key the first wins, as in a full transaction.
+    touched = sorted(set(touched), key=lambda n: (str(n), n.protocol.value))
 
     chain_lines: list[str] = []
     rule_lines: list[str] = []
@@ -697,8 +702,10 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
             {s for s, _ in new.affinity_sets} if new else set())
         if new is None:
             continue
+        old_timeouts = dict(old.affinity_sets) if old else {}
         for set_name, timeout in new.affinity_sets:
-            if set_name not in state.affinity_sets:
+            # A new set, or a new timeout for an existing one (`add set` updates it).
+            if set_name not in state.affinity_sets or old_timeouts.get(set_name) != timeout:
                 set_lines.append(f"add set {t} {set_name} {{ type {addr_type} ; "
                                  f"flags dynamic,timeout ; timeout {timeout}s ; }}")
                 state.affinity_sets.add(set_name)
