@@ -8,8 +8,13 @@ chains, its map elements, and (with the Service objects) its virtual services.
 
 Views: `render_annotated` (the rules in their own syntax, an `# ns/svc:port → endpoint`
 note after each), `render_raw` (exactly the tools' syntax, nothing added: iptables-save
-blocks that `iptables-restore` accepts, nft statements, `ipvsadm -S` and `ipset save`
-lines), and `records` (TABLE CHAIN SERVICE ENDPOINT RULE, for `-o table` and `-o json`).
+blocks that `iptables-restore` accepts, an `nft -f` script per nft table (the table, chains
+and sets declared first, then rules and map elements, so a whole table loads back as it
+was), `ipvsadm -S` and `ipset save` lines), and `records` (TABLE CHAIN SERVICE ENDPOINT
+RULE, for `-o table` and `-o json`).
+
+In the nft table, a `cluster-ips` element belongs to the service ports whose map elements
+send that address to a service-/local- chain or to a no-endpoints verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from kubectl_proxyctl.rules.names import (
     parse_comment,
     resolve_iptables,
 )
-from kubectl_proxyctl.rules.nft_json import NftTable, element_text
+from kubectl_proxyctl.rules.nft_json import NftTable, element_text, set_declaration, value_text
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class DumpLine:
     service: str = ""  # service port name
     endpoint: str = ""
     kind: str = "rule"  # table, chain, rule, commit, element, set, virtual-service, real-server, member
+    raw: str = ""  # nftables: the line as an `nft -f` command (add table/chain/set/map/rule/element)
 
     def as_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "table": self.table, "chain": self.chain,
@@ -90,25 +96,30 @@ def nft_lines(tables: Iterable[NftTable], selector: ServiceSelector | None) -> l
     for table in tables:
         title = table.title
         body: list[DumpLine] = []
+        cluster_ips = _cluster_ip_owners(table)
         for nset in table.sets.values():
             set_owner = nft_chain_owner(nset.name)
+            kind = "map" if nset.is_map else "set"
             members: list[DumpLine] = []
             for element in nset.elements:
                 target = _target(element.value)
                 owner = nft_chain_owner(target) if target else set_owner
-                service = owner.service_port if owner else ""
-                if not service and element.comment and parse_comment(element.comment):
-                    service = element.comment
-                if _wanted(selector, service):
-                    members.append(DumpLine("nftables", title, nset.name, element_text(element), service,
-                                            owner.endpoint if owner else "", "element"))
+                services = [owner.service_port] if owner else []
+                if not services and element.comment and parse_comment(element.comment):
+                    services = [element.comment]
+                if not services and nset.name == "cluster-ips":
+                    services = cluster_ips.get(value_text(element.key), [])
+                if selector is None or any(selector.matches(sp) for sp in services):
+                    text = element_text(element)
+                    members.append(DumpLine("nftables", title, nset.name, text, ", ".join(services),
+                                            owner.endpoint if owner else "", "element",
+                                            f"add element {title} {nset.name} {{ {text} }}"))
             if members or (selector is None) or (set_owner and _wanted(selector, set_owner.service_port)):
-                kind = "map" if nset.is_map else "set"
-                head = f"{kind} {nset.name} {{ type {' . '.join(nset.type)}" + (
-                    f" : {nset.map}" if nset.map else "") + " }"
-                body.append(DumpLine("nftables", title, nset.name, head,
+                declaration = set_declaration(nset)
+                body.append(DumpLine("nftables", title, nset.name, f"{kind} {nset.name} {{ {declaration} }}",
                                      set_owner.service_port if set_owner else "",
-                                     set_owner.endpoint if set_owner else "", "set"))
+                                     set_owner.endpoint if set_owner else "", "set",
+                                     f"add {kind} {title} {nset.name} {{ {declaration} ; }}"))
                 body += members
         for chain in table.chains.values():
             owner = nft_chain_owner(chain.name)
@@ -117,14 +128,48 @@ def nft_lines(tables: Iterable[NftTable], selector: ServiceSelector | None) -> l
                 continue
             head = f"chain {chain.name}" + (f" {{ type {chain.type} hook {chain.hook} priority {chain.priority}; }}"
                                              if chain.hook else "")
+            raw = f"add chain {title} {chain.name}"
+            if chain.hook:
+                raw += (f" {{ type {chain.type} hook {chain.hook} priority {chain.priority} ; "
+                        f"policy {chain.policy or 'accept'} ; }}")
             body.append(DumpLine("nftables", title, chain.name, head, service, owner.endpoint if owner else "",
-                                 "chain"))
+                                 "chain", raw))
             for rule in chain.rules:
-                body.append(DumpLine("nftables", title, chain.name, rule.text, service,
-                                     owner.endpoint if owner else ""))
+                text = rule.text
+                body.append(DumpLine("nftables", title, chain.name, text, service,
+                                     owner.endpoint if owner else "", "rule", f"add rule {title} {chain.name} {text}"))
         if body:
-            out.append(DumpLine("nftables", title, "", f"table {title}", kind="table"))
+            out.append(DumpLine("nftables", title, "", f"table {title}", kind="table", raw=f"add table {title}"))
             out += body
+    return out
+
+
+def _cluster_ip_owners(table: NftTable) -> dict[str, list[str]]:
+    """Cluster IP → the service ports behind it, from the maps (the `cluster-ips` set says
+    nothing itself): service-ips elements that lead to a service-/local- chain, and
+    no-endpoint-services elements (with the service port in their comment) for an address
+    that is a cluster IP."""
+    known = {value_text(e.key) for e in table.sets["cluster-ips"].elements} if "cluster-ips" in table.sets else set()
+    out: dict[str, list[str]] = {}
+    for name in ("service-ips", "no-endpoint-services"):
+        nmap = table.sets.get(name)
+        for element in nmap.elements if nmap else ():
+            parts = element.key.get("concat") if isinstance(element.key, dict) else None
+            if not isinstance(parts, list) or not parts:
+                continue
+            ip = value_text(parts[0])
+            if ip not in known:
+                continue
+            target = _target(element.value)
+            owner = nft_chain_owner(target) if target else None
+            if owner is not None and owner.role in ("cluster", "local"):
+                spn = owner.service_port
+            elif owner is None and element.comment and parse_comment(element.comment):
+                spn = element.comment
+            else:
+                continue
+            if spn not in out.setdefault(ip, []):
+                out[ip].append(spn)
     return out
 
 
@@ -203,14 +248,24 @@ def render_annotated(lines: Sequence[DumpLine]) -> str:
 
 def render_raw(lines: Sequence[DumpLine]) -> str:
     out: list[str] = []
+    nft: list[DumpLine] = []
+
+    def flush() -> None:
+        # One `nft -f` script per table: the table, its chains and sets before the rules and
+        # map elements that refer to them.
+        order = {"table": 0, "chain": 1, "set": 2, "rule": 3, "element": 4}
+        out.extend(ln.raw for ln in sorted(nft, key=lambda ln: order.get(ln.kind, 5)) if ln.raw)
+        nft.clear()
+
     for line in lines:
         if line.backend == "nftables":
-            if line.kind == "rule":
-                out.append(f"add rule {line.table} {line.chain} {line.text}")
-            elif line.kind == "element":
-                out.append(f"add element {line.table} {line.chain} {{ {line.text} }}")
+            if line.kind == "table":
+                flush()
+            nft.append(line)
             continue
+        flush()
         out.append(line.text)
+    flush()
     return "\n".join(out) + ("\n" if out else "")
 
 

@@ -91,7 +91,9 @@ class PathResult:
 
     def steps(self) -> list[Step]:
         """The rules that mattered, first appearance first: a jump into a chain where no
-        rule matched (e.g. FORWARD → KUBE-PROXY-FIREWALL for an allowed packet) is left out."""
+        rule matched (e.g. FORWARD → KUBE-PROXY-FIREWALL for an allowed packet) is left out.
+        An nft verdict map that forks the walk (`numgen random mod N vmap { … }`) is listed
+        once, not once per endpoint: the endpoints and their odds say where it sends."""
         seen: set[tuple[str, str, int, str]] = set()
         out: list[Step] = []
         for outcome in self.result.outcomes:
@@ -100,7 +102,7 @@ class PathResult:
                 verb, _, target = step.action.partition(" ")
                 if verb in ("jump", "goto") and not any(s.chain == target for s in steps[i + 1:]):
                     continue
-                key = (step.table, step.chain, step.index, step.action)
+                key = (step.table, step.chain, step.index, "" if " vmap " in step.rule else step.action)
                 if key not in seen:
                     seen.add(key)
                     out.append(step)
@@ -396,8 +398,9 @@ def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: Servic
     for table in tables:
         cluster_ips = {value_text(e.key) for e in table.sets["cluster-ips"].elements} \
             if "cluster-ips" in table.sets else set()
-        firewall_keys = {value_text(e.key) for e in table.sets["firewall-ips"].elements} \
-            if "firewall-ips" in table.sets else set()
+        firewall = table.sets.get("firewall-ips")
+        firewall_chains = {value_text(e.key): _verdict_target(e.value) for e in (firewall.elements if firewall else ())}
+        lb_ips = {k.split(" . ", 1)[0] for k in firewall_chains}
         for map_name in ("service-ips", "no-endpoint-services", "service-nodeports", "no-endpoint-nodeports"):
             nmap = table.sets.get(map_name)
             for element in nmap.elements if nmap else ():
@@ -423,14 +426,38 @@ def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: Servic
                 if role in ("cluster", "local") or ip in cluster_ips:
                     p.port = p.port or int(port)
                     p.entries.append(EntryFacts("ClusterIP", ip, int(port)))
-                elif value_text(element.key) in firewall_keys:
-                    p.entries.append(EntryFacts("LoadBalancer", ip, int(port)))
+                elif value_text(element.key) in firewall_chains:
+                    ranges = _nft_source_ranges(table, firewall_chains[value_text(element.key)], lb_ips)
+                    p.entries.append(EntryFacts("LoadBalancer", ip, int(port), ranges))
                 else:
                     p.entries.append(EntryFacts("ExternalIP", ip, int(port)))
     for p in ports.values():
         unique = {(e.kind, e.address, e.port): e for e in p.entries}
         p.entries = sorted(unique.values(), key=lambda e: KINDS.index(e.kind))
     return list(ports.values())
+
+
+def _nft_source_ranges(table: NftTable, chain_name: str, lb_ips: set[str]) -> tuple[str, ...]:
+    """loadBalancerSourceRanges from a firewall- chain's `ip saddr != { … } drop` rule. The
+    proxy adds the load-balancer IPs themselves to the set when a range holds the node's
+    address; those are left out (they are not ranges the Service asked for)."""
+    chain = table.chains.get(chain_name)
+    out: list[str] = []
+    for rule in chain.rules if chain else ():
+        for stmt in rule.expr:
+            m = stmt.get("match") if isinstance(stmt, dict) else None
+            if not isinstance(m, dict) or m.get("op") != "!=":
+                continue
+            left = m.get("left")
+            if not (isinstance(left, dict) and left.get("payload", {}).get("field") == "saddr"):
+                continue
+            right = m.get("right")
+            items = right["set"] if isinstance(right, dict) and isinstance(right.get("set"), list) else [right]
+            for item in items:
+                text = value_text(item)
+                if text not in lb_ips and text not in out:
+                    out.append(text)
+    return tuple(out)
 
 
 def _verdict_target(value: Any) -> str:
@@ -590,6 +617,13 @@ def _unique(problems: Iterable[Problem]) -> list[Problem]:
 
 def _layout_problems(graph: RuleGraph, mode: ProxyMode) -> list[Problem]:
     out: list[Problem] = []
+    if mode == ProxyMode.NFTABLES:
+        from kubectl_proxyctl.rules.nft_verify import missing_jumps
+
+        for table in graph.nft_tables():
+            for jump, _ in missing_jumps(table):
+                out.append(Problem("warning", f"{table.title}: no {jump.where()} jumps to {jump.target}: "
+                                              f"{jump.consequence}"))
     rs = graph.ruleset
     if mode == ProxyMode.IPTABLES and rs is not None:
         hooked = any(r.target == "KUBE-SERVICES" for hook in ("PREROUTING", "OUTPUT")
@@ -608,20 +642,25 @@ def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
         spn = port.facts.service_port
         for er in port.entries:
             where = f"{er.facts.kind} {_address(er.facts.address, er.facts.port)}"
+            no_local: list[str] = []  # clients dropped for want of a local endpoint
+            reached: list[str] = []  # clients that reach an endpoint
             for path in er.paths:
                 r = path.result
-                comments = [parse_comment(_step_comment(s)) for o in r.outcomes for s in o.steps]
-                kinds = {c[1] for c in comments if c is not None}
-                if r.verdict == Verdict.REJECT:
+                kinds = _path_kinds(r)
+                if r.verdict == Verdict.DNAT and path.client not in reached:
+                    reached.append(path.client)
+                if r.verdict == Verdict.REJECT and "unserved-port" in kinds and "no-endpoints" not in kinds:
+                    out.append(Problem("error", f"{spn}: {where} from {path.client} is rejected by cluster-ips-check: no "
+                                                "service rule took the packet, so it counts as a port the cluster IP "
+                                                "does not serve"))
+                elif r.verdict == Verdict.REJECT:
                     out.append(Problem("error", f"{spn} has no endpoints: connections to {where} are rejected"))
                 elif r.verdict == Verdict.DROP and "no-local-endpoints" in kinds:
                     if er.facts.kind == "ClusterIP":
                         out.append(Problem("warning", f"{spn}: internalTrafficPolicy Local and no endpoint on this "
                                                       f"node: {where} drops traffic from this node"))
-                    else:
-                        out.append(Problem("warning", f"{spn}: externalTrafficPolicy Local and no endpoint on this "
-                                                      f"node: outside clients of {where} are dropped here (pods and "
-                                                      "the node itself still reach the cluster-wide endpoints)"))
+                    elif path.client not in no_local:
+                        no_local.append(path.client)
                 elif r.verdict == Verdict.DROP and path.client == "pod" and er.facts.kind == "LoadBalancer":
                     out.append(Problem("warning", f"{spn}: loadBalancerSourceRanges drop pods calling {where} "
                                                   f"from {path.source} (pods are not in the allowed ranges)"))
@@ -635,7 +674,49 @@ def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
                     out.append(Problem("warning", f"{spn}: sessionAffinity ClientIP ({r.affinity_seconds} s): each "
                                                   "client sticks to one endpoint; the odds shown are for a client's "
                                                   "first connection, and few clients spread load unevenly"))
+            if no_local:
+                out.append(Problem("warning", _no_local_endpoint_message(spn, where, no_local, reached)))
     return out
+
+
+_CLIENT_WORDS = {"external": "outside clients", "pod": "pods", "node": "the node itself"}
+
+
+def _no_local_endpoint_message(spn: str, where: str, dropped: Sequence[str], reached: Sequence[str]) -> str:
+    """externalTrafficPolicy Local without a local endpoint: who is dropped, who still gets through."""
+    if list(dropped) == ["external"] and set(reached) >= {"pod", "node"}:
+        return (f"{spn}: externalTrafficPolicy Local and no endpoint on this node: outside clients of {where} are "
+                "dropped here (pods and the node itself still reach the cluster-wide endpoints)")
+    who = " and ".join(_CLIENT_WORDS.get(c, c) for c in dropped)
+    text = f"{spn}: externalTrafficPolicy Local and no endpoint on this node: {who} calling {where} are dropped here"
+    if reached:
+        text += f" ({' and '.join(_CLIENT_WORDS.get(c, c) for c in reached)} still reach the cluster-wide endpoints)"
+    return text
+
+
+def _path_kinds(r: TraceResult) -> set[str]:
+    """What the rules that decided a path were for: kube-proxy's comment kinds (iptables), or
+    for nftables the map or chain that dropped or rejected it (a no-endpoints verdict map
+    dropping is a Local traffic policy without a local endpoint, rejecting through
+    reject-chain is no endpoints at all; cluster-ips-check rejecting is a cluster IP packet
+    that no service rule DNATed)."""
+    kinds = {c[1] for c in (parse_comment(_step_comment(s)) for o in r.outcomes for s in o.steps) if c is not None}
+    for o in r.outcomes:
+        if not o.steps or o.verdict != Verdict.DROP:
+            continue
+        last = o.steps[-1]
+        if "@no-endpoint-services" in last.rule or "@no-endpoint-nodeports" in last.rule:
+            kinds.add("no-local-endpoints")
+        elif last.chain.startswith("firewall-") and "/" in last.chain:
+            kinds.add("firewall-drop")
+    for o in r.outcomes:
+        if o.steps and o.verdict == Verdict.REJECT:
+            chains = {s.chain for s in o.steps}
+            if "reject-chain" in chains:
+                kinds.add("no-endpoints")
+            elif o.steps[-1].chain == "cluster-ips-check":
+                kinds.add("unserved-port")
+    return kinds
 
 
 def _step_comment(step: Step) -> str | None:

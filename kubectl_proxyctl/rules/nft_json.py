@@ -17,12 +17,25 @@ a map element is a `[KEY, VALUE]` pair.
 `rule_text` covers the expressions kube-proxy writes (matches on payload, meta, ct, fib,
 numgen, bitwise mark tests, concatenations, anonymous and named sets, verdict maps, mangle,
 dnat, masquerade, reject, set updates, counters); anything else is shown as compact JSON
-rather than guessed.
+rather than guessed. What it prints is nft input syntax: `nft -f` accepts it back.
+
+`canonical` reduces a rule (or an element key or value) in nft syntax, as a script writes
+it or as `rule_text` prints it, to one form per meaning, so the two can be compared:
+comments dropped, `mark` → `meta mark`, `or`/`and`/`xor` → `|`/`&`/`^`, hexadecimal
+numbers as decimals, quotes around plain words dropped, addresses in their compressed
+form, a `/32` or `/128` prefix as the address, anonymous sets sorted (address sets merged
+as nft merges them) and a one-element set as its element, and `reject` with its default
+ICMP port-unreachable as plain `reject`. nft prints what it was given in its own way
+(`mark or 0x4000` comes back as `meta mark | 16384`, `{ 203.0.113.0/25 }` as
+`203.0.113.0/25`); `canonical` makes both spellings equal.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -66,8 +79,10 @@ class NftRule:
     comment: str = ""
     handle: int | None = None
 
-    @property
+    @functools.cached_property
     def text(self) -> str:
+        """The rule in nft syntax (computed once: a numgen map over thousands of endpoints is
+        long, and the tracer names the rule at every step)."""
         return rule_text(self)
 
 
@@ -178,12 +193,12 @@ def parse_nft_json(text: str, source: str = "<input>") -> NftRuleset:
             fam, tab = table_of(obj)
             typ = obj.get("type")
             types = tuple(typ) if isinstance(typ, list) else (str(typ),)
-            flags = obj.get("flags") or ()
+            flags = obj.get("flags") or []
             timeout = obj.get("timeout")
             sets.setdefault((fam, tab), {})[str(obj["name"])] = NftSet(
                 family=fam, table=tab, name=str(obj["name"]), type=types,
                 map=str(obj["map"]) if kind == "map" else None,
-                flags=tuple(flags) if isinstance(flags, list) else (str(flags),),
+                flags=tuple(str(f) for f in flags) if isinstance(flags, list) else (str(flags),),
                 timeout=int(timeout) if isinstance(timeout, (int, float)) else None,
                 comment=str(obj.get("comment", "")), elements=_elements(obj.get("elem")),
             )
@@ -309,6 +324,8 @@ def statement_text(s: Any) -> str:
     if k == "dnat" or k == "snat":
         addr = value_text(x.get("addr", ""))
         port = f":{value_text(x['port'])}" if "port" in x else ""
+        if port and ":" in addr and not addr.startswith("["):
+            addr = f"[{addr}]"  # nft's own syntax for an IPv6 address with a port
         family = f"{x['family']} " if x.get("family") else ""
         return f"{k} {family}to {addr}{port}"
     if k == "masquerade":
@@ -341,3 +358,127 @@ def element_text(element: NftElement) -> str:
         key += f' comment "{element.comment}"'
     return key if element.value is None else f"{key} : {value_text(element.value)}"
 
+
+
+def set_declaration(nset: NftSet) -> str:
+    """The body of a set's or map's declaration: `type … ; flags … ; timeout …s`."""
+    parts = [f"type {' . '.join(nset.type)}" + (f" : {nset.map}" if nset.map else "")]
+    if nset.flags:
+        parts.append(f"flags {','.join(nset.flags)}")
+    if nset.timeout is not None:
+        parts.append(f"timeout {nset.timeout}s")
+    if nset.comment:
+        parts.append(f'comment "{nset.comment}"')
+    return " ; ".join(parts)
+
+
+# --- one form per meaning ----------------------------------------------------------------
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[{},]|[^\s{},]+')
+_META_KEYS = frozenset({"mark", "iifname", "oifname", "iif", "oif", "iiftype", "oiftype", "skuid", "skgid",
+                        "nfproto", "l4proto"})
+_OPERATORS = {"or": "|", "and": "&", "xor": "^"}
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:*-]+$")
+
+
+def _address(token: str) -> str | None:
+    """The compressed form of an address or prefix token; None when it is neither."""
+    if not token or not (token[0].isdigit() or token[0] in "abcdefABCDEF:[") or token.count("/") > 1:
+        return None
+    try:
+        net = ipaddress.ip_network(token, strict=False)
+    except ValueError:
+        return None
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _endpoint(token: str) -> str | None:
+    """`[fd00::1]:80` / `10.0.0.1:80` in one form; None when it is not an address and port."""
+    if token.startswith("["):
+        host, _, rest = token[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = token.rpartition(":")
+        if not sep or ":" in host:
+            return None
+    if not port.isdigit():
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _word(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        inner = token[1:-1]
+        return inner if _PLAIN_WORD.match(inner) else token
+    if token in _OPERATORS:
+        return _OPERATORS[token]
+    if re.fullmatch(r"0x[0-9a-fA-F]+", token):
+        return str(int(token, 16))
+    return _address(token) or _endpoint(token) or token
+
+
+def _group(tokens: list[str], i: int) -> tuple[str, int]:
+    """The canonical text of the anonymous set starting after tokens[i - 1] == "{"."""
+    items: list[list[str]] = [[]]
+    while i < len(tokens) and tokens[i] != "}":
+        t = tokens[i]
+        if t == "{":
+            text, i = _group(tokens, i + 1)
+            items[-1].append(text)
+            continue
+        if t == ",":
+            items.append([])
+        else:
+            items[-1].append(t)
+        i += 1
+    elements = [" ".join(item) for item in items if item]
+    if elements and all(_address(e) is not None for e in elements):
+        nets = [ipaddress.ip_network(e, strict=False) for e in elements]
+        v4 = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv4Network)])
+        v6 = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv6Network)])
+        elements = [_address(str(n)) or str(n) for n in (*v4, *v6)]
+    if len(elements) == 1 and " : " not in f" {elements[0]} ":
+        return elements[0], i + 1
+    return "{ " + ", ".join(sorted(elements)) + " }", i + 1
+
+
+def canonical(text: str) -> str:
+    """One form for every spelling of the same rule, key or value (see the module notes)."""
+    raw = _TOKENS.findall(text)
+    tokens: list[str] = []
+    skip = False
+    for n, t in enumerate(raw):
+        if skip:
+            skip = False
+            continue
+        if t == "comment" and n + 1 < len(raw) and raw[n + 1].startswith('"'):
+            skip = True
+            continue
+        if t in _META_KEYS and (not tokens or tokens[-1] not in ("meta", "ct")):
+            tokens.append("meta")
+        tokens.append(_word(t) if t not in "{}," else t)
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t == "{":
+            text, i = _group(tokens, i + 1)
+            out.append(text)
+            continue
+        if t == "with" and out and out[-1] == "reject" and tokens[i + 1:i + 2] in (["icmp"], ["icmpv6"], ["icmpx"]):
+            rest = tokens[i + 2:i + 4]
+            if rest[:1] == ["port-unreachable"]:
+                i += 3
+                continue
+            if rest == ["type", "port-unreachable"]:
+                i += 4
+                continue
+        out.append(t)
+        i += 1
+    return " ".join(out)

@@ -133,6 +133,9 @@ class _Tracer:
                 return "ip6" if self.v6 else "ip"
             if key == "iifname" and pkt.in_interface is not None:
                 return pkt.in_interface
+            if key == "iifname" and pkt.origin == Origin.NODE:
+                # Sent by the node: no input interface on the way out, loopback on the way in.
+                return "lo" if self.hook == "input" else ""
             if key == "oifname" and pkt.out_interface is not None:
                 return pkt.out_interface
             raise _Unknown(f"cannot evaluate meta {key}")
@@ -205,6 +208,8 @@ class _Tracer:
             return any(self._matches(have, w, table, st) for w in want)
         if isinstance(have, set):
             return str(want) in have
+        if isinstance(want, str) and isinstance(have, str) and want.endswith("*") and not want.endswith("\\*"):
+            return have.startswith(want[:-1])  # an interface name prefix (`iifname "veth*"`)
         return _compare(have, want) == 0
 
     def _lookup(self, key: Any, data: Any, table: NftTable, st: _State) -> Any:
@@ -328,8 +333,17 @@ class _Tracer:
             raise _Unknown("cannot evaluate numgen without a modulus")
         forks: dict[int, tuple[float, Any]] = {}
         missing = 0.0
+        arms: dict[int, Any] | None = None
+        if isinstance(data, dict) and isinstance(data.get("set"), list):
+            # kube-proxy's literal `{ 0 : goto …, 1 : goto … }`: one pass, not one lookup per index
+            # (a service with thousands of endpoints has thousands of arms).
+            items = [i for i in data["set"] if isinstance(i, list) and len(i) == 2]
+            if all(isinstance(k, int) and not isinstance(k, bool) for k, _ in items):
+                arms = {}
+                for k, v in items:
+                    arms.setdefault(k, v)
         for n in range(offset, offset + mod):
-            verdict = self._lookup(n, data, table, st)
+            verdict = arms.get(n) if arms is not None else self._lookup(n, data, table, st)
             if verdict is None:
                 missing += 1.0 / mod
             else:

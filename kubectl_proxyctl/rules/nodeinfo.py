@@ -84,20 +84,25 @@ def cidrs_from_rules(graph: RuleGraph) -> tuple[str, ...]:
             if found:
                 break
     for table in graph.nft_tables():
+        table_found: list[str] = []
         for name, nft_chain in table.chains.items():
-            if not name.startswith("service-"):
+            # service-/local- chains start with the masquerade rule (`ip saddr != CIDR`), an
+            # external- chain of a Local policy with the pod short-circuit (`ip saddr CIDR`).
+            if not name.startswith(("service-", "local-", "external-")) or "/" not in name:
                 continue
             for nft_rule in nft_chain.rules[:1]:
                 for stmt in nft_rule.expr:
                     m = stmt.get("match") if isinstance(stmt, dict) else None
                     right = m.get("right") if isinstance(m, dict) else None
                     left = m.get("left") if isinstance(m, dict) else None
-                    if (isinstance(right, dict) and "prefix" in right and left == {"payload": {"protocol": "ip",
-                                                                                               "field": "saddr"}}):
+                    if (isinstance(right, dict) and "prefix" in right and isinstance(left, dict)
+                            and left.get("payload", {}).get("field") == "saddr"
+                            and left.get("payload", {}).get("protocol") in ("ip", "ip6")):
                         cidr = f"{right['prefix']['addr']}/{right['prefix']['len']}"
                         if cidr not in found:
+                            table_found.append(cidr)
                             found.append(cidr)
-            if found:
+            if table_found:
                 break
     return tuple(found)
 

@@ -25,8 +25,10 @@ The proxy's node-wide flags are read back from the fixed rules when no flag says
 `--random-fully`, nfacct counters, the INVALID drop), so a node configured differently from
 the defaults does not drift on every rule; only Service-level differences do.
 
-nftables and IPVS nodes are compared at the level those modes have: per service port, the
-map elements (nftables) or virtual services (IPVS) and their endpoints.
+nftables nodes are compared by `rules.nft_verify`: the same plan rendered by the nftables
+backend, chains, rules, map and set elements compared by meaning, and the base chains checked
+in either of kube-proxy's layouts. IPVS nodes are compared at the level that mode has: per
+service port, the virtual services and their real servers.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from kubectl_proxyctl.backends.iptables import JUMP_RULES, render
 from kubectl_proxyctl.engine.naming import SEP_PREFIX
@@ -46,12 +48,10 @@ from kubectl_proxyctl.rules.names import (
     ENTRY_CHAINS,
     IptablesNames,
     ServiceSelector,
-    nft_chain_owner,
     parse_comment,
     resolve_iptables,
     service_of,
 )
-from kubectl_proxyctl.rules.nft_json import NftTable, value_text
 from kubectl_proxyctl.rules.nodeinfo import NodeContext
 
 FIXED_CHAINS: tuple[tuple[str, str], ...] = (
@@ -64,7 +64,9 @@ _ODDS_TOLERANCE = 0.001
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # missing-service, missing-endpoint, extra-endpoint, stale-chain, wrong-odds, rules-differ, ...
+    # missing-service, missing-endpoint, extra-endpoint, stale-chain, wrong-odds, rules-differ, flushed,
+    # missing-chain, missing-jump, ...; nftables adds missing-element and missing-set
+    kind: str
     severity: str  # "error" | "warning"
     message: str
     service: str = ""  # ns/name ("" for node-wide findings)
@@ -513,7 +515,7 @@ def _check_node_wide(report: Report, graph: RuleGraph, mode: ProxyMode) -> None:
             report.findings.append(Finding("backend-split", "error", note))
 
 
-# --- nftables and IPVS: service level ------------------------------------------------
+# --- nftables and IPVS --------------------------------------------------------------
 
 
 def _expected_entries(sp: ServicePortPlan) -> list[tuple[str, str, int]]:
@@ -528,105 +530,10 @@ def _expected_entries(sp: ServicePortPlan) -> list[tuple[str, str, int]]:
 
 def verify_nft(graph: RuleGraph, state: ClusterState, node: NodeContext,
                selector: ServiceSelector | None = None) -> Report:
-    """Per service port: the map elements and the endpoints behind them."""
-    report = Report(node.name, ProxyMode.NFTABLES)
-    desired = plan(state, ProxyConfig(node_name=node.name or "", cluster_cidrs=node.cluster_cidrs,
-                                      node_ips=node.ips if node.ips_known else ()))
-    tables = [t for t in graph.nft_tables() if t.family in ("ip", "inet")]
-    services = [sp for sp in desired.services if selector is None or selector.matches(str(sp.name))]
-    report.services_checked = len(services)
-    elements = _nft_elements(tables)
-    seen: set[str] = set()
-    for sp in services:
-        spn = str(sp.name)
-        proto = sp.protocol.value.lower()
-        for kind, address, port in _expected_entries(sp):
-            key = f"{address} . {proto} . {port}" if address else f"{proto} . {port}"
-            found = elements.get(key)
-            if found is None:
-                if sp.internal_filter or sp.external_filter:
-                    continue  # no-endpoint services: checked below by their vmap
-                report.findings.append(Finding("missing-service", "error", f"{spn}: no map element for {kind} "
-                                               f"{key}", sp.name.service, spn))
-                continue
-            map_name, target, table = found
-            seen.add(key)
-            owner = nft_chain_owner(target)
-            if owner is None or owner.service_port != spn:
-                report.findings.append(Finding("rules-differ", "error", f"{spn}: {map_name} sends {key} to "
-                                               f"{target or 'a verdict'}, not to this service port's chain",
-                                               sp.name.service, spn, target))
-                continue
-            chain = _dispatch_chain(table, target)
-            want = {e.address for e in (sp.local_endpoints if owner.role == "local" else sp.cluster_endpoints)}
-            have = _nft_endpoints(table, chain)
-            for ep in sorted(want - set(have)):
-                report.findings.append(Finding("missing-endpoint", "error", f"{spn}: {chain} does not send "
-                                               f"traffic to endpoint {ep}", sp.name.service, spn, chain))
-            for ep in sorted(set(have) - want):
-                report.findings.append(Finding("extra-endpoint", "error", f"{spn}: {chain} still sends "
-                                               f"{have[ep] * 100:.1f} % of new connections to {ep}",
-                                               sp.name.service, spn, chain))
-            wrong = [ep for ep in want if want == set(have) and abs(have[ep] - 1 / len(want)) > _ODDS_TOLERANCE]
-            if wrong:
-                report.findings.append(Finding("wrong-odds", "error", f"{spn}: {chain}: " + ", ".join(
-                    f"{ep} {have[ep] * 100:.1f} %" for ep in sorted(wrong)), sp.name.service, spn, chain))
-    if selector is None:
-        for key, (map_name, target, _) in elements.items():
-            owner = nft_chain_owner(target)
-            if key not in seen and map_name in ("service-ips", "service-nodeports"):
-                report.findings.append(Finding("stale-service", "error", f"{map_name} still maps {key} to "
-                                               f"{target}" + (f" ({owner.service_port})" if owner else ""),
-                                               owner.service if owner else "", owner.service_port if owner else ""))
-        _check_node_wide(report, graph, ProxyMode.NFTABLES)
-    return report
+    """The node's nft `kube-proxy` tables against the plan: see `rules.nft_verify`."""
+    from kubectl_proxyctl.rules.nft_verify import verify_nft as check
 
-
-def _nft_elements(tables: Iterable[NftTable]) -> dict[str, tuple[str, str, NftTable]]:
-    out: dict[str, tuple[str, str, NftTable]] = {}
-    for table in tables:
-        for name in ("service-ips", "service-nodeports"):
-            nmap = table.sets.get(name)
-            for e in nmap.elements if nmap else ():
-                value = e.value if isinstance(e.value, dict) else {}
-                target = ""
-                for verb in ("goto", "jump"):
-                    if isinstance(value.get(verb), dict):
-                        target = str(value[verb].get("target", ""))
-                out[value_text(e.key)] = (name, target, table)
-    return out
-
-
-def _dispatch_chain(table: NftTable, chain: str) -> str:
-    """external-… chains end in a goto to the service-/local- chain that dispatches."""
-    if not chain.startswith("external-"):
-        return chain
-    c = table.chains.get(chain)
-    for rule in reversed(c.rules if c else ()):
-        for stmt in rule.expr:
-            if isinstance(stmt, dict) and "goto" in stmt:
-                return str(stmt["goto"].get("target", chain))
-    return chain
-
-
-def _nft_endpoints(table: NftTable, chain: str) -> dict[str, float]:
-    c = table.chains.get(chain)
-    out: dict[str, float] = {}
-    for rule in c.rules if c else ():
-        for stmt in rule.expr:
-            vmap = stmt.get("vmap") if isinstance(stmt, dict) else None
-            if not isinstance(vmap, dict) or not isinstance(vmap.get("key"), dict) or "numgen" not in vmap["key"]:
-                continue
-            mod = int(vmap["key"]["numgen"].get("mod", 0) or 0)
-            items = vmap.get("data", {}).get("set", []) if isinstance(vmap.get("data"), dict) else []
-            for item in items:
-                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict)):
-                    continue
-                verdict = next(iter(item[1].values()))
-                owner = nft_chain_owner(str(verdict.get("target", ""))) if isinstance(verdict, dict) else None
-                if owner is not None and owner.endpoint and mod:
-                    out[owner.endpoint] = out.get(owner.endpoint, 0.0) + 1.0 / mod
-    return out
+    return check(graph, state, node, selector)
 
 
 def verify_ipvs(graph: RuleGraph, state: ClusterState, node: NodeContext,
@@ -681,9 +588,12 @@ def verify(graph: RuleGraph, mode: ProxyMode, state: ClusterState, node: NodeCon
     return verify_iptables(graph, state, node, selector)
 
 
-def desired_summary(state: ClusterState, node: NodeContext, selector: ServiceSelector) -> dict[str, dict[str, Any]]:
-    """Service port → what the plan wants on this node (for `explain`'s desired section)."""
+def desired_summary(state: ClusterState, node: NodeContext, selector: ServiceSelector,
+                    v6: bool = False) -> dict[str, dict[str, Any]]:
+    """Service port → what the plan wants on this node (for `explain`'s desired section), for
+    the rules' address family."""
     desired: NodePlan = plan(state, ProxyConfig(node_name=node.name or "", cluster_cidrs=node.cluster_cidrs,
+                                                family=IPFamily.IPv6 if v6 else IPFamily.IPv4,
                                                 node_ips=node.ips if node.ips_known else ()))
     out: dict[str, dict[str, Any]] = {}
     for sp in desired.services:

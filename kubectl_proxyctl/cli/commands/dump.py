@@ -24,7 +24,7 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     \b
     Output formats:
       text    the rules in their own syntax, each followed by `# ns/svc:port -> endpoint`
-      raw     the rules verbatim (iptables-save blocks, nft statements, ipvsadm/ipset lines)
+      raw     the rules verbatim (iptables-save blocks, an `nft -f` script, ipvsadm/ipset lines)
       table   one row per rule: TABLE CHAIN SERVICE ENDPOINT RULE
       json    the same records as JSON (yaml too)
 

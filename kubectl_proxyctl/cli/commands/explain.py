@@ -101,7 +101,8 @@ def _add_desired(explanation: "Explanation", graph: "RuleGraph", mode: "ProxyMod
     from kubectl_proxyctl.rules.explain import Problem
     from kubectl_proxyctl.rules.verify import desired_summary, verify
 
-    desired = desired_summary(state, context, selector)
+    v6 = any(":" in (e.facts.address or "") for port in explanation.ports for e in port.entries)
+    desired = desired_summary(state, context, selector, v6)
     for port in explanation.ports:
         port.desired = desired.get(port.facts.service_port)
     report = verify(graph, mode, state, context, selector)

@@ -32,6 +32,13 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     iptables backends. The proxy's node-wide flags (masquerade bit, cluster CIDR,
     --masquerade-all, node-port addresses) are read back from the rules unless given.
 
+    On an nftables node the `kube-proxy` table (ip or ip6) is checked the same way: map and
+    set elements (missing, stale, wrong verdicts), each service, endpoint, external and
+    firewall chain (flushed chains, wrong DNAT targets), endpoint odds, affinity sets and
+    their timeouts, the fixed chains, and the base chains' jumps in either kube-proxy
+    layout (filter chains at priority -110 with filter-output-post-dnat, or the newer
+    filter-*-pre-dnat chains with the filter chains at priority 0).
+
     Exit status: 0 in sync, 1 drift found, 2 error (3 when the API server cannot be reached,
     as for every command).
 
