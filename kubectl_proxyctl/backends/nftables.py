@@ -65,14 +65,20 @@ AFFINITY_SECONDS_MAX = 86400  # the API's maximum ClientIP timeout; nft refuses 
 
 # --- fixed structure -------------------------------------------------------------------
 
-FILTER_PREROUTING = "filter-prerouting"
+FILTER_PREROUTING_PRE_DNAT = "filter-prerouting-pre-dnat"
+FILTER_OUTPUT_PRE_DNAT = "filter-output-pre-dnat"
 FILTER_INPUT = "filter-input"
 FILTER_FORWARD = "filter-forward"
 FILTER_OUTPUT = "filter-output"
-FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
 NAT_PREROUTING = "nat-prerouting"
 NAT_OUTPUT = "nat-output"
 NAT_POSTROUTING = "nat-postrouting"
+# Base chains of kube-proxy's layout before 1.34 (filter chains all at dstnat-10, plus
+# filter-output-post-dnat): a first transaction deletes them, so a node that ran that
+# layout does not keep hooks of it.
+FILTER_PREROUTING_LEGACY = "filter-prerouting"
+FILTER_OUTPUT_POST_DNAT = "filter-output-post-dnat"
+LEGACY_BASE_CHAINS = (FILTER_PREROUTING_LEGACY, FILTER_OUTPUT_POST_DNAT)
 
 SERVICES = "services"
 MASQUERADING = "masquerading"
@@ -91,15 +97,17 @@ NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 FIREWALL_IPS = "firewall-ips"
 
-# (name, type, hook, priority): kube-proxy's nftablesBaseChains. The filter chains run just
-# before DNAT (dstnat - 10) so they see the service address; filter-output-post-dnat runs
-# after it (dstnat + 10).
+# (name, type, hook, priority): kube-proxy's nftablesBaseChains (1.34+, back-ported to
+# 1.33): the firewall check runs before DNAT (dstnat - 10) so it sees the load-balancer IP;
+# the endpoint checks run in the ordinary filter chains (priority 0), after DNAT, so traffic
+# the node itself sends to an ETP Local address, which nat-output short-circuits to the
+# cluster endpoints, is not dropped as "no local endpoints" (kubernetes#131765).
 BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
-    (FILTER_PREROUTING, "filter", "prerouting", -110),
-    (FILTER_INPUT, "filter", "input", -110),
-    (FILTER_FORWARD, "filter", "forward", -110),
-    (FILTER_OUTPUT, "filter", "output", -110),
-    (FILTER_OUTPUT_POST_DNAT, "filter", "output", -90),
+    (FILTER_PREROUTING_PRE_DNAT, "filter", "prerouting", -110),
+    (FILTER_OUTPUT_PRE_DNAT, "filter", "output", -110),
+    (FILTER_INPUT, "filter", "input", 0),
+    (FILTER_FORWARD, "filter", "forward", 0),
+    (FILTER_OUTPUT, "filter", "output", 0),
     (NAT_PREROUTING, "nat", "prerouting", -100),
     (NAT_OUTPUT, "nat", "output", -100),
     (NAT_POSTROUTING, "nat", "postrouting", 100),
@@ -111,13 +119,13 @@ JUMP_CHAINS: tuple[tuple[str, str, str], ...] = (
     (SERVICE_ENDPOINTS_CHECK, FILTER_INPUT, "ct state new"),
     (SERVICE_ENDPOINTS_CHECK, FILTER_FORWARD, "ct state new"),
     (SERVICE_ENDPOINTS_CHECK, FILTER_OUTPUT, "ct state new"),
-    (FIREWALL_CHECK, FILTER_PREROUTING, "ct state new"),
-    (FIREWALL_CHECK, FILTER_OUTPUT, "ct state new"),
+    (FIREWALL_CHECK, FILTER_PREROUTING_PRE_DNAT, "ct state new"),
+    (FIREWALL_CHECK, FILTER_OUTPUT_PRE_DNAT, "ct state new"),
     (SERVICES, NAT_OUTPUT, ""),
     (SERVICES, NAT_PREROUTING, ""),
     (MASQUERADING, NAT_POSTROUTING, ""),
     (CLUSTER_IPS_CHECK, FILTER_FORWARD, "ct state new"),
-    (CLUSTER_IPS_CHECK, FILTER_OUTPUT_POST_DNAT, "ct state new"),
+    (CLUSTER_IPS_CHECK, FILTER_OUTPUT, "ct state new"),
 )
 
 # Element containers: name → (kind, key type with {addr} for the family's address type, comment).
@@ -241,6 +249,9 @@ class NftState:
     affinity_sets: set[str] = field(default_factory=set)
     fixed_signature: str = ""  # the fixed part; a change needs a full transaction
 
+    # (container, key) → every service port claiming that element key, for the rare keys
+    # claimed by more than one (e.g. two Services sharing an externalIP and port)
+    contested: dict[tuple[str, str], tuple[ServicePortName, ...]] = field(default_factory=dict, repr=False)
     # `namespace/name` → the service ports in `services` (tuples, so a copy can be shallow)
     by_service: dict[str, tuple[ServicePortName, ...]] = field(default_factory=dict, repr=False)
 
@@ -273,6 +284,7 @@ class NftState:
             affinity_sets=set(self.affinity_sets),
             fixed_signature=self.fixed_signature,
             by_service=dict(self.by_service),
+            contested=dict(self.contested),
         )
 
     @property
@@ -479,7 +491,7 @@ def _fixed_part(plan: NodePlan, ctx: _Ctx, service_cidrs: tuple[str, ...], first
 
     out = [f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}']
     if first:
-        for name, _, _, _ in BASE_CHAINS:
+        for name in (*(b[0] for b in BASE_CHAINS), *LEGACY_BASE_CHAINS):
             out.append(f"add chain {t} {name}")
             out.append(f"delete chain {t} {name}")
     for name, typ, hook, prio in BASE_CHAINS:
@@ -635,8 +647,12 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
                 rule_lines.append(f"add rule {t} {chain} {rule}")
         for container, key, value, comment in so.elements:
             store = elements[container]
-            if key in store:
-                continue  # first writer wins, as kube-proxy's element storage keeps one value
+            held = store.get(key)
+            if held is not None:
+                # first writer wins, as kube-proxy's element storage keeps one value; the
+                # other claim is remembered so a partial transaction can hand the key over
+                _contest(state.contested, (container, key), held[2], sp.name)
+                continue
             store[key] = (value, comment, sp.name)
     for container in CONTAINER_ORDER:
         adds[container] = [_element_text(k, v, c) for k, (v, c, _) in elements[container].items()]
@@ -718,23 +734,45 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
             for rule in rules:
                 rule_lines.append(f"add rule {t} {chain} {rule}")
 
-    # Elements in two passes, so a key that moves between two changed service ports is
-    # neither lost nor rewritten: drop what the touched ports held, add what they want now
-    # (a key another, unchanged port holds stays with it), then write only the net change.
+    # Elements in three passes, so a key that moves between service ports is neither lost
+    # nor rewritten: drop what the touched ports held (and their claims on contested keys),
+    # add what they want now (a key another port holds stays with it, the claim is noted),
+    # then hand every released key that another port still claims to the first such port in
+    # plan order, as a full transaction would. Only the net change is written.
     before: dict[tuple[str, str], tuple[str, str, ServicePortName | None] | None] = {}
+    contested = state.contested
     for name, (old, _) in outs.items():
         for container, key, _, _ in (old.elements if old else ()):
+            ck = (container, key)
+            claimants = contested.get(ck)
+            if claimants is not None:  # pruned below, once released keys were handed over
+                contested[ck] = tuple(n for n in claimants if n != name)
             store = state.elements[container]
             held = store.get(key)
             if held is not None and held[2] == name:
-                before.setdefault((container, key), held)
+                before.setdefault(ck, held)
                 del store[key]
     for name, (_, new) in outs.items():
         for container, key, value, comment in (new.elements if new else ()):
             store = state.elements[container]
-            if key not in store:
+            held = store.get(key)
+            if held is None:
                 before.setdefault((container, key), None)
                 store[key] = (value, comment, name)
+            elif held[2] != name:
+                _contest(contested, (container, key), held[2], name)
+    for (container, key), was in list(before.items()):
+        store = state.elements[container]
+        if was is None or key in store:
+            continue
+        for claimant in _plan_ordered(contested.get((container, key), ()) + (
+                () if was[2] is None else (was[2],))):
+            claimed = _claimed(state.services.get(claimant), container, key)
+            if claimed is not None:
+                store[key] = (claimed[0], claimed[1], claimant)
+                break
+    for ck in [ck for ck, claimants in contested.items() if len(claimants) < 2]:
+        del contested[ck]
     adds: dict[str, list[str]] = {}
     deletes: dict[str, list[str]] = {}
     for (container, key), was in before.items():
@@ -769,6 +807,26 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
         rules_written=len(rule_lines), elements_written=n_elements, chains_written=tuple(written),
         stale_flushed=tuple(stale), affinity_deleted=tuple(deleted_affinity),
     )
+
+
+def _contest(contested: dict[tuple[str, str], tuple[ServicePortName, ...]], ck: tuple[str, str],
+             holder: ServicePortName | None, claimant: ServicePortName) -> None:
+    claimants = contested.get(ck) or ((holder,) if holder is not None else ())
+    if claimant not in claimants:
+        claimants = claimants + (claimant,)
+    contested[ck] = claimants
+
+
+def _plan_ordered(names: Iterable[ServicePortName]) -> list[ServicePortName]:
+    return sorted(set(names), key=lambda n: (str(n), n.protocol.value))
+
+
+def _claimed(out: ServiceOut | None, container: str, key: str) -> tuple[str, str] | None:
+    """(value, comment) `out` wants for the element key, or None when it does not claim it."""
+    for c, k, value, comment in (out.elements if out else ()):
+        if c == container and k == key:
+            return value, comment
+    return None
 
 
 def stale_deletion(state: NftState, now: float, delay: float = STALE_CHAIN_DELAY) -> tuple[str, tuple[str, ...]]:
