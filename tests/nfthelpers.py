@@ -1,5 +1,7 @@
 """Shared helpers for the nftables tests: golden cases, `nft` inside a throwaway network
 namespace, a comparable form of `nft -j list table`, and render → load → read back → trace.
+`older_layout` rewrites our script into kube-proxy's base-chain layout before 1.34, so the
+inspection tools are also tested on tables of nodes that still run it.
 
 The golden cases are the iptables ones (tests/golden/iptables/<case>/objects.yaml and
 config.yaml, whose `render:` options are iptables-only and ignored). A case may add
@@ -105,6 +107,45 @@ def statements(script: str) -> list[str]:
         else:
             out.append(line)
     return out
+
+
+_CHAIN_LINE = re.compile(r"^(add|delete|flush) chain (\S+ \S+) (filter-[a-z-]+)(.*)$")
+_FILTER_RULE = re.compile(r"^add rule (\S+ \S+) (filter-[a-z-]+) (.*)$")
+
+
+def older_layout(script: str) -> str:
+    """Our script with kube-proxy's base-chain layout before 1.34 (before kubernetes#132456):
+    filter-prerouting, filter-input, filter-forward and filter-output all at priority -110
+    (before DNAT), so filter-output also holds the firewall jump, and filter-output-post-dnat
+    at -90 for the cluster-ips check of packets the node sends. A first transaction's
+    add/delete pairs become that version's (each of its base chains once)."""
+    out: list[str] = []
+    for line in script.splitlines():
+        m = _CHAIN_LINE.match(line)
+        if m is not None:
+            verb, table, name, rest = m.groups()
+            if name in ("filter-prerouting", "filter-output-post-dnat", "filter-output-pre-dnat"):
+                continue  # the legacy add/delete pairs of a first transaction, and the merged chain
+            if name == "filter-prerouting-pre-dnat":
+                name = "filter-prerouting"
+            out.append(f"{verb} chain {table} {name}{rest.replace('priority 0 ', 'priority -110 ')}")
+            if name == "filter-output" and verb != "add":  # after the pair: the post-DNAT chain
+                post = f"{table} filter-output-post-dnat"
+                spec = " { type filter hook output priority -90 ; }" if verb == "flush" else ""
+                out.extend([f"add chain {post}{spec}", f"{verb} chain {post}"])
+            continue
+        m = _FILTER_RULE.match(line)
+        if m is not None:
+            table, chain, rule = m.groups()
+            if chain == "filter-prerouting-pre-dnat":
+                chain = "filter-prerouting"
+            elif chain == "filter-output-pre-dnat":
+                chain = "filter-output"
+            elif chain == "filter-output" and rule.endswith("jump cluster-ips-check"):
+                chain = "filter-output-post-dnat"
+            line = f"add rule {table} {chain} {rule}"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 # --- nft in a network namespace ---------------------------------------------------------
@@ -217,11 +258,12 @@ class BuiltNft:
 
 
 def build_nft(scratch: Scratch, objects: Iterable[Obj], config: ProxyConfig | None = None,
-              local_ips: Sequence[str] | None = None, **render_options: Any) -> BuiltNft:
+              local_ips: Sequence[str] | None = None, older: bool = False, **render_options: Any) -> BuiltNft:
+    """`older`: load the script rewritten into the base-chain layout before 1.34 (`older_layout`)."""
     cfg = config or default_config()
     node_plan = plan(state_of(objects), cfg)
     rendered = render(node_plan, **render_options)
     scratch.reset()
-    scratch.load(rendered.text, cfg.family)
+    scratch.load(older_layout(rendered.text) if older else rendered.text, cfg.family)
     table = scratch.table(cfg.family)
     return BuiltNft(node_plan, rendered, table, LocalNode(tuple(local_ips if local_ips is not None else cfg.node_ips)))

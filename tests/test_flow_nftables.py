@@ -7,19 +7,22 @@ namespace (one per module; the table is removed between cases), read back with
 tracer sees the rules as the kernel holds them, not as we wrote them.
 
 Expected outcomes are iptables mode's, except where kube-proxy's nftables mode differs on
-purpose; each such row says why. The differences (reference §3.7 and the layout we follow):
+purpose; each such row says why. The differences (reference §3.7 and the layout we follow,
+kube-proxy's since 1.34):
 
 * no localhost NodePorts: `127.0.0.1:<nodePort>` is not a node port at all;
 * no ACCEPT rule for health-check node ports (iptables mode accepts them in KUBE-NODEPORTS
   past the firewall; nftables mode writes nothing for them);
 * cluster-ips-check rejects traffic to a port a ClusterIP does not serve, and (with the
   service CIDRs given) drops traffic to unallocated addresses of the service range;
-* LoadBalancerSourceRanges are enforced in filter-prerouting / filter-output before DNAT
-  (the outcomes are the same as iptables mode's);
-* service-endpoints-check runs in filter-output before DNAT, so traffic the node itself sends
-  to an externalIP / LB IP of an ETP:Local service with no local endpoint is dropped, where
-  iptables mode (and kube-proxy since kubernetes#132456, which moved that check after DNAT)
-  short-circuits it to the cluster endpoints.
+* LoadBalancerSourceRanges are enforced in filter-prerouting-pre-dnat / filter-output-pre-dnat
+  before DNAT (the outcomes are the same as iptables mode's).
+
+The endpoint checks run after DNAT (filter-input / filter-forward / filter-output at priority
+0), so traffic the node itself sends to an externalIP / LB IP of an ETP:Local service with no
+local endpoint is short-circuited to the cluster endpoints, as in iptables mode. In the layout
+before 1.34 (kubernetes#131765, fixed by kubernetes#132456) filter-output ran before DNAT and
+dropped it; test_external_traffic_policy_local_without_local_endpoints traces that layout too.
 """
 
 from __future__ import annotations
@@ -91,11 +94,11 @@ def test_six_services(scratch: Scratch) -> None:
         Flow("no match", "10.0.0.2", "10.0.0.3", 80, ""),
         Flow("single endpoint", "10.0.0.2", "172.30.0.41", 80, "10.180.0.1:80"),
         Flow("multiple endpoints", "10.0.0.2", "172.30.0.44", 80, "10.180.0.4:80, 10.180.0.5:80"),
-        # nftables: svc2 is ETP:Local without a local endpoint and service-endpoints-check runs
-        # in filter-output before DNAT, so the node's own connection to its external IP is
-        # dropped (iptables mode: short-circuited to 10.180.0.2:80, masqueraded).
-        Flow("LOCAL, to an ETP:Local external IP without local endpoints", NODE_IP, "192.168.99.22", 80, "DROP",
-             origin="node"),
+        # svc2 is ETP:Local without a local endpoint: nat-output short-circuits the node's own
+        # connection to its external IP before service-endpoints-check (filter-output, after
+        # DNAT) could drop it, as iptables mode does.
+        Flow("LOCAL, to an ETP:Local external IP without local endpoints", NODE_IP, "192.168.99.22", 80,
+             "10.180.0.2:80", masq=True, origin="node"),
         Flow("DROP", EXTERNAL, "192.168.99.22", 80, "DROP", origin="external"),
         # nftables: no ACCEPT rule for the health-check node port (iptables mode: ACCEPT).
         Flow("NodePortHealthCheck is not touched", NODE_IP, NODE_IP, 30000, "", origin="node"),
@@ -189,8 +192,8 @@ def test_cluster_ip_general(scratch: Scratch) -> None:
 
 
 def test_load_balancer_source_ranges(scratch: Scratch) -> None:
-    # nftables enforces the ranges in filter-prerouting / filter-output, before DNAT; the
-    # outcomes are iptables mode's.
+    # nftables enforces the ranges in filter-prerouting-pre-dnat / filter-output-pre-dnat,
+    # before DNAT; the outcomes are iptables mode's.
     objs = [
         service("ns1", "svc1", "172.30.0.41", [{"name": "p80", "port": 80, "nodePort": 3001}], type="LoadBalancer",
                 lb_ips=["1.2.3.4", "5.6.7.8"], source_ranges=["192.168.0.0/24", " 203.0.113.0/25"]),
@@ -214,8 +217,12 @@ def test_load_balancer_source_ranges(scratch: Scratch) -> None:
         Flow("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", "5.6.7.8", 80, ep, masq=True, origin="node"),
     ])
     blocked = built.trace(EXTERNAL_BLOCKED, "1.2.3.4", 80, "external")
-    assert [s.chain for s in blocked.outcomes[0].steps][:2] == ["filter-prerouting", "firewall-check"]
+    assert [s.chain for s in blocked.outcomes[0].steps][:2] == ["filter-prerouting-pre-dnat", "firewall-check"]
     assert not any(s.action.startswith("DNAT") for s in blocked.outcomes[0].steps)
+    from_pod = built.trace(POD, "1.2.3.4", 80)
+    assert [s.chain for s in from_pod.outcomes[0].steps][:2] == ["filter-prerouting-pre-dnat", "firewall-check"]
+    from_node = built.trace(NODE_IP, "1.2.3.4", 80, "node")
+    assert [s.chain for s in from_node.outcomes[0].steps][:3] == ["filter-output-pre-dnat", "firewall-check", "nat-output"]
 
 
 # --- TestNodePorts ----------------------------------------------------------------------------
@@ -302,19 +309,24 @@ def test_external_traffic_policy_local(scratch: Scratch) -> None:
     ])
 
 
-def test_external_traffic_policy_local_without_local_endpoints(scratch: Scratch) -> None:
+@pytest.mark.parametrize("older", [False, True], ids=["current-layout", "older-layout"])
+def test_external_traffic_policy_local_without_local_endpoints(scratch: Scratch, older: bool) -> None:
     objs = _lb("Local")[:1] + [endpoint_slice("ns1", "svc1", [endpoint("10.180.0.1", "elsewhere")], [("p80", 80)])]
-    check_flows(build_nft(scratch, objs), [
+    # The node's own connections to the LB IP / external IP: nat-output short-circuits them to
+    # the cluster endpoints before service-endpoints-check (filter-output, priority 0) sees
+    # them, as in iptables mode. In the layout before 1.34 that check ran in filter-output at
+    # priority -110, before DNAT, and dropped them (kubernetes#131765).
+    from_node = "DROP" if older else "10.180.0.1:80"
+    check_flows(build_nft(scratch, objs, older=older), [
         Flow("external to LB IP is dropped", EXTERNAL, "1.2.3.4", 80, "DROP", origin="external"),
         Flow("external to NodePort is dropped", EXTERNAL, NODE_IP, 3001, "DROP", origin="external"),
         Flow("external to external IP is dropped", EXTERNAL, "192.168.99.11", 80, "DROP", origin="external"),
         Flow("pod to LB IP is short-circuited", POD, "1.2.3.4", 80, "10.180.0.1:80"),
         Flow("pod to external IP is short-circuited", POD, "192.168.99.11", 80, "10.180.0.1:80"),
         Flow("node to NodePort is short-circuited", NODE_IP, NODE_IP, 3001, "10.180.0.1:80", masq=True, origin="node"),
-        # nftables (this layout): service-endpoints-check in filter-output sees the LB IP
-        # before DNAT and drops (iptables mode: short-circuited, 10.180.0.1:80 masqueraded).
-        Flow("node to LB IP is dropped", NODE_IP, "1.2.3.4", 80, "DROP", origin="node"),
-        Flow("node to external IP is dropped", NODE_IP, "192.168.99.11", 80, "DROP", origin="node"),
+        Flow("node to LB IP is short-circuited", NODE_IP, "1.2.3.4", 80, from_node, masq=not older, origin="node"),
+        Flow("node to external IP is short-circuited", NODE_IP, "192.168.99.11", 80, from_node, masq=not older,
+             origin="node"),
         Flow("cluster IP unaffected", POD, "172.30.0.41", 80, "10.180.0.1:80"),
         # nftables: nothing for the health-check node port (iptables mode: ACCEPT).
         Flow("health check not touched", EXTERNAL, NODE_IP, 30000, "", origin="external"),
@@ -466,7 +478,9 @@ def test_rules_as_the_kernel_holds_them(scratch: Scratch) -> None:
     built = build_nft(scratch, SIX)
     chain = built.table.chains["service-LAUZTJTB-ns4/svc4/tcp/p80"]
     assert len(chain.rules) == 2 and "numgen random mod 2" in chain.rules[1].text
-    assert built.table.chains["filter-output-post-dnat"].priority == -90
+    assert (built.table.chains["filter-output-pre-dnat"].priority, built.table.chains["filter-output"].priority) \
+        == (-110, 0)
+    assert "filter-output-post-dnat" not in built.table.chains and "filter-prerouting" not in built.table.chains
     assert built.trace(NODE_IP, "172.30.0.41", 80, "node").verdict == Verdict.DNAT
     result = built.trace(POD, "172.30.0.41", 80, origin=Origin.POD)
     assert result.endpoint_probabilities() == {"10.180.0.1:80": 1.0}

@@ -8,10 +8,10 @@ nftables.yaml overrides config fields and passes render options (see tests/nfthe
 
 `upstream-six-services` is kube-proxy's TestOverallNFTablesRules: its nftables.yaml sets what
 NewFakeProxier sets (node port addresses 192.168.0.2/32, service CIDR 172.30.0.0/16), and
-upstream.nft holds kube-proxy's expected per-service statements verbatim. Ours must equal
-them as a multiset of statements, after the normalisations documented at UPSTREAM_NOTES.
-upstream-base.nft holds kube-proxy's expected fixed part (`baseRules`), which uses a newer
-layout of the filter base chains than ours; only the rest of the fixed part is compared.
+upstream.nft holds kube-proxy's expected per-service statements verbatim, upstream-base.nft
+its expected fixed part (`baseRules`, with the base-chain layout of kube-proxy 1.34+, which we
+follow). Ours must equal both as multisets of statements, after the normalisations documented
+at UPSTREAM_NOTES, and the fixed chains must hold upstream's rules in upstream's order.
 
 (lab) Every golden transaction must load into the real kernel: into a fresh table, over
 itself (a full transaction is re-applied on every full sync), and as a process's first
@@ -30,7 +30,8 @@ import pytest
 
 from kubectl_proxyctl.backends.nftables import CONTAINERS, NODEPORT_IPS, is_affinity_set, is_service_chain
 from kubectl_proxyctl.model import IPFamily
-from nfthelpers import CASES, GOLDEN_NFT, NFT_SKIP, Scratch, load_case, render_case, scratch_netns, statements
+from nfthelpers import (CASES, GOLDEN_NFT, NFT_SKIP, Scratch, load_case, older_layout, render_case, scratch_netns,
+                        statements)
 
 UPDATE = os.environ.get("PROXYCTL_UPDATE_GOLDEN") == "1"
 SIX = "upstream-six-services"
@@ -91,14 +92,12 @@ UPSTREAM_NOTES = """
 * The ClusterIP masquerade rule: the proxier we follow writes `ip daddr <clusterIP> tcp dport
   <port> ip saddr != <podCIDR> jump mark-for-masquerade`; that version of the test omits the
   `tcp dport <port>`. It is dropped from ours.
-* Base chains: we follow the layout with filter-prerouting / filter-input / filter-forward /
-  filter-output at priority -110 (dstnat-10) and filter-output-post-dnat at -90; that test's
-  baseRules has filter-prerouting-pre-dnat / filter-output-pre-dnat at -110 and filter-input /
-  filter-forward / filter-output at 0. So the per-service statements are compared with
-  upstream.nft exactly; of the fixed part, only what does not involve the filter base chains is
-  compared with upstream-base.nft (and all of it with our expected.nft).
 * Grouping: we write all elements of one set or map in one `add element` statement; each
-  element is compared on its own. `flush`/`delete` statements and `#` comments are ignored.
+  element is compared on its own.
+* `flush`/`delete` statements and `#` comments are ignored: every full transaction of ours
+  flushes each chain, set and map it declares (nodeport-ips too, before its element), where
+  that test's baseRules only adds them; a first transaction also adds and deletes every base
+  chain (those of the layout before 1.34 included) before it re-creates them.
 """
 
 _MARK = re.compile(r"\b0x0*([0-9a-f]+)\b")
@@ -129,12 +128,6 @@ def split_sections(counts: Counter[str]) -> tuple[Counter[str], Counter[str]]:
     return per_service, counts - per_service
 
 
-def _filter_base_chain(statement: str) -> bool:
-    words = statement.split()
-    return len(words) > 4 and words[0] in ("add", "insert") and words[1] in ("chain", "rule") \
-        and words[4].startswith("filter-")
-
-
 def counter_diff(ours: Counter[str], theirs: Counter[str]) -> list[str]:
     return [f"- {k}" for k in sorted(theirs - ours)] + [f"+ {k}" for k in sorted(ours - theirs)]
 
@@ -152,16 +145,34 @@ def test_six_services_per_service_statements_equal_kube_proxys() -> None:
     assert ours == theirs, "\n".join(counter_diff(ours, theirs))
 
 
-def test_six_services_fixed_part_outside_the_filter_base_chains_equals_kube_proxys() -> None:
+def fixed_rules(script: str) -> dict[str, list[str]]:
+    """The rules of the fixed chains (base chains included), chain by chain, in order."""
+    out: dict[str, list[str]] = {}
+    for line in statements(script):
+        line = _MARK.sub(lambda m: "0x" + m.group(1), line)
+        if line.startswith("add rule ") and not is_per_service(line):
+            words = line.split(" ", 5)
+            out.setdefault(words[4], []).append(words[5])
+    return out
+
+
+def test_six_services_fixed_part_equals_kube_proxys_base_rules() -> None:
     _, ours = split_sections(normalized(render_case(SIX).text, ours=True))
     _, theirs = split_sections(normalized(upstream("upstream-base.nft"), ours=False))
-    ours = Counter({k: v for k, v in ours.items() if not _filter_base_chain(k)})
-    theirs = Counter({k: v for k, v in theirs.items() if not _filter_base_chain(k)})
+    assert sum(theirs.values()) > 40
     assert ours == theirs, "\n".join(counter_diff(ours, theirs))
-    # What the filter base chains do is the same set of jumps, spread differently.
-    jumps = lambda s: Counter(ln.split(" ", 5)[5] for ln in statements(s)  # noqa: E731
-                              if ln.startswith("add rule") and ln.split()[4].startswith("filter-"))
-    assert jumps(render_case(SIX).text) == jumps(upstream("upstream-base.nft"))
+    # Rule order matters within a chain (the multisets above do not show it).
+    assert fixed_rules(render_case(SIX).text) == fixed_rules(upstream("upstream-base.nft"))
+    # The base chains with their hooks and priorities are among the statements compared.
+    hooked = [ln for ln in theirs if ln.startswith("add chain ") and " hook " in ln]
+    assert len(hooked) == 8 and all(ln in ours for ln in hooked)
+    # A first transaction adds (and deletes) every base chain before declaring it, those of the
+    # layout before 1.34 too; nothing else differs.
+    _, first = split_sections(normalized(render_case(SIX, first=True).text, ours=True))
+    assert first - ours == Counter(f"add chain ip kube-proxy {name}" for name in (
+        "filter-prerouting-pre-dnat", "filter-output-pre-dnat", "filter-input", "filter-forward", "filter-output",
+        "nat-prerouting", "nat-output", "nat-postrouting", "filter-prerouting", "filter-output-post-dnat"))
+    assert not ours - first
 
 
 def test_comparison_catches_differences() -> None:
@@ -173,6 +184,21 @@ def test_comparison_catches_differences() -> None:
     assert split_sections(normalized(dropped, ours=True))[0] != theirs
     # Only the documented normalisations apply: without them the texts differ.
     assert split_sections(normalized(text, ours=False))[0] != theirs
+    # The fixed part: the layout before 1.34, one priority, one jump in another base chain.
+    base = split_sections(normalized(upstream("upstream-base.nft"), ours=False))[1]
+    assert split_sections(normalized(text, ours=True))[1] == base
+    for changed in (older_layout(text),
+                    text.replace("filter-input { type filter hook input priority 0 ;",
+                                 "filter-input { type filter hook input priority -110 ;"),
+                    text.replace("add rule ip kube-proxy filter-output ct state new jump cluster-ips-check",
+                                 "add rule ip kube-proxy filter-input ct state new jump cluster-ips-check")):
+        assert changed != text and split_sections(normalized(changed, ours=True))[1] != base
+    # The same statements in another order within a chain.
+    first, second = (f"add rule ip kube-proxy filter-input ct state new jump {c}"
+                     for c in ("nodeport-endpoints-check", "service-endpoints-check"))
+    swapped = text.replace(first, "SWAP").replace(second, first).replace("SWAP", second)
+    assert swapped != text and split_sections(normalized(swapped, ours=True))[1] == base
+    assert fixed_rules(swapped) != fixed_rules(upstream("upstream-base.nft"))
 
 
 def test_six_services_use_what_the_fake_proxier_sets() -> None:

@@ -13,9 +13,10 @@ live rules themselves and must detect nftables mode. Checked:
   endpoint, firewall drops and their source ranges, affinity timeouts, IPv6;
 * verify finds every case in sync, and names seeded drift (a deleted map element, a flushed
   endpoint chain, a changed DNAT target, a removed chain, a missing jump) in clear words;
-* all of it also for the newer base-chain layout of kube-proxy (filter-prerouting-pre-dnat
-  and filter-output-pre-dnat at -110, filter-input/forward/output at priority 0, no
-  filter-output-post-dnat), made by rewriting our script before loading it.
+* all of it also for kube-proxy's base-chain layout before 1.34 (filter-prerouting,
+  filter-input, filter-forward and filter-output at priority -110, filter-output-post-dnat at
+  -90), which nodes that have not been upgraded still have, made by rewriting our script
+  (kube-proxy's current layout) with `nfthelpers.older_layout` before loading it ("@older").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
 from kubectl_proxyctl.rules.nft_json import canonical, parse_nft_json
 from netns import empty_netns, requires_lab
+from nfthelpers import older_layout
 
 pytestmark = [pytest.mark.lab, requires_lab("nft")]
 
@@ -97,37 +99,6 @@ def node_args(case: Case) -> list[str]:
     return ["--node-name", config["node_name"], *[a for ip in config["node_ips"] for a in ("--node-ip", ip)]]
 
 
-def newer_layout(script: str) -> str:
-    """Our script with the base chains of newer kube-proxy versions: filter-prerouting-pre-dnat
-    and filter-output-pre-dnat (priority -110) for the firewall, filter-input, filter-forward
-    and filter-output at priority 0 (after DNAT), no filter-output-post-dnat."""
-    out: list[str] = []
-    for line in script.splitlines():
-        m = re.match(r"^(add|delete|flush) chain (\S+ \S+) (filter-[a-z-]+)(.*)$", line)
-        if m is not None:
-            verb, table, name, rest = m.groups()
-            if name == "filter-output-post-dnat":
-                continue
-            if name == "filter-prerouting":
-                line = f"{verb} chain {table} filter-prerouting-pre-dnat{rest}"
-            elif name == "filter-output":
-                out.append(f"{verb} chain {table} filter-output-pre-dnat{rest}")
-                line = f"{verb} chain {table} filter-output{rest.replace('priority -110', 'priority 0')}"
-            else:
-                line = line.replace("priority -110", "priority 0")
-        m = re.match(r"^add rule (\S+ \S+) (filter-[a-z-]+) (.*)$", line)
-        if m is not None:
-            table, chain, rule = m.groups()
-            if chain == "filter-prerouting":
-                line = f"add rule {table} filter-prerouting-pre-dnat {rule}"
-            elif chain == "filter-output" and rule.endswith("jump firewall-check"):
-                line = f"add rule {table} filter-output-pre-dnat {rule}"
-            elif chain == "filter-output-post-dnat":
-                line = f"add rule {table} filter-output {rule}"
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 def load(ns: str, script: str, *commands: list[str]) -> str:
     """Load `script` into the namespace's empty ruleset, run `nft` commands on it (seeded
     drift), and return `nft -j list ruleset`."""
@@ -143,7 +114,7 @@ class Lab:
     ns: str
     dir: Path
     scripts: dict[str, str]
-    files: dict[str, str]  # case (or "<case>@newer") → its `nft -j list ruleset` file
+    files: dict[str, str]  # case (or "<case>@older") → its `nft -j list ruleset` file
 
     def write(self, name: str, text: str) -> str:
         path = self.dir / name
@@ -159,7 +130,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         files: dict[str, str] = {}
         for name, case in CASES.items():
             scripts[name] = rendered(case).text
-            scripts[f"{name}@newer"] = newer_layout(scripts[name])
+            scripts[f"{name}@older"] = older_layout(scripts[name])
         lab = Lab(ns, directory, scripts, files)
         for name, script in scripts.items():
             files[name] = lab.write(f"{name}.json", load(ns, script))
@@ -196,14 +167,31 @@ def messages(doc: dict[str, Any]) -> list[str]:
 # --- what the kernel holds is what was rendered ---------------------------------------------
 
 
-def test_the_newer_layout_loads_as_the_newer_layout(lab: Lab) -> None:
-    (table,) = parse_nft_json(Path(lab.files[f"{SIX}@newer"]).read_text()).kube_proxy_tables()
+NAT_BASE = {"nat-prerouting": ("nat", "prerouting", -100), "nat-output": ("nat", "output", -100),
+            "nat-postrouting": ("nat", "postrouting", 100)}
+
+
+@pytest.mark.parametrize("layout", ["", "@older"])
+def test_each_layout_loads_as_such(lab: Lab, layout: str) -> None:
+    (table,) = parse_nft_json(Path(lab.files[SIX + layout]).read_text()).kube_proxy_tables()
     base = {c.name: (c.type, c.hook, c.priority) for c in table.chains.values() if c.hook}
-    assert base == {
-        "filter-prerouting-pre-dnat": ("filter", "prerouting", -110), "filter-output-pre-dnat": ("filter", "output", -110),
-        "filter-input": ("filter", "input", 0), "filter-forward": ("filter", "forward", 0),
-        "filter-output": ("filter", "output", 0), "nat-prerouting": ("nat", "prerouting", -100),
-        "nat-output": ("nat", "output", -100), "nat-postrouting": ("nat", "postrouting", 100)}
+    jumps = {c.name: [r.text for r in c.rules] for c in table.chains.values() if c.hook and c.type == "filter"}
+    if layout == "@older":
+        assert base == {
+            "filter-prerouting": ("filter", "prerouting", -110), "filter-input": ("filter", "input", -110),
+            "filter-forward": ("filter", "forward", -110), "filter-output": ("filter", "output", -110),
+            "filter-output-post-dnat": ("filter", "output", -90), **NAT_BASE}
+        assert jumps["filter-output"] == ["ct state new jump service-endpoints-check",
+                                          "ct state new jump firewall-check"]
+        assert jumps["filter-output-post-dnat"] == ["ct state new jump cluster-ips-check"]
+    else:
+        assert base == {
+            "filter-prerouting-pre-dnat": ("filter", "prerouting", -110),
+            "filter-output-pre-dnat": ("filter", "output", -110), "filter-input": ("filter", "input", 0),
+            "filter-forward": ("filter", "forward", 0), "filter-output": ("filter", "output", 0), **NAT_BASE}
+        assert jumps["filter-output"] == ["ct state new jump service-endpoints-check",
+                                          "ct state new jump cluster-ips-check"]
+        assert jumps["filter-output-pre-dnat"] == ["ct state new jump firewall-check"]
 
 
 # --- dump -----------------------------------------------------------------------------------
@@ -243,7 +231,7 @@ def test_dump_of_one_service_and_its_affinity_set(lab: Lab, capsys: pytest.Captu
                      r"dnat to \[fd00:10:244:1::22\]:8080", out), out
 
 
-@pytest.mark.parametrize("name", [SIX, f"{SIX}@newer", "ipv6", "options"])
+@pytest.mark.parametrize("name", [SIX, f"{SIX}@older", "ipv6", "ipv6@older", "options"])
 def test_raw_dump_loads_back_as_the_same_table(lab: Lab, capsys: pytest.CaptureFixture[str], name: str) -> None:
     code, raw, _ = cli(capsys, "dump", "--rules-file", lab.files[name], "-o", "raw")
     assert code == 0 and raw.startswith("add table ")
@@ -262,7 +250,7 @@ def test_raw_dump_loads_back_as_the_same_table(lab: Lab, capsys: pytest.CaptureF
 # --- explain --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["", "@newer"])
+@pytest.mark.parametrize("layout", ["", "@older"])
 def test_explain_six_services(lab: Lab, capsys: pytest.CaptureFixture[str], layout: str) -> None:
     rules = ["--rules-file", lab.files[SIX + layout], "--node-ip", "192.168.0.2"]
 
@@ -288,11 +276,22 @@ def test_explain_six_services(lab: Lab, capsys: pytest.CaptureFixture[str], layo
     assert ("ns2/svc2:p80: externalTrafficPolicy Local and no endpoint on this node: outside clients of NodePort "
             "192.168.0.2:3001 are dropped here (pods and the node itself still reach the cluster-wide endpoints)"
             in messages(svc2))
-    # The layouts differ for the node itself: before DNAT (priority -110) service-endpoints-check
-    # drops its connection to an external IP without a local endpoint, after DNAT (priority 0)
-    # the connection is already on its way to the endpoint.
+    # The layouts differ for the node itself: in ours (kube-proxy 1.34+) service-endpoints-check
+    # runs after DNAT (filter-output, priority 0), when nat-output has already short-circuited
+    # the node's connection to an external IP without a local endpoint to the cluster-wide
+    # endpoints; in the older layout it ran before DNAT (priority -110) and dropped it.
     node = one(svc2, "ExternalIP", "node", "1.2.3.4")
-    assert node["verdict"] == ("DROP" if layout == "" else "DNAT"), node["sentence"]
+    if layout == "@older":
+        assert node["verdict"] == "DROP", node["sentence"]
+        assert [s["chain"] for s in node["steps"]][:2] == ["filter-output", "service-endpoints-check"]
+    else:
+        assert (node["verdict"], node["masquerade"]) == ("DNAT", True), node["sentence"]
+        assert [e["ip"] for e in node["endpoints"]] == ["10.180.0.2"]
+    who = ("the node itself and outside clients calling ExternalIP 1.2.3.4:80 are dropped here (pods still reach"
+           if layout == "@older" else "outside clients of ExternalIP 1.2.3.4:80 are dropped here (pods and the node "
+           "itself still reach")
+    assert (f"ns2/svc2:p80: externalTrafficPolicy Local and no endpoint on this node: {who} the cluster-wide "
+            "endpoints)") in messages(svc2)
 
     svc5 = cli_json(capsys, "explain", "svc/svc5", "-n", "ns5", *rules)
     assert one(svc5, "LoadBalancer", "pod")["verdict"] == "DROP"
@@ -374,14 +373,14 @@ def test_explain_with_the_service_objects_shows_no_drift(lab: Lab, capsys: pytes
 # --- verify ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(CASES) + [f"{n}@newer" for n in (SIX, "ipv6", "options")])
+@pytest.mark.parametrize("name", sorted(CASES) + [f"{n}@older" for n in sorted(CASES)])
 def test_verify_finds_our_table_in_sync(lab: Lab, capsys: pytest.CaptureFixture[str], name: str) -> None:
     case = CASES[name.split("@")[0]]
     doc = cli_json(capsys, "verify", "-A", "--rules-file", lab.files[name], "--from-file", case.objects,
                    *node_args(case), codes=(0, 1))
     assert (doc["in_sync"], doc["findings"]) == (True, []), doc["findings"]
     assert doc["backend"] == "nftables" and doc["services_checked"] == len(case_plan(case).services)
-    assert doc["config"]["layout"] == ("pre-dnat" if name.endswith("@newer") else "filter-output-post-dnat")
+    assert doc["config"]["layout"] == ("filter-output-post-dnat" if name.endswith("@older") else "pre-dnat")
     if name.startswith("options"):
         assert (doc["config"]["masquerade_all"], doc["config"]["masquerade_bit"]) == (True, 5)
         assert doc["config"]["detect_local_mode"] == "BridgeInterface"
@@ -500,9 +499,26 @@ def test_verify_names_seeded_drift(lab: Lab, capsys: pytest.CaptureFixture[str],
     assert code == 1 and text.startswith("Drift on node test-node (nftables mode): ") and message in text
 
 
-def test_verify_drift_in_the_newer_layout(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
-    path = seeded(lab, "newer-firewall-jump", [["delete", "rule", T, "filter-output-pre-dnat", "HANDLE firewall-check"],
-                                                ["flush", "chain", T, SVC4_EP4]], "@newer")
+# layout → (the base chain holding the output firewall jump; a base chain moved to the wrong
+# side of DNAT: (its declaration, moved), the jump that then has no fitting chain).
+BASE_DRIFT = {
+    "": ("filter-output-pre-dnat",
+         ("filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; }",
+          "filter-prerouting-pre-dnat { type filter hook prerouting priority 0 ; }"),
+         "no filter prerouting base chain running before DNAT (priority below -100) jumps to firewall-check"),
+    # cluster-ips-check before DNAT would reject the node's connections to every cluster IP.
+    "@older": ("filter-output",
+               ("filter-output-post-dnat { type filter hook output priority -90 ; }",
+                "filter-output-post-dnat { type filter hook output priority -110 ; }"),
+               "no filter output base chain running after DNAT (priority above -100) jumps to cluster-ips-check"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(BASE_DRIFT))
+def test_verify_drift_in_the_base_chains(lab: Lab, capsys: pytest.CaptureFixture[str], layout: str) -> None:
+    holder, (declared, moved), lost = BASE_DRIFT[layout]
+    path = seeded(lab, "output-firewall-jump", [["delete", "rule", T, holder, "HANDLE firewall-check"],
+                                                ["flush", "chain", T, SVC4_EP4]], layout)
     doc = cli_json(capsys, "verify", "-A", "--rules-file", path, "--from-file", CASES[SIX].objects, *SIX_NODE,
                    codes=(1,))
     assert {(f["kind"], f["service"]) for f in doc["findings"]} == {("missing-jump", None), ("flushed", "ns4/svc4")}
@@ -510,21 +526,25 @@ def test_verify_drift_in_the_newer_layout(lab: Lab, capsys: pytest.CaptureFixtur
     assert jump["message"] == ("ip kube-proxy: no filter output base chain running before DNAT (priority below -100) "
                                "jumps to firewall-check: loadBalancerSourceRanges are not enforced for packets the "
                                "node sends")
-    assert jump["missing_rules"] == ["add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check"]
+    assert jump["missing_rules"] == [f"add rule ip kube-proxy {holder} ct state new jump firewall-check"]
     explained = cli_json(capsys, "explain", "svc/svc5", "-n", "ns5", "--rules-file", path, *SIX_NODE,
                          "--client", "node")
     assert f"warning: {jump['message']}" in [f"{p['severity']}: {p['message']}" for p in explained["problems"]]
     assert one(explained, "LoadBalancer", "node")["verdict"] == "DNAT"  # the firewall is not on the way any more
-    # A filter chain moved after DNAT cannot do the firewall's work.
-    moved = newer_layout(lab.scripts[SIX]).replace(
-        "filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; }",
-        "filter-prerouting-pre-dnat { type filter hook prerouting priority 0 ; }")
-    path = lab.write("newer-moved.json", load(lab.ns, moved))
+    # A filter chain moved to the other side of DNAT cannot do its work there.
+    script = lab.scripts[SIX + layout]
+    assert declared in script
+    path = lab.write(f"moved{layout}.json", load(lab.ns, script.replace(declared, moved)))
     doc = cli_json(capsys, "verify", "-A", "--rules-file", path, "--from-file", CASES[SIX].objects, *SIX_NODE,
                    codes=(1,))
-    assert [f["kind"] for f in doc["findings"]] == ["missing-jump", "rules-differ"]
-    assert "no filter prerouting base chain running before DNAT" in doc["findings"][0]["message"]
-    # One service: only its own drift, as explain's drift problems use it.
+    assert [f["kind"] for f in doc["findings"]] == ["missing-jump", "rules-differ"], doc["findings"]
+    assert lost in doc["findings"][0]["message"]
+    assert doc["findings"][1]["chain"] == declared.split()[0]
+    assert doc["config"]["layout"] == ("filter-output-post-dnat" if layout else "pre-dnat")
+
+
+def test_verify_of_one_service_reports_only_its_drift(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    """As explain's drift problems use it."""
     path = seeded(lab, "one-service", DRIFT["flushed endpoint chain"][0] + DRIFT["deleted element"][0])
     doc = cli_json(capsys, "verify", "svc/svc4", "-n", "ns4", "--rules-file", path, "--from-file",
                    CASES[SIX].objects, *SIX_NODE, codes=(1,))

@@ -40,7 +40,8 @@ from kubectl_proxyctl.backends.nftables import (
 )
 from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.model import IPFamily, Protocol, ServicePortName
-from nfthelpers import NFT_SKIP, Scratch, diff_views, scratch_netns, statements, view
+from kubectl_proxyctl.errors import ApplyError
+from nfthelpers import NFT_SKIP, Scratch, diff_views, older_layout, scratch_netns, statements, view
 
 T = "ip kube-proxy"
 SPN1 = ServicePortName("ns1", "svc1", "p80", Protocol.TCP)
@@ -367,10 +368,6 @@ def test_two_changed_services_claiming_one_key() -> None:
         assert key in rendered.state.elements["service-ips"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: a key released by a changed service is not handed to an unchanged service "
-    "that still claims it (e.g. two Services with the same externalIP and port); the next full "
-    "transaction repairs it"))
 def test_a_key_an_unchanged_service_still_claims_is_handed_over() -> None:
     a, shared, moved = _mover_plans()
     key = f"{addr(False, 'ext', 50)} . tcp . 80"
@@ -421,17 +418,42 @@ def test_a_changed_fixed_part_means_a_full_transaction() -> None:
     assert not with_cidrs.partial and "Drop traffic to unallocated ClusterIPs" in with_cidrs.text
 
 
+# kube-proxy's base chains (1.34+): the pre-DNAT firewall chains, the filter chains after DNAT.
+BASE = ("filter-prerouting-pre-dnat", "filter-output-pre-dnat", "filter-input", "filter-forward", "filter-output",
+        "nat-prerouting", "nat-output", "nat-postrouting")
+# Base chains of the layout before 1.34 that the current one does not have.
+LEGACY_BASE = ("filter-prerouting", "filter-output-post-dnat")
+
+
 def test_first_transaction_recreates_the_base_chains() -> None:
     a, _ = plans()
     first = render(a, first=True).text.splitlines()
     later = render(a).text.splitlines()
-    for name in ("filter-prerouting", "filter-output-post-dnat", "nat-postrouting"):
+    for name in BASE + LEGACY_BASE:
         i = first.index(f"add chain {T} {name}")
         assert first[i + 1] == f"delete chain {T} {name}"
         assert f"delete chain {T} {name}" not in later
+        if name in BASE:  # re-created (with its hook) after it was deleted
+            assert any(ln.startswith(f"add chain {T} {name} {{ type ") for ln in first[i + 2:]), name
+    # The older layout's own chains are only deleted: no hook or rule of theirs is written.
+    for name in LEGACY_BASE:
+        assert [ln for ln in first if ln.split()[4:5] == [name]] == [f"add chain {T} {name}", f"delete chain {T} {name}"]
+        assert not [ln for ln in later if ln.split()[4:5] == [name]]
     dropped = [ln for ln in first if ln not in later]
-    assert len(dropped) == 2 * 8 and all(ln.startswith(("add chain", "delete chain")) for ln in dropped)
+    assert len(dropped) == 2 * (len(BASE) + len(LEGACY_BASE))
+    assert all(ln.startswith(("add chain", "delete chain")) for ln in dropped)
     assert [ln for ln in first if ln not in dropped] == later
+    hooked = {ln.split()[4]: ln.split(" { ", 1)[1] for ln in later if ln.startswith("add chain") and " hook " in ln}
+    assert hooked == {
+        "filter-prerouting-pre-dnat": "type filter hook prerouting priority -110 ; }",
+        "filter-output-pre-dnat": "type filter hook output priority -110 ; }",
+        "filter-input": "type filter hook input priority 0 ; }",
+        "filter-forward": "type filter hook forward priority 0 ; }",
+        "filter-output": "type filter hook output priority 0 ; }",
+        "nat-prerouting": "type nat hook prerouting priority -100 ; }",
+        "nat-output": "type nat hook output priority -100 ; }",
+        "nat-postrouting": "type nat hook postrouting priority 100 ; }",
+    }
 
 
 def test_rendered_counts() -> None:
@@ -564,3 +586,33 @@ def test_changing_the_node_port_addresses(scratch: Scratch, scratch2: Scratch, f
     scratch2.load(render(after_plan).text)
     _assert_same_table(scratch, scratch2, IPFamily.IPv4, set())
     assert ("nodeport-ips" in scratch.table().sets) == bool(then)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("family", list(IPFamily))
+def test_first_transaction_replaces_the_older_layout(scratch: Scratch, scratch2: Scratch, family: IPFamily) -> None:
+    """A node whose table has the base chains of the layout before 1.34 (kube-proxy's, or an
+    earlier version of ours): the kernel does not move an existing base chain to another
+    priority, so only a first transaction (which deletes every base chain, the older layout's
+    own ones included, before adding them) can take it over; after it, the table is the one a
+    fresh node gets, with no hook of the older layout left."""
+    a, _ = plans(family == IPFamily.IPv6)
+
+    def hooks(s: Scratch) -> dict[str, tuple[Any, ...]]:
+        return {name: c[:3] for name, c in view(s.table(family)).chains.items() if c[1]}
+
+    scratch.reset()
+    scratch.load(older_layout(render(a).text), family)
+    assert hooks(scratch) == {
+        "filter-prerouting": ("filter", "prerouting", -110), "filter-input": ("filter", "input", -110),
+        "filter-forward": ("filter", "forward", -110), "filter-output": ("filter", "output", -110),
+        "filter-output-post-dnat": ("filter", "output", -90), "nat-prerouting": ("nat", "prerouting", -100),
+        "nat-output": ("nat", "output", -100), "nat-postrouting": ("nat", "postrouting", 100)}
+    with pytest.raises(ApplyError):
+        scratch.load(render(a).text, family)  # atomic: nothing changed
+    assert "filter-output-post-dnat" in hooks(scratch)
+    scratch.load(render(a, first=True).text, family)
+    scratch2.reset()
+    scratch2.load(render(a).text, family)
+    _assert_same_table(scratch, scratch2, family, set())
+    assert set(hooks(scratch)) == set(BASE)
