@@ -29,19 +29,16 @@ pass `--nft-services 10000` only if you have the better part of an hour.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any
 
-from common import median, report, rss_mb
+from common import ENGINE_WITH_RSS, in_ns, median, netns, remove_all_netns, report, rss_mb, terminate_as_interrupt
 from synth import cluster
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,37 +53,6 @@ from kubectl_proxyctl.system.iptables import Backend, Binaries, IptablesSystem  
 
 NODE = "node1"
 CLUSTER_CIDR = "10.244.0.0/16"
-PREFIX = f"pxbench{secrets.token_hex(3)}"
-_made: list[str] = []
-
-
-# --- namespaces -------------------------------------------------------------------------------
-
-
-def _kill_pids(name: str) -> None:
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in out.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def netns(role: str) -> Iterator[str]:
-    name = f"{PREFIX}-{role}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    _made.append(name)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        _kill_pids(name)
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        _made.remove(name)
-
-
-def in_ns(name: str, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net=/run/netns/{name}", "--", *argv], input=stdin,
-                          capture_output=True, text=True, check=False)
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -172,21 +138,6 @@ def measure_render(objs: list[dict[str, Any]], runs: int) -> tuple[float, float]
     return median(plans), median(renders)
 
 
-# `kubectl-proxyctl` itself, writing its peak RSS to the file named by $PXBENCH_RSS when it
-# exits. VmHWM, not ru_maxrss: a process started by fork/vfork + exec inherits its parent's RSS
-# at the fork in ru_maxrss (and a wait4() figure also covers the iptables children).
-_ENGINE = (
-    "import atexit, os, sys\n"
-    "def _rss():\n"
-    "    with open('/proc/self/status') as st, open(os.environ['PXBENCH_RSS'], 'w') as fh:\n"
-    "        fh.write(next(ln.split()[1] for ln in st if ln.startswith('VmHWM:')))\n"
-    "atexit.register(_rss)\n"
-    "sys.argv[0] = 'kubectl-proxyctl'\n"
-    "from kubectl_proxyctl.cli.main import main\n"
-    "main()\n"
-)
-
-
 def run_once_rss(backend: Backend, objs: list[dict[str, Any]]) -> tuple[float, float]:
     """(peak RSS of the engine process in MB, wall seconds) of `run --once --from-file` over
     the objects, in a fresh namespace.
@@ -200,7 +151,7 @@ def run_once_rss(backend: Backend, objs: list[dict[str, Any]]) -> tuple[float, f
         if backend == Backend.LEGACY:
             in_ns(ns, ["iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
         rss_file = os.path.join(tmp, "rss")
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", _ENGINE, "run", "--once", "--from-file", path,
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", ENGINE_WITH_RSS, "run", "--once", "--from-file", path,
                 "--node-name", NODE, "--cluster-cidr", CLUSTER_CIDR,
                 "--healthz-bind-address", "", "--metrics-bind-address", ""]
         started = time.perf_counter()
@@ -262,15 +213,14 @@ def main() -> int:
     print(f"`iptables` here: {detected}; in a fresh namespace the engine picks the "
           f"{'legacy' if '(legacy)' in detected else 'nft'} backend")
     ok = True
+    terminate_as_interrupt()
     try:
         for name in args.backends.split(","):
             backend = Backend(name.strip())
             services = args.nft_services if backend == Backend.NFT else args.services
             ok &= bench_backend(backend, services, args.endpoints, args.runs)
     finally:
-        for name in list(_made):
-            _kill_pids(name)
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        remove_all_netns()
     return 0 if ok else 1
 
 

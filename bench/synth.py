@@ -49,3 +49,12 @@ def cluster(services: int, endpoints: int, namespace: str = "bench", nodes: int 
         objs.append(service(i, namespace))
         objs.append(endpoint_slice(i, endpoints, namespace, nodes))
     return objs
+
+
+def moved_endpoint_slice(i: int, endpoints: int, serial: int = 0, namespace: str = "bench",
+                         nodes: int = 3) -> dict[str, Any]:
+    """Service i's EndpointSlice (as `cluster` makes it) with its first endpoint moved to a new
+    address, 10.200.x.y, different for every `serial`: one endpoint change."""
+    sl = endpoint_slice(i, endpoints, namespace, nodes)
+    sl["endpoints"][0]["addresses"] = [f"10.{200 + serial // 65536 % 50}.{serial // 256 % 256}.{serial % 256}"]
+    return sl

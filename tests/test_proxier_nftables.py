@@ -51,6 +51,9 @@ class FakeNft:
     def set_present(self, name: str) -> bool:
         return self.masquerading_rules is not None
 
+    def chain_rule_count(self, chain: str) -> int | None:
+        return self.masquerading_rules
+
 
 def service(name: str, ip: str) -> dict[str, Any]:
     return {"kind": "Service", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
@@ -168,6 +171,34 @@ def test_canary_check_reports_a_deleted_table(setup: Any) -> None:
     assert proxier.canaries_missing() == []
     fake.masquerading_rules = None
     assert proxier.canaries_missing() == ["table ip kube-proxy"]
+
+
+def test_stale_chains_wait_while_changes_pend_so_a_change_pays_one_transaction(setup: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    proxier.on_event("Service", "DELETED", service("b", "10.96.0.2"))
+    proxier.sync()
+    for i in range(3):  # a stream of changes: each sync is exactly one transaction
+        clock.now += 2.0
+        before = len(fake.scripts)
+        proxier.on_event("EndpointSlice", "MODIFIED", slice_("a", [f"10.244.1.{10 + i}"]))
+        proxier.sync()
+        assert len(fake.scripts) == before + 1
+        assert not any(ln.startswith("delete chain") for ln in fake.scripts[-1].splitlines())
+    clock.now += NftablesProxier.STALE_CHAIN_MAX_AGE  # ... until the stale chains are old enough
+    proxier.on_event("EndpointSlice", "MODIFIED", slice_("a", ["10.244.1.99"]))
+    proxier.sync()
+    assert any(ln.startswith("delete chain") and "ns/b/" in ln for ln in fake.scripts[-2].splitlines())
+
+
+def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_by_the_hourly_check(setup: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    clock.now += 10 * 3600
+    assert proxier.schedule.due() is False
+    fake.masquerading_rules = 0  # `nft flush table ip kube-proxy`: chains empty, sets still there
+    assert proxier.canaries_missing() == ["the rules of table ip kube-proxy"]
+    assert proxier.canaries_missing() == []  # counted at most once per DEEP_CHECK_PERIOD
 
 
 # --- the adapter ------------------------------------------------------------------------------

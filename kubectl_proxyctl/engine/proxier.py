@@ -349,36 +349,57 @@ class NftablesProxier(BaseProxier):
     """nftables mode: one atomic `nft -f -` transaction per sync.
 
     A full transaction (first sync, after a failure, when the node changed or our table was
-    deleted or flushed, at least every `full_sync_period`) rebuilds the table; a partial one
+    deleted or flushed) rebuilds the table; a partial one
     rewrites only the changed services' chains and the map elements that differ
     (`backends/nftables.py`). Stale chains are deleted by a separate small transaction at the
-    start of a later sync, at least a second after they were flushed. A failed transaction
+    start of a later sync without pending changes, at least a second after they were flushed.
+    Unlike iptables mode there is no hourly full sync (as in kube-proxy's nftables mode). A failed transaction
     changes nothing in the kernel (nft batches are atomic), so there is nothing to roll back:
     the next sync is a full one.
     """
 
     mode = "nftables"
 
+    # Stale chains are deleted by a sync without pending changes (the periodic ones), so the
+    # extra transaction never delays a change; at the latest after this many seconds.
+    STALE_CHAIN_MAX_AGE = 30.0
+    # How often the cheap "table still there" check also counts the rules of one fixed chain,
+    # which notices a table whose chains were flushed; nft 1.0.x loads the whole table for
+    # it (seconds at 10,000 services), so it is not done every sync period.
+    DEEP_CHECK_PERIOD = 3600.0
+
     def __init__(self, *args: Any, service_cidrs: tuple[str, ...] = (),
                  monotonic: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+        if "schedule" not in kwargs:
+            # kube-proxy's nftables mode rewrites everything only at start, after a failure
+            # and when the node changed: a full transaction into a populated 10,000-service
+            # table takes minutes, and partial transactions keep the table exact. Tampering is
+            # caught by canaries_missing() instead.
+            kwargs["schedule"] = FullSyncSchedule(float("inf"))
         super().__init__(*args, **kwargs)
         self.service_cidrs = service_cidrs
         self.monotonic = monotonic
         self.state: Any = None  # backends.nftables.NftState after the last transaction
         self._recreated_base_chains = False
+        self._last_deep_check = monotonic()
 
     def canaries_missing(self) -> list[str]:
         """Our table gone (`nft flush ruleset`, `nft delete table`)? Checked through one small
-        set, which costs the same at any table size; a table whose chains were flushed but
-        not deleted is repaired by the periodic full sync."""
-        from kubectl_proxyctl.backends.nftables import CLUSTER_IPS, TABLE
+        set, which costs the same at any table size. Once per DEEP_CHECK_PERIOD the rules of
+        the `masquerading` chain are counted too, which notices `nft flush table`."""
+        from kubectl_proxyctl.backends.nftables import CLUSTER_IPS, MASQUERADING, TABLE
 
         try:
-            present = self.system.set_present(CLUSTER_IPS)
+            if not self.system.set_present(CLUSTER_IPS):
+                return [f"table {self.system.fam} {TABLE}"]
+            now = self.monotonic()
+            if now - self._last_deep_check >= self.DEEP_CHECK_PERIOD:
+                self._last_deep_check = now
+                if not self.system.chain_rule_count(MASQUERADING):
+                    return [f"the rules of table {self.system.fam} {TABLE}"]
         except ProxyctlError as exc:
             log.warning("cannot check our nftables table: %s", exc)
-            return []
-        return [] if present else [f"table {self.system.fam} {TABLE}"]
+        return []
 
     def sync(self) -> SyncResult | None:
         from kubectl_proxyctl.backends.nftables import forget_chains, is_affinity_set, render, stale_deletion
@@ -389,7 +410,9 @@ class NftablesProxier(BaseProxier):
         snap, full, start = begun
         full = full or self.state is None
         now = self.monotonic()
-        if self.state is not None and self.state.stale:
+        oldest = min(self.state.stale.values(), default=now) if self.state is not None else now
+        if self.state is not None and self.state.stale and (
+                not self._pending_changed or now - oldest >= self.STALE_CHAIN_MAX_AGE):
             text, due = stale_deletion(self.state, now)
             if text:
                 try:
