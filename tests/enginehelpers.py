@@ -6,7 +6,10 @@
   interpreter, else `python -m kubectl_proxyctl`), run inside a namespace with `ip netns exec`.
 * Fast traffic helpers: many TCP connections from one namespace in one thread that entered
   it (no thread or process per connection), and requests from a chosen source address.
-* Reading netfilter state inside a namespace (`iptables-save`, chain names, `conntrack -L`).
+* Reading netfilter state inside a namespace (`iptables-save`, chain names, `conntrack -L`,
+  nftables tables and the rules of each chain of one table), and `NftDropProbe`, which
+  tells whether packets were dropped by the base chains of one nftables priority (kube-proxy's
+  nftables rules carry no counters).
 """
 
 from __future__ import annotations
@@ -213,6 +216,14 @@ def udp_flows(netns: str, dst: str) -> list[str]:
     return out
 
 
+def forget_flows(netns: str, dst: str | None = None) -> None:
+    """Delete the conntrack entries of the namespace (those whose original destination is
+    `dst`, or all). A connection tried while no rule DNATed its service IP leaves an entry
+    without DNAT; a later connection that happens to reuse its source port follows that
+    entry, not the rules, until it expires (120 s for an unanswered SYN)."""
+    run_in(netns, ["conntrack", "-D", *(["-d", dst] if dst else []), "-f", "ipv4"], check=False)
+
+
 def reply_sources(flows: Sequence[str]) -> list[str]:
     """The reply-direction source (the endpoint that answers) of each conntrack line."""
     out = []
@@ -221,3 +232,78 @@ def reply_sources(flows: Sequence[str]) -> list[str]:
         if len(srcs) >= 2:
             out.append(srcs[1])
     return out
+
+
+# --- nftables -----------------------------------------------------------------------------
+
+
+def nft_tables(netns: str) -> set[tuple[str, str]]:
+    """(family, name) of every nftables table in the namespace."""
+    data = json.loads(run_in(netns, ["nft", "-j", "list", "tables"]).stdout or "{}")
+    return {(t["table"]["family"], t["table"]["name"]) for t in data.get("nftables") or [] if "table" in t}
+
+
+def nft_chain_rules(netns: str, family: str = "ip", table: str = "kube-proxy") -> dict[str, list[str]]:
+    """chain → its rules as `nft list table` prints them ({} when the table does not exist).
+    A base chain's `type … hook …` line and a chain's comment are not rules."""
+    done = run_in(netns, ["nft", "list", "table", family, table], check=False)
+    if done.returncode != 0:
+        return {}
+    chains: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in done.stdout.splitlines():
+        if line.startswith("\tchain ") and line.endswith("{"):
+            current = line[len("\tchain "):-1].strip()
+            chains[current] = []
+        elif line == "\t}":
+            current = None
+        elif current is not None and line.startswith("\t\t"):
+            rule = line.strip()
+            if not rule.startswith(("type ", "comment ")):
+                chains[current].append(rule)
+    return chains
+
+
+def nft_base_chains(netns: str, family: str = "ip", table: str = "kube-proxy") -> list[tuple[str, str, int]]:
+    """(name, hook, priority) of every base chain of one table, as the kernel lists them."""
+    data = json.loads(run_in(netns, ["nft", "-j", "list", "chains", family]).stdout or "{}")
+    return sorted((c["chain"]["name"], c["chain"]["hook"], int(c["chain"]["prio"]))
+                  for c in data.get("nftables") or []
+                  if "chain" in c and c["chain"].get("table") == table and "hook" in c["chain"])
+
+
+class NftDropProbe:
+    """Counts packets matching `match` at one hook just before (priority - 5) and just after
+    (priority + 5) the base chains of `priority`, in a table of the test's own. Packets
+    counted before but not after were dropped by those base chains. Used as a context
+    manager; the table is deleted on exit."""
+
+    def __init__(self, netns: str, hook: str, match: str, priority: int,
+                 table: str = "e2e-drop-probe") -> None:
+        self.netns, self.table = netns, table
+        self.script = (
+            f"add table ip {table}\n"
+            f"add chain ip {table} before {{ type filter hook {hook} priority {priority - 5} ; }}\n"
+            f"add chain ip {table} after {{ type filter hook {hook} priority {priority + 5} ; }}\n"
+            f"add rule ip {table} before {match} counter\n"
+            f"add rule ip {table} after {match} counter\n"
+        )
+
+    def __enter__(self) -> "NftDropProbe":
+        run_in(self.netns, ["nft", "-f", "-"], input=self.script)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        run_in(self.netns, ["nft", "delete", "table", "ip", self.table], check=False)
+
+    def counts(self) -> tuple[int, int]:
+        """(packets seen before, packets seen after)."""
+        data = json.loads(run_in(self.netns, ["nft", "-j", "list", "table", "ip", self.table]).stdout)
+        seen = {"before": 0, "after": 0}
+        for item in data.get("nftables") or []:
+            rule = item.get("rule")
+            if rule:
+                for expr in rule.get("expr") or []:
+                    if "counter" in expr:
+                        seen[rule["chain"]] += int(expr["counter"]["packets"])
+        return seen["before"], seen["after"]

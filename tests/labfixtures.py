@@ -1,8 +1,8 @@
 """Driving a whole lab from tests and benchmarks: the CLI, kubectl, and real traffic.
 
-`running_lab(nodes=…)` brings a lab up with a fresh name (`t` + 5 hex digits) and its
-state under a temporary directory (`PROXYCTL_LAB_DIR`), and always runs `lab down` at the
-end. `Lab` wraps what a test does with it:
+`running_lab(nodes=…, mode=…)` brings a lab up with a fresh name (`t` + 5 hex digits) and
+its state under a temporary directory (`PROXYCTL_LAB_DIR`), and always runs `lab down` at
+the end. `Lab` wraps what a test does with it:
 
 * `lab.cli("status")` / `lab.kubectl("get", "svc")`: the real commands, as subprocesses,
   with the lab's name, state directory and kubeconfig;
@@ -13,8 +13,8 @@ end. `Lab` wraps what a test does with it:
   from a thread and counts what failed;
 * `leftovers(lab)`: every namespace, link, process and file of the lab still around.
 
-`lab_skip_reason()` says why a machine cannot run a lab (not root, a tool missing, another
-lab holding 172.18.0.1 or port 6443).
+`lab_skip_reason(mode)` says why a machine cannot run a lab in that mode (not root, a tool
+missing, another lab holding 172.18.0.1 or port 6443).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kubectl_proxyctl.lab import topology
+from kubectl_proxyctl.lab import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import KUBECONFIG, PID_FILE, LabAPI, load_spec, read_ref
 from kubectl_proxyctl.system.netns import socket_in_netns
@@ -41,6 +41,7 @@ from kubectl_proxyctl.system.netns import socket_in_netns
 from netns import lab_skip_reason as _tools_skip_reason
 
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "kubectl")
+MODE_TOOLS = {"iptables": (), "nftables": ("nft",)}
 NGINX_DEMO = Path(__file__).resolve().parent / "data" / "nginx-demo.yaml"
 NGINX_PODS = ("nginx-5d9c7b-4xkqm", "nginx-5d9c7b-9wz2n", "nginx-5d9c7b-tq8rl")
 
@@ -50,8 +51,8 @@ def proxyctl() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "kubectl_proxyctl"]
 
 
-def lab_skip_reason() -> str | None:
-    reason = _tools_skip_reason(*TOOLS)
+def lab_skip_reason(mode: str = "iptables") -> str | None:
+    reason = _tools_skip_reason(*TOOLS, *MODE_TOOLS[mode])
     if reason:
         return reason
     probe = LabSpec.build("probe", nodes=1)
@@ -186,11 +187,14 @@ class Lab:
     name: str
     state_root: Path
     nodes: int
+    mode: str = "iptables"
 
     @property
     def env(self) -> dict[str, str]:
+        """What `eval "$(kubectl proxyctl lab env)"` gives a shell, and the state directory."""
         return dict(os.environ, PROXYCTL_LAB_DIR=str(self.state_root),
-                    KUBECONFIG=str(self.state_root / self.name / KUBECONFIG))
+                    KUBECONFIG=str(self.state_root / self.name / KUBECONFIG),
+                    PROXYCTL_SSH_CONFIG=str(sshd.ssh_config_path(self.bare_spec)))
 
     @property
     def spec(self) -> LabSpec:
@@ -199,7 +203,12 @@ class Lab:
     @property
     def bare_spec(self) -> LabSpec:
         """The names of this lab, also once its state directory is gone."""
-        return LabSpec.build(self.name, nodes=self.nodes, state_root=str(self.state_root))
+        return LabSpec.build(self.name, nodes=self.nodes, mode=self.mode, state_root=str(self.state_root))
+
+    @property
+    def up_args(self) -> tuple[str, ...]:
+        """`lab up` options that give this lab's shape again (changing nothing)."""
+        return ("--nodes", str(self.nodes), "--mode", self.mode)
 
     @property
     def api(self) -> LabAPI:
@@ -211,6 +220,15 @@ class Lab:
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def proxyctl(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """`kubectl-proxyctl ARGS...` (not a lab command) with the lab's kubeconfig and ssh config."""
+        done = subprocess.run([*proxyctl(), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl-proxyctl {' '.join(args)} exited {done.returncode}:\n"
+                                 f"{done.stdout}\n{done.stderr}")
         return done
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -258,11 +276,12 @@ def leftovers(lab: Lab) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def running_lab(state_root: Path, nodes: int = 3, up_timeout: float = 120.0) -> Iterator[Lab]:
-    """A lab with a unique name, up for the block; `lab down` afterwards whatever happens."""
-    lab = Lab(name="t" + secrets.token_hex(3)[:5], state_root=state_root, nodes=nodes)
+def running_lab(state_root: Path, nodes: int = 3, up_timeout: float = 120.0, mode: str = "iptables") -> Iterator[Lab]:
+    """A lab with a unique name (its engines in `mode`), up for the block; `lab down`
+    afterwards whatever happens."""
+    lab = Lab(name="t" + secrets.token_hex(3)[:5], state_root=state_root, nodes=nodes, mode=mode)
     try:
-        lab.cli("up", "--nodes", str(nodes), timeout=up_timeout)
+        lab.cli("up", *lab.up_args, timeout=up_timeout)
         yield lab
     finally:
         lab.cli("down", check=False)

@@ -3,9 +3,13 @@
 One lab (4 nodes, so that one node runs none of the three nginx pods) serves the module; it
 is brought up through the CLI with its state in a temporary directory and removed at the
 end whatever happens. Traffic is real: HTTP requests from the client's or a pod's network
-namespace, answered by the lab's echo servers with their pod name. The last tests crash the
+namespace, answered by the lab's echo servers with their pod name. The next tests crash the
 daemon and check that `lab down` leaves nothing behind, for a running, a crashed and a
 half-built lab.
+
+`TestNftablesLab` comes last (only one lab runs at a time on a machine): a 3-node lab with
+its engines in nftables mode, through the same core checks (NodePorts on every node, a
+ClusterIP across nodes, a LoadBalancer IP, what kubectl and the inspectors see).
 """
 
 from __future__ import annotations
@@ -68,15 +72,33 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def nginx(lab: Lab) -> dict[str, str]:
-    """The demo Service and pods, applied with kubectl; returns pod name -> node."""
+def deploy_nginx(lab: Lab) -> dict[str, str]:
+    """The demo Service and pods, applied with kubectl, in every node's rules; returns pod
+    name -> node."""
     lab.kubectl("apply", "-f", str(NGINX_DEMO))
     wait_for(lambda: len(lab.ready_endpoints("nginx")) == 3, 60, "3 ready nginx endpoints")
     for node in lab.spec.nodes:  # and in every node's rules
         wait_for(lambda: set(spread(lab.spec.client_ns, node.ip, NODE_PORT, 15)[0]) == set(NGINX_PODS), 15,
                  f"the 3 endpoints on {node.name}")
     return {name: lab.pod(name)["spec"]["nodeName"] for name in NGINX_PODS}
+
+
+@pytest.fixture(scope="module")
+def nginx(lab: Lab) -> dict[str, str]:
+    return deploy_nginx(lab)
+
+
+def load_balancer_ip(lab: Lab) -> str:
+    """Create the nginx-lb Service; its LoadBalancer IP once every node programmed it."""
+    lab.kubectl("apply", "-f", "-", stdin=LB_SERVICE)
+    svc = wait_for(lambda: (lab.kubectl_json("get", "svc", "nginx-lb").get("status") or {})
+                   .get("loadBalancer", {}).get("ingress"), 30, "a LoadBalancer IP")
+    lb_ip = str(svc[0]["ip"])
+    assert lb_ip.startswith("172.18.255.")
+    for node in lab.spec.nodes:  # the client's ECMP route may pick any node
+        wait_for(lambda: http_request(lab.spec.node_ns(node), lb_ip, 8080, timeout=0.5).ok, 10,
+                 f"the LB IP to be programmed on {node.name}")
+    return lb_ip
 
 
 def cluster_ip(lab: Lab, service: str) -> str:
@@ -135,14 +157,7 @@ def test_a_pod_reaches_itself_through_its_service(lab: Lab, nginx: dict[str, str
 
 
 def test_load_balancer_ip_from_the_client(lab: Lab, nginx: dict[str, str]) -> None:
-    lab.kubectl("apply", "-f", "-", stdin=LB_SERVICE)
-    svc = wait_for(lambda: (lab.kubectl_json("get", "svc", "nginx-lb").get("status") or {})
-                   .get("loadBalancer", {}).get("ingress"), 30, "a LoadBalancer IP")
-    lb_ip = svc[0]["ip"]
-    assert lb_ip.startswith("172.18.255.")
-    for node in lab.spec.nodes:  # the client's ECMP route may pick any node
-        wait_for(lambda: http_request(lab.spec.node_ns(node), lb_ip, 8080, timeout=0.5).ok, 10,
-                 f"the LB IP to be programmed on {node.name}")
+    lb_ip = load_balancer_ip(lab)
     pods, errors = spread(lab.spec.client_ns, lb_ip, 8080, 100)
     assert errors == []
     assert set(pods) == set(NGINX_PODS)
@@ -293,3 +308,93 @@ def test_down_of_a_running_lab_and_of_a_half_built_one(tmp_path: Path) -> None:
         if stray.poll() is None:
             stray.kill()
         topology.teardown(spec)
+
+
+# --- nftables mode ----------------------------------------------------------------------------
+
+NFT_SKIP = lab_skip_reason("nftables") if SKIP is None else None
+
+
+def in_netns(netns: str, *argv: str) -> str:
+    return subprocess.run(["nsenter", f"--net={topology.netns_path(netns)}", "--", *argv],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+@pytest.mark.skipif(NFT_SKIP is not None, reason=NFT_SKIP or "")
+class TestNftablesLab:
+    """A lab whose engines run in nftables mode. NodePorts answer on each node's IP only
+    (kube-proxy's nftables default, `--nodeport-addresses primary`): the address the client,
+    the README and `probe` use, so everything below is what the iptables lab does."""
+
+    @pytest.fixture(scope="class")
+    def nft_lab(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+        with running_lab(tmp_path_factory.mktemp("nftlabstate"), nodes=3, mode="nftables") as running:
+            yield running
+
+    @pytest.fixture(scope="class")
+    def nft_nginx(self, nft_lab: Lab) -> dict[str, str]:
+        return deploy_nginx(nft_lab)
+
+    def test_up_status_and_the_nodes_rules(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
+        again = nft_lab.cli("up", *nft_lab.up_args)
+        assert "is up: 3 nodes (nftables)" in again.stdout
+        assert "-- nft list table ip kube-proxy" in again.stdout
+        other = nft_lab.cli("up", "--nodes", "3", check=False)  # iptables mode: another shape
+        assert other.returncode == 2 and "(nftables)" in other.stderr and "lab down" in other.stderr, other.stderr
+        assert f"lab up --name {nft_lab.name} --nodes 3 --mode nftables` keeps it" in other.stderr, other.stderr
+        status = nft_lab.cli("status").stdout
+        assert f"lab {nft_lab.name}: 3 nodes, nftables;" in status
+        assert "NodePorts answer on each node's IP only" in status
+        for node in nft_lab.spec.nodes:
+            row = next(line for line in status.splitlines() if line.startswith(node.name + " "))
+            assert "healthy" in row and row.rstrip().endswith("up"), row
+            netns = nft_lab.spec.node_ns(node)
+            table = in_netns(netns, "nft", "list", "table", "ip", "kube-proxy")
+            assert "chain services {" in table and "default/nginx/tcp/http" in table, table
+            assert "KUBE-" not in in_netns(netns, "iptables-save"), f"iptables-mode rules on {node.name}"
+        via_cli = nft_lab.cli("exec", "node1", "--", "nft", "list", "table", "ip", "kube-proxy").stdout
+        assert "default/nginx/tcp/http" in via_cli
+
+    def test_nodeport_on_every_node_reaches_every_pod(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
+        for node in nft_lab.spec.nodes:
+            pods, errors = spread(nft_lab.spec.client_ns, node.ip, NODE_PORT, 90)
+            assert errors == [], f"{node.name}: {len(errors)} failed, e.g. {errors[:3]}"
+            assert set(pods) == set(NGINX_PODS), f"{node.name}: {pods}"
+            assert min(pods.values()) > 10, f"{node.name}: uneven spread {pods}"
+        # The nftables difference: no NodePort on a node's 127.0.0.1.
+        node1 = nft_lab.spec.nodes[0]
+        assert not http_request(nft_lab.spec.node_ns(node1), "127.0.0.1", NODE_PORT, timeout=1.0).ok
+        assert http_request(nft_lab.spec.node_ns(node1), node1.ip, NODE_PORT).pod in NGINX_PODS
+
+    def test_cluster_ip_across_nodes_from_a_pod(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
+        node = nft_lab.spec.nodes[0].name
+        created = nft_lab.cli("run", "probe", "--node", node, "--labels", "app=probe").stdout
+        probe = created.split()[0].removeprefix("pod/")
+        probe_ip = nft_lab.pod(probe)["status"]["podIP"]
+        ip = cluster_ip(nft_lab, "nginx")
+        answers = [http_request(nft_lab.spec.pod_ns("default", probe), ip, 80) for _ in range(45)]
+        assert [a.error for a in answers if not a.ok] == []
+        assert {a.pod for a in answers} == set(NGINX_PODS)
+        assert {nft_nginx[a.pod] for a in answers} - {node}, f"no answer from another node than {node}"
+        assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
+        assert http_request(None, ip, 80).pod in NGINX_PODS  # from the root namespace, through node1
+
+    def test_load_balancer_ip_from_the_client(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
+        lb_ip = load_balancer_ip(nft_lab)
+        pods, errors = spread(nft_lab.spec.client_ns, lb_ip, 8080, 60)
+        assert errors == []
+        assert set(pods) == set(NGINX_PODS)
+
+    def test_kubectl_and_the_inspectors(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
+        table = nft_lab.kubectl("get", "svc", "nginx").stdout
+        assert "NodePort" in table and f"80:{NODE_PORT}/TCP" in table
+        pod_ips = {nft_lab.pod(name)["status"]["podIP"] for name in NGINX_PODS}
+        table = nft_lab.kubectl("get", "endpoints", "nginx").stdout
+        assert all(f"{ip}:80" in table for ip in pod_ips), table
+        endpoints = nft_lab.proxyctl("endpoints", "svc/nginx").stdout
+        assert all(name in endpoints for name in NGINX_PODS), endpoints
+        # The inspectors read the nodes' nftables rules over SSH (the lab's ssh config).
+        verify = nft_lab.proxyctl("verify", "--node", "node2", "--ssh-config", nft_lab.env["PROXYCTL_SSH_CONFIG"])
+        assert "In sync" in verify.stdout and "nftables mode" in verify.stdout, verify.stdout
+        probe = nft_lab.proxyctl("probe", "svc/nginx", "--proxy-mode", "nftables")
+        assert "OK: all" in probe.stdout, probe.stdout

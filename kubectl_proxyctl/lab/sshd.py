@@ -10,8 +10,9 @@ config) work against the lab as against real machines. Everything lives in
   and IP, so clients can check host keys strictly;
 * `sshd_config-<node>`: key authentication only, no PAM, `StrictModes no` (the state
   directory is not a home directory), no pid file (the daemon tracks the process);
-* `config`: `Host node1` → `HostName 172.18.0.2`, `User root`, the identity and known_hosts
-  above, `StrictHostKeyChecking yes`. `ssh -F <state>/ssh/config node1` works, and
+* `config`: `Host node1 172.18.0.2` → `HostName 172.18.0.2`, `User root`, the identity and
+  known_hosts above, `StrictHostKeyChecking yes`. `ssh -F <state>/ssh/config node1` works
+  (and with the node's IP, which is how `probe` reaches the nodes it finds in the API), and
   `lab env` exports it as `PROXYCTL_SSH_CONFIG`.
 
 Keys are generated once per lab (Ed25519, with `cryptography`: no ssh-keygen processes) and
@@ -113,7 +114,7 @@ def prepare(spec: LabSpec) -> None:
             "Subsystem sftp internal-sftp",
         ]) + "\n")
         hosts.append("\n".join([
-            f"Host {node.name}",
+            f"Host {node.name} {node.ip}",  # by name, and by address as `probe` connects by default
             f"  HostName {node.ip}",
             f"  Port {SSH_PORT}",
             "  User root",

@@ -14,10 +14,10 @@ a crashed one is recognised at once) and runs, in one process:
   https://172.18.0.1:6443);
 * the lab controllers (nodes, IP allocation, scheduling, EndpointSlices and Endpoints);
 * the pod runtime (`runtime.PodRuntime`);
-* one engine per node (`ip netns exec <lab>-nodeN kubectl-proxyctl run --node-name nodeN …`)
-  and one sshd per node, as child processes with their logs in `<state>/logs` and their
-  identity (pid + start time + argv) in `<state>/run/*.json`. A process that exits is
-  started again, with a growing delay when it keeps failing.
+* one engine per node (`ip netns exec <lab>-nodeN kubectl-proxyctl run --node-name nodeN
+  --mode MODE …`) and one sshd per node, as child processes with their logs in
+  `<state>/logs` and their identity (pid + start time + argv) in `<state>/run/*.json`. A
+  process that exits is started again, with a growing delay when it keeps failing.
 
 Engines, sshd and pod servers run in sessions of their own and do not depend on the daemon:
 when it crashes (or is killed), Services keep working with the rules already programmed.
@@ -29,6 +29,14 @@ lab: it stops the daemon (found by its pid file or its command line; SIGTERM, th
 SIGKILL), every recorded process, every process in a namespace of the lab, removes the
 namespaces and links (`topology.teardown`), and the files of the state directory it knows
 (never anything else).
+
+The engines run with the mode's own defaults, as kube-proxy would: in iptables mode NodePorts
+answer on every local address of a node (also 127.0.0.1 and the pod bridge's address); in
+nftables mode only on the node's primary IP, its InternalIP (172.18.0.x), which is the
+address everything in the lab uses for NodePorts (the client, `probe`, the README's
+examples, `scripts/demo`). Passing `--nodeport-addresses` to make nftables mode look like
+iptables mode would hide the difference a user of the lab is there to see; it would not
+bring localhost NodePorts back anyway (nftables mode has none).
 
 This module also holds the small HTTPS client the `lab` commands use (`LabAPI`: token and CA
 from the state directory, standard library only, no proxy) and the health checks.
@@ -85,6 +93,19 @@ STABLE_AFTER = 30.0
 def require_root() -> None:
     if os.geteuid() != 0:
         raise ConfigError("the lab needs root (network namespaces, netfilter): run it with sudo")
+
+
+def check_mode(mode: str) -> None:
+    """Fail at once, naming what is missing, when this machine cannot run the engines in
+    `mode` (instead of waiting for engines that keep failing to start)."""
+    from kubectl_proxyctl.system.executor import require_binary
+
+    if mode == "nftables":
+        from kubectl_proxyctl.system.nftables import NftSystem
+
+        NftSystem().check_available()  # nft present and new enough, nf_tables in the kernel
+    else:
+        require_binary("iptables-restore")
 
 
 def proxyctl_argv() -> list[str]:

@@ -161,9 +161,14 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     engine is healthy. Running it again on a running lab changes nothing; on a crashed lab it
     starts what is missing.
 
+    --mode picks the engines' proxy mode, with kube-proxy's defaults for it: in iptables
+    mode NodePorts answer on every address of a node (also 127.0.0.1), in nftables mode on
+    the node's IP (172.18.0.x) only, which is where the examples send them.
+
     \b
     Examples:
       sudo kubectl proxyctl lab up
+      sudo kubectl proxyctl lab up --mode nftables
       sudo kubectl proxyctl lab up --name demo --nodes 5 --zones 2
     """
     import time
@@ -171,10 +176,9 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     from kubectl_proxyctl.lab import supervisor, topology
     from kubectl_proxyctl.lab.spec import LabSpec
 
-    if mode == "nftables":
-        raise ConfigError("--mode nftables: the engine does not support nftables yet; use --mode iptables")
     supervisor.require_root()
     spec = LabSpec.build(lab_name, nodes=nodes, zones=zones, mode=mode)
+    supervisor.check_mode(mode)
     started = time.monotonic()
     try:
         existing = supervisor.load_spec(lab_name)
@@ -182,9 +186,12 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
         existing = None
     if existing is not None and existing != spec and topology.lab_namespaces(spec):
         zones = len({n.zone for n in existing.nodes if n.zone})
+        same = (f"--nodes {len(existing.nodes)}{f' --zones {zones}' if zones else ''}"
+                f"{' --mode ' + existing.mode if existing.mode != 'iptables' else ''}")
         raise ConfigError(
             f"lab {lab_name!r} is up with {len(existing.nodes)} nodes"
-            f"{f' in {zones} zones' if zones else ''} ({existing.mode}); to change its shape, "
+            f"{f' in {zones} zones' if zones else ''} ({existing.mode}); `kubectl proxyctl lab up"
+            f"{_name_flag(lab_name)} {same}` keeps it; to change its shape, "
             f"remove it first with `kubectl proxyctl lab down{_name_flag(lab_name)}`")
     topology.up(spec)
     supervisor.save_spec(spec)
@@ -198,8 +205,14 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     click.echo(f"  kubectl proxyctl lab run web --replicas 3 --labels app=web --port 80{flag}")
     click.echo("  kubectl create service nodeport web --tcp=80 --node-port=30080")
     click.echo(f"  kubectl proxyctl lab exec{flag} client -- curl -s http://{spec.nodes[0].ip}:30080/")
+    click.echo(f"  kubectl proxyctl lab exec{flag} {spec.nodes[0].name} -- {_rules_command(mode)}")
     click.echo(f"  kubectl proxyctl lab status{flag}")
     click.echo(f"  kubectl proxyctl lab down{flag}")
+
+
+def _rules_command(mode: str) -> str:
+    """How to look at a node's rules in `mode`."""
+    return "nft list table ip kube-proxy" if mode == "nftables" else "iptables-save -t nat"
 
 
 @lab.command("env", short_help="Print the shell exports that point kubectl and ssh at a lab.")
@@ -249,6 +262,10 @@ def status_(lab_name: str) -> None:
 
     click.echo(table(["NODE", "IP", "POD CIDR", "ZONE", "ENGINE", "SSH"], [
         (n.name, n.ip, n.pod_cidr, n.zone, engine_health(n)[1], ssh_up(n.ip)) for n in spec.nodes]))
+    if spec.mode == "nftables":
+        click.echo("NodePorts answer on each node's IP only (nftables mode: not on 127.0.0.1 or a pod "
+                   f"bridge's address); rules: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
+                   f"{_rules_command(spec.mode)}`\n")
     if not running:
         raise ProxyctlError(f"the lab daemon is not running: `kubectl proxyctl lab up{_name_flag(lab_name)}` "
                             "starts it again")
@@ -320,6 +337,7 @@ def exec_(target: str, command: tuple[str, ...], namespace: str, lab_name: str) 
     Examples:
       kubectl proxyctl lab exec client -- curl -s http://172.18.0.2:30080/
       kubectl proxyctl lab exec node1 -- iptables-save -t nat
+      kubectl proxyctl lab exec node1 -- nft list table ip kube-proxy   # nftables mode
       kubectl proxyctl lab exec pod/web-x7k2p -- curl -s http://10.96.0.10/
     """
     import subprocess
