@@ -191,6 +191,22 @@ def test_stale_chains_wait_while_changes_pend_so_a_change_pays_one_transaction(s
     assert any(ln.startswith("delete chain") and "ns/b/" in ln for ln in fake.scripts[-2].splitlines())
 
 
+def test_delete_stale_chains_now_waits_out_the_delay(setup: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    proxier.on_event("Service", "DELETED", service("b", "10.96.0.2"))
+    proxier.sync()
+    waited: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waited.append(seconds)
+        clock.now += seconds
+
+    assert proxier.delete_stale_chains(wait=wait) >= 2 and waited and waited[0] <= 1.0
+    assert not any("ns/b/" in c for c in fake.existing)
+    assert proxier.delete_stale_chains(wait=wait) == 0
+
+
 def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_by_the_hourly_check(setup: Any) -> None:
     proxier, fake, clock, _ = setup
     proxier.sync()

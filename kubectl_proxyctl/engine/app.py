@@ -294,6 +294,14 @@ def once(cluster: Any, flags: EngineFlags) -> None:
     result = proxier.sync()
     if result is None or result.error:
         raise ApplyError(f"sync failed: {result.error if result else 'sources not synced'}")
+    if hasattr(proxier, "delete_stale_chains"):  # nftables: no later sync will delete them
+        try:
+            deleted = proxier.delete_stale_chains()
+        except Exception as exc:  # the sync itself succeeded; leftovers are only empty chains
+            log.warning("could not delete stale chains: %s", exc)
+        else:
+            if deleted:
+                log.info("deleted %d stale chains", deleted)
     import click
 
     click.echo(f"synced: {result.services} service ports, {result.endpoints} endpoints, "

@@ -274,7 +274,7 @@ class IptablesProxier(BaseProxier):
 
     def canaries_missing(self) -> list[str]:
         try:
-            return self.system.missing_canaries()
+            return [f"canary chain KUBE-PROXY-CANARY in {table}" for table in self.system.missing_canaries()]
         except ProxyctlError as exc:
             log.warning("cannot check the canary chains: %s", exc)
             return []
@@ -443,6 +443,24 @@ class NftablesProxier(BaseProxier):
         self.state = rendered.state
         self._recreated_base_chains = True
         return self._succeeded(node_plan, not rendered.partial, start, rendered.rules_written, snap)
+
+    def delete_stale_chains(self, wait: Callable[[float], None] = time.sleep) -> int:
+        """Delete every stale chain now, waiting out STALE_CHAIN_DELAY first if needed (for
+        `run --once`, which has no later sync to do it). Returns how many were deleted."""
+        from kubectl_proxyctl.backends.nftables import STALE_CHAIN_DELAY, forget_chains, stale_deletion
+
+        if self.state is None or not self.state.stale:
+            return 0
+        newest = max(self.state.stale.values())
+        delay = newest + STALE_CHAIN_DELAY - self.monotonic()
+        if delay > 0:
+            wait(delay)
+        text, due = stale_deletion(self.state, self.monotonic())
+        if not text:
+            return 0
+        self.system.run(text)
+        forget_chains(self.state, due)
+        return len(due)
 
     def _count_failure(self, full: bool) -> None:
         if self.metrics is not None:
