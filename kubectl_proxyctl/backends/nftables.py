@@ -558,6 +558,22 @@ def _is_loopback(ip: str) -> bool:
     return ip == "::1" or ip.startswith("127.")
 
 
+def _affinity_set_line(t: str, name: str, timeout: int, ctx: _Ctx) -> str:
+    addr = "ipv6_addr" if ctx.ipx == "ip6" else "ipv4_addr"
+    return f"add set {t} {name} {{ type {addr} ; flags dynamic,timeout ; timeout {timeout}s ; }}"
+
+
+def _write_chains(t: str, out: ServiceOut, chain_lines: list[str], rule_lines: list[str],
+                  written: list[str]) -> None:
+    """Create (or keep), flush and refill every chain of one service port."""
+    for chain, rules in out.chains:
+        chain_lines.append(f"add chain {t} {chain}")
+        chain_lines.append(f"flush chain {t} {chain}")
+        written.append(chain)
+        for rule in rules:
+            rule_lines.append(f"add rule {t} {chain} {rule}")
+
+
 def _element_text(key: str, value: str, comment: str) -> str:
     text = key
     if comment:
@@ -636,15 +652,9 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
         so = service_out(sp, ctx)
         state.put(sp.name, so)
         for set_name, timeout in so.affinity_sets:
-            set_lines.append(f"add set {t} {set_name} {{ type {'ipv6_addr' if ctx.ipx == 'ip6' else 'ipv4_addr'} ; "
-                             f"flags dynamic,timeout ; timeout {timeout}s ; }}")
+            set_lines.append(_affinity_set_line(t, set_name, timeout, ctx))
             state.affinity_sets.add(set_name)
-        for chain, rules in so.chains:
-            chain_lines.append(f"add chain {t} {chain}")
-            chain_lines.append(f"flush chain {t} {chain}")
-            written.append(chain)
-            for rule in rules:
-                rule_lines.append(f"add rule {t} {chain} {rule}")
+        _write_chains(t, so, chain_lines, rule_lines, written)
         for container, key, value, comment in so.elements:
             store = elements[container]
             held = store.get(key)
@@ -683,7 +693,6 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
              changed: Collection[ServicePortName | str] | None, now: float) -> RenderedNft:
     changed_set = frozenset(changed or ())
     state = previous.copy()
-    addr_type = "ipv6_addr" if ctx.ipx == "ip6" else "ipv4_addr"
     # The service ports to rewrite: those named in `changed`, and every port (old or new) of
     # a Service named there; found through the plan's and the state's per-Service indexes, so
     # the cost does not grow with the number of unchanged services.
@@ -722,17 +731,12 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
         for set_name, timeout in new.affinity_sets:
             # A new set, or a new timeout for an existing one (`add set` updates it).
             if set_name not in state.affinity_sets or old_timeouts.get(set_name) != timeout:
-                set_lines.append(f"add set {t} {set_name} {{ type {addr_type} ; "
-                                 f"flags dynamic,timeout ; timeout {timeout}s ; }}")
+                set_lines.append(_affinity_set_line(t, set_name, timeout, ctx))
                 state.affinity_sets.add(set_name)
-        for chain, rules in new.chains:
-            chain_lines.append(f"add chain {t} {chain}")
-            chain_lines.append(f"flush chain {t} {chain}")
-            written.append(chain)
+        _write_chains(t, new, chain_lines, rule_lines, written)
+        for chain in new.chain_names:
             state.chains.add(chain)
             state.stale.pop(chain, None)
-            for rule in rules:
-                rule_lines.append(f"add rule {t} {chain} {rule}")
 
     # Elements in three passes, so a key that moves between service ports is neither lost
     # nor rewritten: drop what the touched ports held (and their claims on contested keys),
