@@ -686,6 +686,19 @@ def test_udp_conntrack_entries_to_a_removed_endpoint_are_deleted(lab: Lab) -> No
 # --- a failing sync --------------------------------------------------------------------------
 
 
+def _old_rules_serve_then_the_retry_applies_the_new_state(lab: Lab, proxier: Any) -> None:
+    """After a failed sync the old rules still serve; the retry is a full sync that brings in
+    the new state (only pod-a behind web, a `late` service without endpoints)."""
+    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
+    assert set(spread) == set(ENDPOINT_PODS), spread
+    assert lab.tcp(POD_CLIENT, NP, 80) in ENDPOINT_PODS
+    retry = proxier.sync()
+    assert retry is not None and not retry.error and retry.full, retry
+    only_a = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 20)
+    assert only_a == {"pod-a": 20}, only_a
+    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=3.0) == "refused"
+
+
 @only("iptables")
 def test_failed_restore_keeps_the_old_rules_and_the_next_sync_succeeds(lab: Lab) -> None:
     from kubectl_proxyctl.engine.plan import ProxyConfig
@@ -740,16 +753,7 @@ def test_failed_restore_keeps_the_old_rules_and_the_next_sync_succeeds(lab: Lab)
     # The filter table had committed before nat failed: it was put back, and the old rules serve.
     filter_table = run_in(lab.node, ["iptables-save", "-t", "filter"]).stdout
     assert "e2e/late:http has no endpoints" not in filter_table, filter_table
-    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
-    assert set(spread) == set(ENDPOINT_PODS), spread
-    assert lab.tcp(POD_CLIENT, NP, 80) in ENDPOINT_PODS
-
-    # The retry is a full sync, and it brings the new state in.
-    retry = proxier.sync()
-    assert retry is not None and not retry.error and retry.full, retry
-    only_a = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 20)
-    assert only_a == {"pod-a": 20}, only_a
-    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=3.0) == "refused"
+    _old_rules_serve_then_the_retry_applies_the_new_state(lab, proxier)
 
 
 @only("nftables")
@@ -796,14 +800,5 @@ def test_failed_nft_transaction_keeps_the_old_rules_and_the_next_sync_succeeds(l
     # The transaction is atomic: the table is exactly what it was, and the old rules serve.
     assert lab.nft("list", "table", *OUR_TABLE) == before
     assert "e2e/late" not in before
-    spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
-    assert set(spread) == set(ENDPOINT_PODS), spread
-    assert lab.tcp(POD_CLIENT, NP, 80) in ENDPOINT_PODS
-
-    # The retry is a full sync, and it brings the new state in.
-    retry = proxier.sync()
-    assert retry is not None and not retry.error and retry.full, retry
-    only_a = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 20)
-    assert only_a == {"pod-a": 20}, only_a
-    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=3.0) == "refused"
+    _old_rules_serve_then_the_retry_applies_the_new_state(lab, proxier)
     assert "e2e/late" in lab.nft("list", "table", *OUR_TABLE)
