@@ -316,7 +316,6 @@ class RenderedNft:
     chains_written: tuple[str, ...]
     stale_flushed: tuple[str, ...]
     affinity_deleted: tuple[str, ...]
-    skipped_services: tuple[ServicePortName, ...] = ()
 
     def __str__(self) -> str:
         return self.text
@@ -336,20 +335,25 @@ def _detector(detector: LocalDetector, ipx: str) -> tuple[str, str]:
     return f'iifname "{detector.value}*"', f'iifname != "{detector.value}*"'
 
 
+def family_word(family: IPFamily) -> str:
+    """The nft family (and address keyword) of an IP family: `ip` or `ip6`."""
+    return "ip6" if family == IPFamily.IPv6 else "ip"
+
+
 @dataclass(frozen=True)
 class _Ctx:
-    ipx: str
+    ipx: str  # `ip` / `ip6`: the table's family and the address match keyword
+    addr: str  # `ipv4_addr` / `ipv6_addr`: the address type of sets and map keys
     masq_all: bool
     if_local: str
     if_not_local: str
-    primary_node_ip: str
 
 
 def _context(plan: NodePlan) -> _Ctx:
-    ipx = "ip6" if plan.family == IPFamily.IPv6 else "ip"
+    ipx = family_word(plan.family)
     if_local, if_not_local = _detector(plan.local_detector, ipx)
-    return _Ctx(ipx, plan.internal_masquerade == InternalMasquerade.ALL, if_local, if_not_local,
-                plan.primary_node_ip)
+    addr = "ipv6_addr" if ipx == "ip6" else "ipv4_addr"
+    return _Ctx(ipx, addr, plan.internal_masquerade == InternalMasquerade.ALL, if_local, if_not_local)
 
 
 def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
@@ -476,16 +480,15 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     return ServiceOut(tuple(chains), tuple(elements), tuple(affinity_sets))
 
 
-def _fixed_part(plan: NodePlan, ctx: _Ctx, service_cidrs: tuple[str, ...], first: bool) -> tuple[list[str], str]:
+def _fixed_part(plan: NodePlan, ctx: _Ctx, t: str, service_cidrs: tuple[str, ...],
+                first: bool) -> tuple[list[str], str]:
     """The table, base chains, fixed chains and their rules, sets and maps (flushed).
 
     Returns (lines, signature); the signature changes when anything here would."""
-    fam = "ip6" if plan.family == IPFamily.IPv6 else "ip"
-    addr = "ipv6_addr" if plan.family == IPFamily.IPv6 else "ipv4_addr"
+    addr = ctx.addr
     ipx = ctx.ipx
-    t = f"{fam} {TABLE}"
     mark = format_mark(plan.masquerade_mark)
-    no_localhost = "ip6 daddr != ::1" if plan.family == IPFamily.IPv6 else "ip daddr != 127.0.0.0/8"
+    no_localhost = "ip6 daddr != ::1" if ipx == "ip6" else "ip daddr != 127.0.0.0/8"
     nodeport_ips = [ip for ip in plan.nodeport_ips if not _is_loopback(ip)]
     match_all = plan.nodeport_match_all
 
@@ -559,8 +562,7 @@ def _is_loopback(ip: str) -> bool:
 
 
 def _affinity_set_line(t: str, name: str, timeout: int, ctx: _Ctx) -> str:
-    addr = "ipv6_addr" if ctx.ipx == "ip6" else "ipv4_addr"
-    return f"add set {t} {name} {{ type {addr} ; flags dynamic,timeout ; timeout {timeout}s ; }}"
+    return f"add set {t} {name} {{ type {ctx.addr} ; flags dynamic,timeout ; timeout {timeout}s ; }}"
 
 
 def _write_chains(t: str, out: ServiceOut, chain_lines: list[str], rule_lines: list[str],
@@ -621,10 +623,9 @@ def render(
     service_cidrs: the cluster's service CIDRs of the family, for the unallocated-IP drop.
     """
     ctx = _context(plan)
-    fam = "ip6" if plan.family == IPFamily.IPv6 else "ip"
-    t = f"{fam} {TABLE}"
+    t = f"{ctx.ipx} {TABLE}"
     cidrs = tuple(service_cidrs)
-    fixed, signature = _fixed_part(plan, ctx, cidrs, first)
+    fixed, signature = _fixed_part(plan, ctx, t, cidrs, first)
     if previous is not None and (previous.fixed_signature != signature or previous.family != plan.family):
         # The fixed part changed (node IPs, flags): only a full transaction fits; what the
         # kernel holds is what the previous state says.
@@ -841,8 +842,7 @@ def stale_deletion(state: NftState, now: float, delay: float = STALE_CHAIN_DELAY
     due = tuple(sorted(c for c, since in state.stale.items() if now - since >= delay))
     if not due:
         return "", ()
-    fam = "ip6" if state.family == IPFamily.IPv6 else "ip"
-    text = "".join(f"delete chain {fam} {TABLE} {c}\n" for c in due)
+    text = "".join(f"delete chain {family_word(state.family)} {TABLE} {c}\n" for c in due)
     return text, due
 
 
@@ -854,5 +854,5 @@ def forget_chains(state: NftState, chains: Iterable[str]) -> None:
 
 def cleanup_script(family: IPFamily) -> str:
     """Delete our table (no error when it does not exist: it is added first)."""
-    fam = "ip6" if family == IPFamily.IPv6 else "ip"
+    fam = family_word(family)
     return f"add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from kubectl_proxyctl.engine.plan import DetectLocalMode, ProxyConfig
-from kubectl_proxyctl.errors import ApplyError, ConfigError
+from kubectl_proxyctl.errors import ApplyError, ConfigError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 
 log = logging.getLogger(__name__)
@@ -294,14 +294,13 @@ def once(cluster: Any, flags: EngineFlags) -> None:
     result = proxier.sync()
     if result is None or result.error:
         raise ApplyError(f"sync failed: {result.error if result else 'sources not synced'}")
-    if hasattr(proxier, "delete_stale_chains"):  # nftables: no later sync will delete them
-        try:
-            deleted = proxier.delete_stale_chains()
-        except Exception as exc:  # the sync itself succeeded; leftovers are only empty chains
-            log.warning("could not delete stale chains: %s", exc)
-        else:
-            if deleted:
-                log.info("deleted %d stale chains", deleted)
+    try:  # no later sync will delete the chains this one made stale
+        deleted = proxier.delete_stale_chains()
+    except ProxyctlError as exc:  # the sync itself succeeded; leftovers are only empty chains
+        log.warning("could not delete stale chains: %s", exc)
+    else:
+        if deleted:
+            log.info("deleted %d stale chains", deleted)
     import click
 
     click.echo(f"synced: {result.services} service ports, {result.endpoints} endpoints, "

@@ -28,6 +28,7 @@ the same way.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import ipaddress
@@ -773,8 +774,6 @@ def _replan(previous: NodePlan, state: ClusterState, dirty: frozenset[str], conf
     """`previous` with the ports of the `dirty` Services planned again and spliced into the
     sorted order: O(changed) work plus a few C-level list/dict copies, and equal to a full plan
     of `state` when `dirty` names every Service that changed."""
-    import bisect
-
     services = list(previous.services)
     keys = list(previous._keys)
     index = dict(previous._index)

@@ -194,6 +194,11 @@ class BaseProxier:
         self.last_result = result
         return result
 
+    def delete_stale_chains(self) -> int:
+        """Delete chains that fell out of use and still wait for deletion (`run --once` calls
+        this after its sync). iptables mode deletes them within the sync itself: nothing left."""
+        return 0
+
     def _count_failure(self, full: bool) -> None:
         pass
 
@@ -402,28 +407,24 @@ class NftablesProxier(BaseProxier):
         return []
 
     def sync(self) -> SyncResult | None:
-        from kubectl_proxyctl.backends.nftables import forget_chains, is_affinity_set, render, stale_deletion
+        from kubectl_proxyctl.backends.nftables import is_affinity_set, render
 
         begun = self._begin()
         if begun is None:
             return None
         snap, full, start = begun
-        full = full or self.state is None
         now = self.monotonic()
-        oldest = min(self.state.stale.values(), default=now) if self.state is not None else now
         if self.state is not None and self.state.stale and (
-                not self._pending_changed or now - oldest >= self.STALE_CHAIN_MAX_AGE):
-            text, due = stale_deletion(self.state, now)
-            if text:
-                try:
-                    self.system.run(text)
-                    forget_chains(self.state, due)
-                    log.info("deleted %d stale chains", len(due))
-                except ProxyctlError as exc:
-                    log.warning("cannot delete stale chains yet (%s); will retry", exc)
-                    if self.metrics is not None:
-                        self.metrics.sync_proxy_rules_nftables_cleanup_failures_total.labels(
-                            ip_family=str(self.config.family)).inc()
+                not self._pending_changed or now - min(self.state.stale.values()) >= self.STALE_CHAIN_MAX_AGE):
+            try:
+                deleted = self._delete_due_stale_chains(now)
+                if deleted:
+                    log.info("deleted %d stale chains", deleted)
+            except ProxyctlError as exc:
+                log.warning("cannot delete stale chains yet (%s); will retry", exc)
+                if self.metrics is not None:
+                    self.metrics.sync_proxy_rules_nftables_cleanup_failures_total.labels(
+                        ip_family=str(self.config.family)).inc()
         try:
             if full:
                 node_plan = plan(snap.state, self.config)
@@ -447,19 +448,23 @@ class NftablesProxier(BaseProxier):
     def delete_stale_chains(self, wait: Callable[[float], None] = time.sleep) -> int:
         """Delete every stale chain now, waiting out STALE_CHAIN_DELAY first if needed (for
         `run --once`, which has no later sync to do it). Returns how many were deleted."""
-        from kubectl_proxyctl.backends.nftables import STALE_CHAIN_DELAY, forget_chains, stale_deletion
+        from kubectl_proxyctl.backends.nftables import STALE_CHAIN_DELAY
 
         if self.state is None or not self.state.stale:
             return 0
-        newest = max(self.state.stale.values())
-        delay = newest + STALE_CHAIN_DELAY - self.monotonic()
+        delay = max(self.state.stale.values()) + STALE_CHAIN_DELAY - self.monotonic()
         if delay > 0:
             wait(delay)
-        text, due = stale_deletion(self.state, self.monotonic())
-        if not text:
-            return 0
-        self.system.run(text)
-        forget_chains(self.state, due)
+        return self._delete_due_stale_chains(self.monotonic())
+
+    def _delete_due_stale_chains(self, now: float) -> int:
+        """One small transaction deleting the chains stale for long enough; how many."""
+        from kubectl_proxyctl.backends.nftables import forget_chains, stale_deletion
+
+        text, due = stale_deletion(self.state, now)
+        if text:
+            self.system.run(text)
+            forget_chains(self.state, due)
         return len(due)
 
     def _count_failure(self, full: bool) -> None:

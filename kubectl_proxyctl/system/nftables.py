@@ -22,7 +22,7 @@ import json
 import re
 from typing import Any
 
-from kubectl_proxyctl.backends.nftables import TABLE
+from kubectl_proxyctl.backends.nftables import TABLE, family_word
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
@@ -31,10 +31,6 @@ CONTEXT_LINES = 2
 _LINE_RE = re.compile(r"/dev/stdin:(\d+):")
 _VERSION_RE = re.compile(r"nftables v(\d+)\.(\d+)\.(\d+)")
 MIN_VERSION = (1, 0, 1)
-
-
-def family_word(family: IPFamily) -> str:
-    return "ip6" if family == IPFamily.IPv6 else "ip"
 
 
 def nft_error(script: str, result: Result, what: str = "nft") -> ApplyError:
