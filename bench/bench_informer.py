@@ -23,7 +23,7 @@ SERVER = r"""
 import json, signal, sys, threading
 sys.path.insert(0, sys.argv[3])
 from synth import cluster
-from kubectl_proxyctl.lab.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 srv = APIServer(state_dir=None, bookmark_interval=30).start()
 srv.load([o for o in cluster(int(sys.argv[1]), int(sys.argv[2]), namespace="default") if o["kind"] != "Node"])
 print(json.dumps({"kubeconfig": str(srv.kubeconfig_path)}), flush=True)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from labfixtures import Lab, http_request, lab_skip_reason, running_lab, wait_for  # noqa: E402
 
-from kubectl_proxyctl.lab import topology  # noqa: E402
+from kubectl_proxyctl.lab.dataplane import topology  # noqa: E402
 
 CHANGES = 50
 POLL_TIMEOUT = 0.05

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from kubectl_proxyctl.lab.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 
 # The nginx NodePort Service used throughout the docs.
 NGINX_SERVICE_YAML = """\

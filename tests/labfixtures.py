@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kubectl_proxyctl.lab import sshd, topology
+from kubectl_proxyctl.lab.dataplane import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import KUBECONFIG, PID_FILE, LabAPI, load_spec, read_ref
 from kubectl_proxyctl.system.netns import socket_in_netns

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from apiserver_fixtures import endpoint_slice, nginx_service
 
-from kubectl_proxyctl.lab.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from apiserver_fixtures import endpoint_slice, service
 from kubectl_proxyctl.errors import ClusterError
 from kubectl_proxyctl.kube.client import KubeAPI, connect
 from kubectl_proxyctl.kube.informer import Backoff, ClusterInformers, Informer
-from kubectl_proxyctl.lab.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 
 
 class Recorder:

@@ -13,7 +13,7 @@ import yaml
 from apiserver_fixtures import apiserver, kubectl  # noqa: F401 (fixtures)
 from apiserver_fixtures import NGINX_SERVICE_YAML, Kubectl, endpoint_slice, node, pod
 
-from kubectl_proxyctl.lab.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 
 pytestmark = pytest.mark.kubectl
 

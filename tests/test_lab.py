@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from kubectl_proxyctl.lab import topology
+from kubectl_proxyctl.lab.dataplane import topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import engine_health
 

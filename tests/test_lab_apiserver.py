@@ -23,13 +23,13 @@ from apiserver_fixtures import api_client, apiserver, core, discovery  # noqa: F
 from apiserver_fixtures import endpoint_slice, nginx_service, node, pod, raw_request, service
 
 from kubectl_proxyctl.cli.main import run as cli_run
-from kubectl_proxyctl.lab import tables
-from kubectl_proxyctl.lab.apiserver import APIServer
-from kubectl_proxyctl.lab.patch import PatchError, json_patch, merge_patch, strategic_merge
-from kubectl_proxyctl.lab.registry import Admission
-from kubectl_proxyctl.lab.resources import ENDPOINT_SLICES, ENDPOINTS, NODES, PODS, SERVICES
-from kubectl_proxyctl.lab.selectors import SelectorError, field_predicate, label_predicate
-from kubectl_proxyctl.lab.status import APIError
+from kubectl_proxyctl.lab.apiserver import tables
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge
+from kubectl_proxyctl.lab.apiserver.registry import Admission
+from kubectl_proxyctl.lab.apiserver.resources import ENDPOINT_SLICES, ENDPOINTS, NODES, PODS, SERVICES
+from kubectl_proxyctl.lab.apiserver.selectors import SelectorError, field_predicate, label_predicate
+from kubectl_proxyctl.lab.apiserver.status import APIError
 
 ROOT = Path(__file__).resolve().parent.parent
 

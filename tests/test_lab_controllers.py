@@ -17,10 +17,10 @@ import pytest
 from apiserver_fixtures import api_client, apiserver, core, kubectl  # noqa: F401 (fixtures)
 from apiserver_fixtures import Kubectl, raw_request, service
 
-from kubectl_proxyctl.lab.apiserver import APIServer
-from kubectl_proxyctl.lab.controllers import LabControllers, pod_terminated, set_pod_ready
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.status import APIError
+from kubectl_proxyctl.lab.controllers.controllers import LabControllers, pod_terminated, set_pod_ready
 from kubectl_proxyctl.lab.spec import LabSpec
-from kubectl_proxyctl.lab.status import APIError
 
 SPEC = LabSpec.build(nodes=3, zones=2)
 SERVICES_PATH = "/api/v1/namespaces/default/services"

@@ -51,7 +51,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -60,9 +59,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError, ProxyctlError
-from kubectl_proxyctl.lab import sshd, topology
-from kubectl_proxyctl.lab.runtime import PodRuntime, ProcessRef
+from kubectl_proxyctl.lab.dataplane import sshd, topology
+from kubectl_proxyctl.lab.dataplane.runtime import PodRuntime
 from kubectl_proxyctl.lab.spec import LabSpec, NodeSpec
+from kubectl_proxyctl.system.processes import Child, ProcessRef, kill_pids, spawn
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +166,12 @@ def supervisor_running(spec: LabSpec) -> bool:
     return False
 
 
-def start_supervisor(spec: LabSpec) -> subprocess.Popen[bytes]:
+def start_supervisor(spec: LabSpec) -> Child:
     """Start the daemon detached (new session, no terminal)."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PROXYCTL_LAB_DIR=str(spec.state_root), PYTHONUNBUFFERED="1")
-    with open(spec.state_dir / LOG_FILE, "ab") as log_file:
-        child = subprocess.Popen(
-            [*proxyctl_argv(), "lab", "supervise", "--name", spec.name],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            close_fds=True, start_new_session=True, env=env, cwd="/",
-        )
-    return child
+    return spawn([*proxyctl_argv(), "lab", "supervise", "--name", spec.name], spec.state_dir / LOG_FILE,
+                 env=env, cwd="/")
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -261,7 +256,7 @@ def engine_health(node: NodeSpec) -> tuple[bool, str]:
 
 
 def wait_ready(spec: LabSpec, timeout: float, progress: Callable[[str], None],
-               daemon: subprocess.Popen[bytes] | None = None) -> None:
+               daemon: Child | None = None) -> None:
     """Wait until the API server answers, every node exists and every engine is healthy;
     fail early when the daemon (`daemon`, just started, or the one holding the lock) exits."""
     deadline = time.monotonic() + timeout
@@ -333,7 +328,7 @@ def down(spec: LabSpec) -> DownReport:
     refs = [read_ref(p) for p in (*sorted((state / RUN_DIR).glob("*.json")),
                                   *sorted((state / PODS_DIR).glob("*.json")))]
     live = [r.pid for r in refs if r is not None]
-    topology.kill_pids(live)
+    kill_pids(live)
     removed = topology.teardown(spec)
     report.processes = len(set(live) | set(removed.processes))
     report.namespaces, report.links = removed.namespaces, removed.links
@@ -392,7 +387,7 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     record_path: Path
-    child: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     ref: ProcessRef | None = None
     failures: int = 0
     next_start: float = 0.0
@@ -423,11 +418,7 @@ class ManagedProcess:
         return f"exit code {code}" if code is not None else "gone"
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log_file:
-            self.child = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                close_fds=True, start_new_session=True,
-            )
+        self.child = spawn(self.argv, self.log_path)
         self.ref = ProcessRef.of(self.child.pid)
         self.started_at = time.monotonic()
         if self.ref is not None:
@@ -473,8 +464,8 @@ class Supervisor:
     def _serve(self, stack: contextlib.ExitStack) -> None:
         """Start everything (each part is stopped by `stack`, in reverse) and supervise until
         asked to stop."""
-        from kubectl_proxyctl.lab.apiserver import APIServer
-        from kubectl_proxyctl.lab.controllers import LabControllers
+        from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+        from kubectl_proxyctl.lab.controllers.controllers import LabControllers
 
         server = APIServer(self.spec.host_ip, self.spec.api_port, state_dir=self.state / API_DIR,
                            extra_sans=[self.spec.host_ip, "127.0.0.1"])

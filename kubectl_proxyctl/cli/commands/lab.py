@@ -89,7 +89,7 @@ def apiserver(
     import sqlite3
     import threading
 
-    from kubectl_proxyctl.lab.apiserver import APIServer
+    from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
 
     host, port = parse_listen(listen)
     try:
@@ -173,7 +173,8 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     """
     import time
 
-    from kubectl_proxyctl.lab import supervisor, topology
+    from kubectl_proxyctl.lab import supervisor
+    from kubectl_proxyctl.lab.dataplane import topology
     from kubectl_proxyctl.lab.spec import LabSpec
 
     supervisor.require_root()
@@ -227,7 +228,7 @@ def env(lab_name: str) -> None:
     """
     import shlex
 
-    from kubectl_proxyctl.lab import sshd
+    from kubectl_proxyctl.lab.dataplane import sshd
     from kubectl_proxyctl.lab.spec import LabSpec
     from kubectl_proxyctl.lab.supervisor import KUBECONFIG
 
@@ -244,7 +245,7 @@ def status_(lab_name: str) -> None:
     Services with their endpoints."""
     import socket
 
-    from kubectl_proxyctl.lab import sshd
+    from kubectl_proxyctl.lab.dataplane import sshd
     from kubectl_proxyctl.lab.supervisor import PID_FILE, LabAPI, engine_health, read_ref, supervisor_running
     from kubectl_proxyctl.output import table
 
@@ -307,7 +308,7 @@ def _service_row(svc: dict[str, Any], slices: list[dict[str, Any]]) -> tuple[Any
 
 
 def _netns_of(spec: LabSpec, target: str, namespace: str) -> str:
-    from kubectl_proxyctl.lab import topology
+    from kubectl_proxyctl.lab.dataplane import topology
 
     if target == "client":
         return spec.client_ns
@@ -340,15 +341,13 @@ def exec_(target: str, command: tuple[str, ...], namespace: str, lab_name: str) 
       kubectl proxyctl lab exec node1 -- nft list table ip kube-proxy   # nftables mode
       kubectl proxyctl lab exec pod/web-x7k2p -- curl -s http://10.96.0.10/
     """
-    import subprocess
-
-    from kubectl_proxyctl.lab import topology
+    from kubectl_proxyctl.lab.dataplane import topology
+    from kubectl_proxyctl.system.processes import run_attached
 
     spec = _existing(lab_name)
     netns = _netns_of(spec, target, namespace)
     try:
-        return subprocess.run(["nsenter", f"--net={topology.netns_path(netns)}", "--", *command],
-                              check=False).returncode
+        return run_attached(["nsenter", f"--net={topology.netns_path(netns)}", "--", *command])
     except FileNotFoundError:
         raise ConfigError("nsenter not found: install util-linux") from None
 
@@ -444,7 +443,7 @@ def set_ready(pod: str, ready: bool, namespace: str, lab_name: str) -> None:
     Example:
       kubectl proxyctl lab set-ready web-x7k2p false
     """
-    from kubectl_proxyctl.lab.controllers import ready_pod_status
+    from kubectl_proxyctl.lab.controllers.controllers import ready_pod_status
     from kubectl_proxyctl.lab.supervisor import LabAPI
 
     spec = _existing(lab_name)

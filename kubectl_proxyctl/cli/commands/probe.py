@@ -104,7 +104,7 @@ def _cluster_nodes(state: "ClusterState", selector: str | None, address_type: st
     """Nodes from the API (or --from-file), filtered by `-l`, each with its address of
     `address_type`; names and addresses are validated like --nodes."""
     from kubectl_proxyctl.errors import ConfigError
-    from kubectl_proxyctl.lab.selectors import SelectorError, parse_label_selector
+    from kubectl_proxyctl.lab.apiserver.selectors import SelectorError, parse_label_selector
     from kubectl_proxyctl.remote.matrix import Node
     from kubectl_proxyctl.remote.probe import validate_address
     from kubectl_proxyctl.remote.ssh import validate_host

@@ -16,7 +16,7 @@ import calendar
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from kubectl_proxyctl.lab.resources import ResourceType
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType
 
 Obj = Mapping[str, Any]
 Cells = list[Any]

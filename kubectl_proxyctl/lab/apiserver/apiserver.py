@@ -46,7 +46,7 @@ Example::
 
     with APIServer() as api:
         api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, ...})
-        subprocess.run(["kubectl", "--kubeconfig", str(api.kubeconfig_path), "get", "svc"])
+        # meanwhile `kubectl --kubeconfig <api.kubeconfig_path> get svc` lists it
 """
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable
 
-from kubectl_proxyctl.lab import status
-from kubectl_proxyctl.lab.certs import issue_serving_certificate
-from kubectl_proxyctl.lab.httpserver import LabHTTPServer
-from kubectl_proxyctl.lab.rest import Dispatcher
-from kubectl_proxyctl.lab.registry import (
+from kubectl_proxyctl.lab.apiserver import status
+from kubectl_proxyctl.lab.apiserver.certs import issue_serving_certificate
+from kubectl_proxyctl.lab.apiserver.httpserver import LabHTTPServer
+from kubectl_proxyctl.lab.apiserver.registry import (
     MERGE_PATCH, SYSTEM_NAMESPACES, AdmissionHook, Registry,
 )
-from kubectl_proxyctl.lab.resources import ResourceType, by_kind, by_name
-from kubectl_proxyctl.lab.store import Event, ObjectStore, Persistence
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType, by_kind, by_name
+from kubectl_proxyctl.lab.apiserver.rest import Dispatcher
+from kubectl_proxyctl.lab.apiserver.store import Event, ObjectStore, Persistence
 
 CONTEXT_NAME = "proxyctl-lab"
 WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}

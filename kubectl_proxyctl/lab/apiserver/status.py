@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubectl_proxyctl.lab.resources import ResourceType
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType
 
 
 @dataclass(frozen=True)

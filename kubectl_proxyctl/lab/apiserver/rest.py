@@ -25,14 +25,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Union
 
-from kubectl_proxyctl.lab import protobuf, resources, status, tables
-from kubectl_proxyctl.lab.protobuf import ProtobufError
-from kubectl_proxyctl.lab.registry import FIELD_VALIDATIONS, PATCH_TYPES, WARN, FieldValidation, Registry
-from kubectl_proxyctl.lab.resources import GROUP_VERSIONS, ResourceType, by_path
-from kubectl_proxyctl.lab.selectors import SelectorError, combine, field_predicate, label_predicate
-from kubectl_proxyctl.lab.status import APIError
-from kubectl_proxyctl.lab.store import Page, Predicate, StoredObject, encode_json
-from kubectl_proxyctl.lab.watch import EventEncoder, JSONEvents, TableEvents, WatchStream
+from kubectl_proxyctl.lab.apiserver import protobuf, resources, status, tables
+from kubectl_proxyctl.lab.apiserver.protobuf import ProtobufError
+from kubectl_proxyctl.lab.apiserver.registry import FIELD_VALIDATIONS, PATCH_TYPES, WARN, FieldValidation, Registry
+from kubectl_proxyctl.lab.apiserver.resources import GROUP_VERSIONS, ResourceType, by_path
+from kubectl_proxyctl.lab.apiserver.selectors import SelectorError, combine, field_predicate, label_predicate
+from kubectl_proxyctl.lab.apiserver.status import APIError
+from kubectl_proxyctl.lab.apiserver.store import Page, Predicate, StoredObject, encode_json
+from kubectl_proxyctl.lab.apiserver.watch import EventEncoder, JSONEvents, TableEvents, WatchStream
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from kubectl_proxyctl.lab import status
-from kubectl_proxyctl.lab.resources import RESOURCES, ResourceType
+from kubectl_proxyctl.lab.apiserver import status
+from kubectl_proxyctl.lab.apiserver.resources import RESOURCES, ResourceType
 
 log = logging.getLogger(__name__)
 

@@ -42,11 +42,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from kubectl_proxyctl.lab import status, strategy
-from kubectl_proxyctl.lab.registry import DELETE, Admission
-from kubectl_proxyctl.lab.resources import PODS, SERVICES
+from kubectl_proxyctl.lab.apiserver import status, strategy
+from kubectl_proxyctl.lab.apiserver.registry import DELETE, Admission
+from kubectl_proxyctl.lab.apiserver.resources import PODS, SERVICES
+from kubectl_proxyctl.lab.apiserver.status import APIError, Cause
 from kubectl_proxyctl.lab.spec import LabSpec, NodeSpec
-from kubectl_proxyctl.lab.status import APIError, Cause
 
 log = logging.getLogger(__name__)
 

@@ -57,20 +57,20 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from kubectl_proxyctl.lab import status, tables
-from kubectl_proxyctl.lab.allocators import TERMINAL_PHASES, Key, PodPlacer, ServiceAllocator, timestamp
-from kubectl_proxyctl.lab.apiserver import APIServer
-from kubectl_proxyctl.lab.endpointslices import (
+from kubectl_proxyctl.lab.apiserver import status, tables
+from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+from kubectl_proxyctl.lab.apiserver.registry import Admission
+from kubectl_proxyctl.lab.apiserver.resources import (
+    ENDPOINT_SLICES, ENDPOINTS, NODES, PODS, SERVICES, SERVER_VERSION, ResourceType,
+)
+from kubectl_proxyctl.lab.apiserver.status import APIError
+from kubectl_proxyctl.lab.apiserver.store import DELETED, Event, ObjectStore
+from kubectl_proxyctl.lab.controllers.allocators import TERMINAL_PHASES, Key, PodPlacer, ServiceAllocator, timestamp
+from kubectl_proxyctl.lab.controllers.endpointslices import (
     LABEL_SERVICE_NAME, LABEL_ZONE, SlicePlan, desired_groups, managed_service_name, plan_endpoints,
     plan_slices, selector_of, selects,
 )
-from kubectl_proxyctl.lab.registry import Admission
-from kubectl_proxyctl.lab.resources import (
-    ENDPOINT_SLICES, ENDPOINTS, NODES, PODS, SERVICES, SERVER_VERSION, ResourceType,
-)
 from kubectl_proxyctl.lab.spec import LabSpec, NodeSpec
-from kubectl_proxyctl.lab.status import APIError
-from kubectl_proxyctl.lab.store import DELETED, Event, ObjectStore
 
 log = logging.getLogger(__name__)
 

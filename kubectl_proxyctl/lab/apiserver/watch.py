@@ -21,10 +21,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Protocol
 
-from kubectl_proxyctl.lab import status, tables
-from kubectl_proxyctl.lab.resources import ResourceType
-from kubectl_proxyctl.lab.status import APIError
-from kubectl_proxyctl.lab.store import (
+from kubectl_proxyctl.lab.apiserver import status, tables
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType
+from kubectl_proxyctl.lab.apiserver.status import APIError
+from kubectl_proxyctl.lab.apiserver.store import (
     ADDED, DELETED, MODIFIED, Event, ObjectStore, Predicate, StoredObject, encode_json,
 )
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from kubectl_proxyctl.lab.resources import ResourceType
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType
 
 Object = Mapping[str, Any]
 Predicate = Callable[[Object], bool]

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from kubectl_proxyctl.lab.rest import JSON, Dispatcher, Request, Response
-from kubectl_proxyctl.lab.watch import WatchStream
+from kubectl_proxyctl.lab.apiserver.rest import JSON, Dispatcher, Request, Response
+from kubectl_proxyctl.lab.apiserver.watch import WatchStream
 
 log = logging.getLogger(__name__)
 

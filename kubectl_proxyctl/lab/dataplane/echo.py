@@ -1,7 +1,7 @@
 """The lab pods' server: answers on every container port with the pod's name and the client
 address it saw.
 
-    python -m kubectl_proxyctl.lab.echo --name nginx-abcde --tcp 80 --tcp 8080 --udp 53
+    python -m kubectl_proxyctl.lab.dataplane.echo --name nginx-abcde --tcp 80 --tcp 8080 --udp 53
 
 * TCP ports speak HTTP/1.1 (keep-alive, any method and path): the body is one line
   `pod=NAME client=IP:PORT` and the header `X-Pod-Name: NAME` names the pod.
@@ -104,7 +104,7 @@ def serve_udp(sock: socket.socket, pod: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m kubectl_proxyctl.lab.echo",
+        prog="python -m kubectl_proxyctl.lab.dataplane.echo",
         description="Answer on TCP (HTTP/1.1) and UDP ports with the pod's name and the client address.",
     )
     parser.add_argument("--name", required=True, help="the pod name to answer with")

@@ -34,11 +34,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from kubectl_proxyctl.lab import schema, status, strategy, tables
-from kubectl_proxyctl.lab.patch import PatchError, json_patch, merge_patch, strategic_merge
-from kubectl_proxyctl.lab.resources import NAMESPACES, RESOURCES, ResourceType
-from kubectl_proxyctl.lab.status import APIError
-from kubectl_proxyctl.lab.store import ObjectStore, Page, Predicate, StoredObject, encode_json
+from kubectl_proxyctl.lab.apiserver import schema, status, strategy, tables
+from kubectl_proxyctl.lab.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge
+from kubectl_proxyctl.lab.apiserver.resources import NAMESPACES, RESOURCES, ResourceType
+from kubectl_proxyctl.lab.apiserver.status import APIError
+from kubectl_proxyctl.lab.apiserver.store import ObjectStore, Page, Predicate, StoredObject, encode_json
 
 CREATE, UPDATE, DELETE = "CREATE", "UPDATE", "DELETE"
 

@@ -17,8 +17,8 @@ import re
 import socket
 from typing import Any, Callable
 
-from kubectl_proxyctl.lab.resources import ResourceType
-from kubectl_proxyctl.lab.status import Cause
+from kubectl_proxyctl.lab.apiserver.resources import ResourceType
+from kubectl_proxyctl.lab.apiserver.status import Cause
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -9,9 +9,9 @@ A few worker threads reconcile one key at a time (never the same key in two thre
 
 * a pod that is scheduled to a lab node (`spec.nodeName`) and has an IP (`status.podIP`)
   gets a network namespace `spec.pod_ns(ns, name)` wired to its node's `cbr0`
-  (`topology.add_pod`), and the echo server (`lab/echo.py`) on its container ports (TCP and
-  UDP as declared; port 80 when none is). Once the node can connect to it (a TCP connect,
-  or a UDP exchange for UDP-only pods), the pod is marked Running and Ready;
+  (`topology.add_pod`), and the echo server (`lab/dataplane/echo.py`) on its container
+  ports (TCP and UDP as declared; port 80 when none is). Once the node can connect to it
+  (a TCP connect, or a UDP exchange for UDP-only pods), the pod is marked Running and Ready;
 * a pod with a deletionTimestamp keeps serving: the endpoint controllers take it out of
   rotation, and in-flight connections finish. It is only stopped when the object is gone
   (the controllers remove it when its grace period ends), which is what makes a rolling
@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -43,13 +42,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from kubectl_proxyctl.lab import topology
+from kubectl_proxyctl.lab.dataplane import topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.system.netns import socket_in_netns
+from kubectl_proxyctl.system.processes import Child, ProcessRef, spawn
 
 if TYPE_CHECKING:
-    from kubectl_proxyctl.lab.apiserver import APIServer
-    from kubectl_proxyctl.lab.store import Event
+    from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+    from kubectl_proxyctl.lab.apiserver.store import Event
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +58,6 @@ RESYNC_PERIOD = 2.0
 READY_TIMEOUT = 20.0
 PROBE_INTERVAL = 0.02
 DEFAULT_PORT = 80
-
-
-# --- processes that outlive the daemon -------------------------------------------------------
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of `pid` (clock ticks since boot), None when it does not exist or is
-    a zombie. Together with the pid it names a process for good: pids get reused."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-@dataclass(frozen=True)
-class ProcessRef:
-    """A process named by pid and start time, so a record outlives the daemon safely."""
-
-    pid: int
-    start: int
-
-    @classmethod
-    def of(cls, pid: int) -> ProcessRef | None:
-        start = process_start_time(pid)
-        return cls(pid, start) if start is not None else None
-
-    def alive(self) -> bool:
-        return process_start_time(self.pid) == self.start
-
-    def stop(self, grace: float = 2.0) -> None:
-        if self.alive():
-            topology.kill_pids([self.pid], grace)
 
 
 # --- pods ------------------------------------------------------------------------------------
@@ -191,7 +155,7 @@ class PodRecord:
 
 
 def echo_argv(want: PodWant) -> list[str]:
-    argv = [sys.executable, "-m", "kubectl_proxyctl.lab.echo", "--name", want.name]
+    argv = [sys.executable, "-m", "kubectl_proxyctl.lab.dataplane.echo", "--name", want.name]
     for port in want.tcp:
         argv += ["--tcp", str(port)]
     for port in want.udp:
@@ -209,7 +173,7 @@ class PodRuntime:
         self.logs_dir = spec.state_dir / "logs" / "pods"
         self._workers = workers
         self._records: dict[Key, PodRecord] = {}
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[int, Child] = {}
         self._lock = threading.Condition()
         self._queue: dict[Key, None] = {}  # ordered set
         self._busy: set[Key] = set()
@@ -318,7 +282,7 @@ class PodRuntime:
             topology.add_pod(self.spec, self.spec.node(want.node), record.netns, want.ip)
             with self._lock:
                 self._records[key] = record
-        from kubectl_proxyctl.lab.controllers import pod_terminated, set_pod_ready
+        from kubectl_proxyctl.lab.controllers.controllers import pod_terminated, set_pod_ready
 
         if not self._running(record):
             if not topology.netns_exists(self.spec.node_ns(want.node)):
@@ -354,12 +318,8 @@ class PodRuntime:
 
     def _start(self, record: PodRecord, want: PodWant) -> None:
         log_path = self._log_path(record)
-        with open(log_path, "ab") as log_file:
-            child = subprocess.Popen(
-                ["nsenter", f"--net={topology.netns_path(record.netns)}", "--", *echo_argv(want)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                close_fds=True, start_new_session=True,
-            )
+        argv = ["nsenter", f"--net={topology.netns_path(record.netns)}", "--", *echo_argv(want)]
+        child = spawn(argv, log_path)
         ref = ProcessRef.of(child.pid)
         record.pid, record.start = child.pid, ref.start if ref else 0
         record.marked_ready = False
@@ -369,7 +329,7 @@ class PodRuntime:
             raise RuntimeError(f"the echo server of {record.namespace}/{record.name} did not answer "
                                f"within {READY_TIMEOUT:g}s (log: {log_path})")
 
-    def _answers(self, record: PodRecord, child: subprocess.Popen[bytes]) -> bool:
+    def _answers(self, record: PodRecord, child: Child) -> bool:
         """Probe the pod from its node until it answers (like a kubelet's probe)."""
         node_ns = self.spec.node_ns(record.node)
         deadline = time.monotonic() + READY_TIMEOUT

@@ -1,0 +1,10 @@
+"""The lab's control plane: controllers that give the API server's objects real semantics.
+
+`controllers.LabControllers` attaches to a lab API server and does what
+kube-controller-manager, the scheduler and a load-balancer controller would: Node objects,
+allocation of ClusterIPs, NodePorts, load-balancer IPs, pod nodes and pod IPs
+(`allocators`, in the API server's admission), graceful pod deletion, and EndpointSlices and
+Endpoints for every Service with a selector (`endpointslices`).
+
+Controllers build on `lab.apiserver`; they touch no kernel state (that is `lab.dataplane`).
+"""
