@@ -26,6 +26,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6,<7",
+            "import-linter>=2.1,<3",
         ],
     },
     entry_points={

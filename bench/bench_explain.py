@@ -28,10 +28,10 @@ import time
 from common import exe, median, report, time_cmd
 from synth import cluster
 
-from kubectl_proxyctl.backends.iptables import JUMP_RULES, jump_rules_text, render
-from kubectl_proxyctl.engine.plan import ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, jump_rules_text, render
+from kubectl_proxyctl.plan.planner import ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
-from kubectl_proxyctl.rules.iptables_text import parse
+from kubectl_proxyctl.modes.iptables.parse import parse
 
 SERVICES, ENDPOINTS = 10000, 5
 TARGET = f"svc/svc-{SERVICES // 2}"

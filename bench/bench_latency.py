@@ -5,7 +5,7 @@
 
 One throw-away network namespace per mode (`pxbench<hex>-lat-*`, removed afterwards), each
 programmed by the real engine path with N services x M endpoints (`synth.cluster`):
-`IptablesProxier` over iptables-legacy (iptables-restore), `NftablesProxier` over `nft -f`.
+the iptables writer over iptables-legacy (iptables-restore), the nftables writer over `nft -f`.
 Inside each namespace:
 
   * every cluster IP (10.96.0.0/12) and every endpoint IP (10.128.0.0/10) is local (`ip route
@@ -47,8 +47,10 @@ from synth import cluster
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kubectl_proxyctl.engine.plan import ProxyConfig  # noqa: E402
-from kubectl_proxyctl.engine.proxier import IptablesProxier, NftablesProxier, ProxierOptions  # noqa: E402
+from kubectl_proxyctl.plan.planner import ProxyConfig  # noqa: E402
+from kubectl_proxyctl.engine.proxier import Proxier  # noqa: E402
+from kubectl_proxyctl.modes.iptables.writer import IptablesWriter  # noqa: E402
+from kubectl_proxyctl.modes.nftables.writer import NftablesWriter  # noqa: E402
 from kubectl_proxyctl.kube.tracker import StateTracker  # noqa: E402
 from kubectl_proxyctl.system.conntrack import ConntrackSystem  # noqa: E402
 from kubectl_proxyctl.system.executor import SubprocessExecutor  # noqa: E402
@@ -121,14 +123,14 @@ def program(mode: str, ns: str, objs: list[dict[str, Any]]) -> tuple[float, str]
     cfg = config(mode)
     executor = SubprocessExecutor(netns=ns)
     conntrack = ConntrackSystem(executor=executor, family=cfg.family)
-    proxier: IptablesProxier | NftablesProxier
+    proxier: Proxier
     if mode == "iptables":
         system = IptablesSystem(executor=executor, backend=Backend.LEGACY)
-        proxier = IptablesProxier(cfg, StateTracker(NODE), system, conntrack=conntrack,
-                                  options=ProxierOptions(random_fully=system.supports_random_fully()))
+        proxier = Proxier(cfg, StateTracker(NODE), IptablesWriter(system, random_fully=system.supports_random_fully()),
+                          conntrack=conntrack)
     else:
-        proxier = NftablesProxier(cfg, StateTracker(NODE), NftSystem(cfg.family, executor=executor),
-                                  conntrack=conntrack)
+        proxier = Proxier(cfg, StateTracker(NODE), NftablesWriter(NftSystem(cfg.family, executor=executor)),
+                          conntrack=conntrack)
     for obj in objs:
         proxier.on_event(obj["kind"], "ADDED", obj)
     started = time.perf_counter()
@@ -136,7 +138,7 @@ def program(mode: str, ns: str, objs: list[dict[str, Any]]) -> tuple[float, str]
     seconds = time.perf_counter() - started
     if result is None or result.error or not result.full:
         raise SystemExit(f"{mode}: full sync failed: {result}")
-    return seconds, proxier.applied.payload if mode == "iptables" else ""
+    return seconds, proxier.writer.payload if mode == "iptables" else ""
 
 
 def dispatch_order(payload: str) -> list[tuple[str, int]]:
@@ -200,8 +202,8 @@ def main() -> int:
     n, m = args.services, args.endpoints
     objs = cluster(n, m)
     # The first and last service in KUBE-SERVICES order: render iptables mode's layout once.
-    from kubectl_proxyctl.backends.iptables import render
-    from kubectl_proxyctl.engine.plan import plan
+    from kubectl_proxyctl.modes.iptables.render import render
+    from kubectl_proxyctl.plan.planner import plan
 
     tracker = StateTracker(NODE)
     for obj in objs:

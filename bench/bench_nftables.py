@@ -8,10 +8,10 @@ With N services x M endpoints (`synth.cluster`) and the engine configured as `ru
 nftables` configures it by default (NodePorts on the primary node IP only, no localhost
 NodePorts):
 
-  (a) our whole full sync (`NftablesProxier.sync()` in-process, the real NftSystem bound to a
+  (a) our whole full sync (`Proxier.sync()` with the nftables writer in-process, the real NftSystem bound to a
       fresh namespace: list chains and sets, plan, render, `nft -f -`) / a bare `nft -f -` of
       the same script into another fresh namespace; medians of `--runs`; target <= 1.3;
-  (b) one endpoint change: the whole partial sync (`NftablesProxier.sync()` after the tracker
+  (b) one endpoint change: the whole partial sync (`Proxier.sync()` with the nftables writer after the tracker
       got the change), median of `--partials` changes per run, each to another service, one
       every `--gap` seconds (from the second on, each sync also deletes the chain the previous
       change left stale, as it does on a busy node); target <= 50 ms at N services and
@@ -43,8 +43,9 @@ from synth import cluster, moved_endpoint_slice
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kubectl_proxyctl.engine.plan import ProxyConfig  # noqa: E402
-from kubectl_proxyctl.engine.proxier import NftablesProxier  # noqa: E402
+from kubectl_proxyctl.plan.planner import ProxyConfig  # noqa: E402
+from kubectl_proxyctl.engine.proxier import Proxier  # noqa: E402
+from kubectl_proxyctl.modes.nftables.writer import NftablesWriter  # noqa: E402
 from kubectl_proxyctl.kube.tracker import StateTracker  # noqa: E402
 from kubectl_proxyctl.system.conntrack import ConntrackSystem  # noqa: E402
 from kubectl_proxyctl.system.executor import SubprocessExecutor  # noqa: E402
@@ -75,12 +76,12 @@ class TimedNftSystem(NftSystem):
             self.calls.append((script, time.perf_counter() - started))
 
 
-def new_proxier(ns: str, objs: list[dict[str, Any]]) -> tuple[NftablesProxier, TimedNftSystem]:
+def new_proxier(ns: str, objs: list[dict[str, Any]]) -> tuple[Proxier, TimedNftSystem]:
     cfg = config()
     executor = SubprocessExecutor(netns=ns)
     system = TimedNftSystem(cfg.family, executor=executor)
-    proxier = NftablesProxier(cfg, StateTracker(NODE), system,
-                              conntrack=ConntrackSystem(executor=executor, family=cfg.family))
+    proxier = Proxier(cfg, StateTracker(NODE), NftablesWriter(system),
+                      conntrack=ConntrackSystem(executor=executor, family=cfg.family))
     for obj in objs:
         proxier.on_event(obj["kind"], "ADDED", obj)
     return proxier, system
@@ -105,7 +106,7 @@ def bare_nft(script: str) -> float:
     return seconds
 
 
-def partial_syncs(proxier: NftablesProxier, system: TimedNftSystem, services: int, endpoints: int,
+def partial_syncs(proxier: Proxier, system: TimedNftSystem, services: int, endpoints: int,
                   count: int, gap: float, run: int) -> list[float]:
     """Wall seconds of `count` partial syncs, each after one endpoint of another service moved."""
     out: list[float] = []
@@ -127,7 +128,7 @@ def partial_syncs(proxier: NftablesProxier, system: TimedNftSystem, services: in
     return out
 
 
-def resync(proxier: NftablesProxier, system: TimedNftSystem) -> float:
+def resync(proxier: Proxier, system: TimedNftSystem) -> float:
     """A full sync into the populated table (after a failure, or every full-sync period)."""
     proxier.schedule.request()
     del system.calls[:]

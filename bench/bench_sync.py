@@ -6,7 +6,7 @@
 Everything happens in throw-away network namespaces (`pxbench<hex>-*`), removed afterwards.
 Per backend, with N services x M endpoints (`synth.cluster`):
 
-  (a) our whole full sync (`IptablesProxier.sync()` in-process, the real IptablesSystem bound
+  (a) our whole full sync (`Proxier.sync()` with the iptables writer in-process, the real IptablesSystem bound
       to a fresh namespace: save, plan, render, restore, jump rules, canaries) / a bare
       `iptables-restore -w 5 --noflush` of the same payload into a fresh namespace;
       medians of `--runs`; target <= 1.3;
@@ -43,9 +43,10 @@ from synth import cluster
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kubectl_proxyctl.backends.iptables import render  # noqa: E402
-from kubectl_proxyctl.engine.plan import ProxyConfig, plan  # noqa: E402
-from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions  # noqa: E402
+from kubectl_proxyctl.modes.iptables.render import render  # noqa: E402
+from kubectl_proxyctl.plan.planner import ProxyConfig, plan  # noqa: E402
+from kubectl_proxyctl.engine.proxier import Proxier  # noqa: E402
+from kubectl_proxyctl.modes.iptables.writer import IptablesWriter  # noqa: E402
 from kubectl_proxyctl.kube.tracker import StateTracker  # noqa: E402
 from kubectl_proxyctl.system.conntrack import ConntrackSystem  # noqa: E402
 from kubectl_proxyctl.system.executor import SubprocessExecutor  # noqa: E402
@@ -62,12 +63,11 @@ def config() -> ProxyConfig:
     return ProxyConfig(node_name=NODE, cluster_cidrs=(CLUSTER_CIDR,))
 
 
-def new_proxier(ns: str, backend: Backend, objs: list[dict[str, Any]]) -> IptablesProxier:
+def new_proxier(ns: str, backend: Backend, objs: list[dict[str, Any]]) -> Proxier:
     executor = SubprocessExecutor(netns=ns)
     system = IptablesSystem(executor=executor, backend=backend)
-    proxier = IptablesProxier(config(), StateTracker(NODE), system,
-                              options=ProxierOptions(random_fully=system.supports_random_fully()),
-                              conntrack=ConntrackSystem(executor=executor))
+    proxier = Proxier(config(), StateTracker(NODE), IptablesWriter(system, random_fully=system.supports_random_fully()),
+                      conntrack=ConntrackSystem(executor=executor))
     for obj in objs:
         proxier.on_event(obj["kind"], "ADDED", obj)
     return proxier
@@ -108,7 +108,7 @@ def measure_syncs(backend: Backend, objs: list[dict[str, Any]], services: int,
             full.append(time.perf_counter() - started)
             if result is None or result.error or not result.full:
                 raise SystemExit(f"full sync failed: {result}")
-            payload = proxier.applied.payload
+            payload = proxier.writer.payload
             # One endpoint of one service changes; the next sync is a partial one.
             proxier.on_event("EndpointSlice", "MODIFIED", changed_slice(objs, 17 + run * 101, services))
             started = time.perf_counter()

@@ -32,6 +32,15 @@ class ConfigError(ProxyctlError):
     exit_status = ExitStatus.USAGE
 
 
+class RulesetParseError(ConfigError):
+    """Rules text (iptables-save, nft -j, ipvsadm, ipset save) that a reader cannot parse."""
+
+    def __init__(self, message: str, line: int | None = None, source: str = "<input>") -> None:
+        where = f"{source}:{line}: " if line is not None else f"{source}: "
+        super().__init__(where + message)
+        self.line = line
+
+
 class NotFoundError(ProxyctlError):
     """A named object (service, node, context) does not exist."""
 

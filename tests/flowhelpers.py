@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from kubectl_proxyctl.backends.iptables import RenderedRules, render
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import RenderedRules, render
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.model import ClusterState, IPFamily
-from kubectl_proxyctl.rules.iptables_text import Ruleset, parse
-from kubectl_proxyctl.rules.trace import Origin, Packet, TraceResult, Verdict, trace
+from kubectl_proxyctl.modes.iptables.parse import Ruleset, parse
+from kubectl_proxyctl.modes.iptables.trace import trace
+from kubectl_proxyctl.modes.tracing import Origin, Packet, TraceResult, Verdict
 
 Obj = dict[str, Any]
 

@@ -3,10 +3,10 @@ namespace, a comparable form of `nft -j list table`, and render → load → rea
 `older_layout` rewrites our script into kube-proxy's base-chain layout before 1.34, so the
 inspection tools are also tested on tables of nodes that still run it.
 
-The golden cases are the iptables ones (tests/golden/iptables/<case>/objects.yaml and
-config.yaml, whose `render:` options are iptables-only and ignored). A case may add
-tests/golden/nftables/<case>/nftables.yaml with `config:` (ProxyConfig fields that override
-config.yaml) and `render:` (options of `backends.nftables.render`, e.g. `service_cidrs`).
+The golden cases are shared with iptables mode: tests/golden/<case>/objects.yaml and
+config.yaml (whose `render:` options are iptables-only and ignored here). A case may add
+tests/golden/<case>/nftables.yaml with `config:` (ProxyConfig fields that override
+config.yaml) and `render:` (options of `modes.nftables.render`, e.g. `service_cidrs`).
 
 Everything that touches the kernel goes through `NftSystem` (the product's own adapter) with
 a `SubprocessExecutor` bound to the namespace, so a failing script is reported with its
@@ -23,22 +23,21 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import yaml
 
 from flowhelpers import Obj, default_config, state_of
-from kubectl_proxyctl.backends.nftables import TABLE, RenderedNft, cleanup_script, render
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.modes.nftables.render import TABLE, RenderedNft, cleanup_script, render
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
 from kubectl_proxyctl.model import IPFamily
-from kubectl_proxyctl.rules.nft_json import NftTable, element_text, parse_nft_json, rule_text
-from kubectl_proxyctl.rules.nft_trace import trace_nft
-from kubectl_proxyctl.rules.trace import LocalNode, Origin, Packet, TraceResult
+from kubectl_proxyctl.modes.nftables.parse import NftTable, element_text, parse_nft_json, rule_text
+from kubectl_proxyctl.modes.nftables.trace import trace_nft
+from kubectl_proxyctl.modes.tracing import LocalNode, Origin, Packet, TraceResult
 from kubectl_proxyctl.system.executor import SubprocessExecutor
 from kubectl_proxyctl.system.nftables import NftSystem
 from netns import empty_netns, lab_skip_reason
 
 TESTS = Path(__file__).parent
-GOLDEN_IPTABLES = TESTS / "golden" / "iptables"
-GOLDEN_NFT = TESTS / "golden" / "nftables"
-CASES = sorted(d.name for d in GOLDEN_IPTABLES.iterdir() if (d / "objects.yaml").is_file())
+GOLDEN = TESTS / "golden"  # <case>/objects.yaml, config.yaml, [nftables.yaml,] expected.nftables
+CASES = sorted(d.name for d in GOLDEN.iterdir() if (d / "objects.yaml").is_file())
 
 # Why a kernel test cannot run here (root, ip, nsenter, nft), or None.
 NFT_SKIP = lab_skip_reason("nft")
@@ -50,12 +49,12 @@ NFT_SKIP = lab_skip_reason("nft")
 def load_case(case: str) -> tuple[NodePlan, dict[str, Any]]:
     """The case's NodePlan and its nftables render options."""
     warnings: list[str] = []
-    state = state_from_objects(load_objects(str(GOLDEN_IPTABLES / case / "objects.yaml")), warn=warnings.append)
+    state = state_from_objects(load_objects(str(GOLDEN / case / "objects.yaml")), warn=warnings.append)
     assert not warnings, warnings
-    config = yaml.safe_load((GOLDEN_IPTABLES / case / "config.yaml").read_text())
+    config = yaml.safe_load((GOLDEN / case / "config.yaml").read_text())
     config.pop("render", None)  # iptables-restore options
     options: dict[str, Any] = {}
-    extra = GOLDEN_NFT / case / "nftables.yaml"
+    extra = GOLDEN / case / "nftables.yaml"
     if extra.is_file():
         doc = yaml.safe_load(extra.read_text()) or {}
         config.update(doc.get("config") or {})

@@ -18,7 +18,7 @@ import pytest
 from kubectl_proxyctl.cli.main import run
 
 DATA = Path(__file__).parent / "data" / "rules"
-SIX_OBJECTS = str(Path(__file__).parent / "golden" / "iptables" / "upstream-six-services" / "objects.yaml")
+SIX_OBJECTS = str(Path(__file__).parent / "golden" / "upstream-six-services" / "objects.yaml")
 NFT_SAVE = str(DATA / "six-services.nft-save.txt")
 LEGACY_SAVE = str(DATA / "six-services.legacy-save.txt")
 NFT_JSON = str(DATA / "kube-proxy.nft.json")

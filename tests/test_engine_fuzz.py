@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from kubectl_proxyctl.backends.iptables import render
-from kubectl_proxyctl.engine.plan import DetectLocalMode, ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import render
+from kubectl_proxyctl.plan.planner import DetectLocalMode, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.tracker import StateTracker
 from kubectl_proxyctl.model import ClusterState, IPFamily

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kubectl_proxyctl.backends.nftables import NAME_LENGTH_MAX, RenderedNft, render, stale_deletion
-from kubectl_proxyctl.engine.plan import ProxyConfig, plan
+from kubectl_proxyctl.modes.nftables.render import NAME_LENGTH_MAX, RenderedNft, render, stale_deletion
+from kubectl_proxyctl.plan.planner import ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.model import ClusterState, IPFamily
 from nfthelpers import NFT_SKIP, Scratch, scratch_netns

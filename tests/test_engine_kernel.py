@@ -55,8 +55,8 @@ from enginehelpers import (
     udp_flows,
     write_objects,
 )
-from kubectl_proxyctl.backends.iptables import JUMP_RULES
-from kubectl_proxyctl.engine.app import OWNED_CHAIN_PREFIXES
+from kubectl_proxyctl.modes.iptables.render import JUMP_RULES
+from kubectl_proxyctl.modes.iptables.writer import OWNED_CHAIN_PREFIXES
 from kubectl_proxyctl.system.sysctl import ROUTE_LOCALNET
 from netns import Topology, build_topology, requires_lab
 
@@ -236,7 +236,7 @@ class Lab:
 
 def _base_chain_priority(check: str, hook: str) -> int:
     """The priority of nftables mode's base chain at `hook` that jumps to `check`."""
-    from kubectl_proxyctl.backends.nftables import BASE_CHAINS, JUMP_CHAINS
+    from kubectl_proxyctl.modes.nftables.render import BASE_CHAINS, JUMP_CHAINS
 
     sources = {src for dst, src, _ in JUMP_CHAINS if dst == check}
     found = [prio for name, _, chain_hook, prio in BASE_CHAINS if name in sources and chain_hook == hook]
@@ -508,8 +508,9 @@ def test_jump_rules_are_not_duplicated_by_repeated_syncs(lab: Lab) -> None:
 
 def _nft_proxier(lab: Lab, system: Any = None) -> Any:
     """An nftables proxier in this process, programming the node namespace."""
-    from kubectl_proxyctl.engine.plan import ProxyConfig
-    from kubectl_proxyctl.engine.proxier import NftablesProxier
+    from kubectl_proxyctl.plan.planner import ProxyConfig
+    from kubectl_proxyctl.engine.proxier import Proxier
+    from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
     from kubectl_proxyctl.kube.tracker import StateTracker
     from kubectl_proxyctl.system.conntrack import ConntrackSystem
     from kubectl_proxyctl.system.executor import SubprocessExecutor
@@ -518,8 +519,8 @@ def _nft_proxier(lab: Lab, system: Any = None) -> Any:
     executor = SubprocessExecutor(netns=lab.node)
     config = ProxyConfig(node_name="node1", cluster_cidrs=(CLUSTER_CIDR,), nodeport_addresses=("primary",),
                          localhost_nodeports=False)
-    return NftablesProxier(config, StateTracker("node1"), system or NftSystem(executor=executor),
-                           conntrack=ConntrackSystem(executor=executor))
+    return Proxier(config, StateTracker("node1"), NftablesWriter(system or NftSystem(executor=executor)),
+                   conntrack=ConntrackSystem(executor=executor))
 
 
 def _feed(proxier: Any, objs: Sequence[Obj], event: str = "ADDED") -> None:
@@ -529,7 +530,7 @@ def _feed(proxier: Any, objs: Sequence[Obj], event: str = "ADDED") -> None:
 
 @only("nftables")
 def test_base_chain_rules_are_not_duplicated_and_stale_chains_go(lab: Lab) -> None:
-    from kubectl_proxyctl.backends.nftables import BASE_CHAINS, JUMP_CHAINS
+    from kubectl_proxyctl.modes.nftables.render import BASE_CHAINS, JUMP_CHAINS
 
     want_base = sorted((name, hook, prio) for name, _, hook, prio in BASE_CHAINS)
     want_jumps = {name: [f"{match + ' ' if match else ''}jump {dst}" for dst, src, match in JUMP_CHAINS if src == name]
@@ -701,8 +702,9 @@ def _old_rules_serve_then_the_retry_applies_the_new_state(lab: Lab, proxier: Any
 
 @only("iptables")
 def test_failed_restore_keeps_the_old_rules_and_the_next_sync_succeeds(lab: Lab) -> None:
-    from kubectl_proxyctl.engine.plan import ProxyConfig
-    from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions
+    from kubectl_proxyctl.plan.planner import ProxyConfig
+    from kubectl_proxyctl.engine.proxier import Proxier
+    from kubectl_proxyctl.modes.iptables.writer import IptablesWriter
     from kubectl_proxyctl.kube.tracker import StateTracker
     from kubectl_proxyctl.system.conntrack import ConntrackSystem
     from kubectl_proxyctl.system.executor import SubprocessExecutor
@@ -727,8 +729,8 @@ def test_failed_restore_keeps_the_old_rules_and_the_next_sync_succeeds(lab: Lab)
     system = FailingOnce(executor=executor)
     config = ProxyConfig(node_name="node1", cluster_cidrs=(CLUSTER_CIDR,))
     tracker = StateTracker("node1")
-    proxier = IptablesProxier(config, tracker, system, options=ProxierOptions(random_fully=system.supports_random_fully()),
-                              conntrack=ConntrackSystem(executor=executor))
+    proxier = Proxier(config, tracker, IptablesWriter(system, random_fully=system.supports_random_fully()),
+                      conntrack=ConntrackSystem(executor=executor))
 
     def load(objs: Sequence[Obj]) -> None:
         for obj in objs:

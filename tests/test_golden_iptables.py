@@ -1,12 +1,13 @@
 """Golden tests: real API objects + a proxy config → the exact iptables-restore payload.
 
-Each directory under tests/golden/iptables/ holds `objects.yaml` (Services, EndpointSlices and
+Each directory tests/golden/<case>/ holds `objects.yaml` (Services, EndpointSlices and
 Nodes as `kubectl get -o yaml` prints them), `config.yaml` (ProxyConfig fields, plus a
-`render:` map of renderer options) and `expected.rules`. Review changes to expected files
+`render:` map of renderer options) and `expected.iptables` (and nftables mode's files, see
+tests/test_golden_nftables.py). Review changes to expected files
 as diffs; regenerate them with `PROXYCTL_UPDATE_GOLDEN=1 pytest tests/test_golden_iptables.py`.
 
 `upstream-six-services` is kube-proxy's own TestOverallIPTablesRules translated into objects;
-its `upstream.rules` is kube-proxy's expected output, verbatim, which ours must equal chain by
+its `upstream.iptables` is kube-proxy's expected output, verbatim, which ours must equal chain by
 chain (only the order of different services inside KUBE-SERVICES/KUBE-NODEPORTS, the mark's
 zero padding and, when asked, nfacct counters may differ).
 """
@@ -22,13 +23,13 @@ import pytest
 import yaml
 
 from flowhelpers import assert_consistent, compare_with_upstream
-from kubectl_proxyctl.backends.iptables import RenderedRules, render
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import RenderedRules, render
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
-from kubectl_proxyctl.rules.iptables_text import parse
+from kubectl_proxyctl.modes.iptables.parse import parse
 
-GOLDEN = Path(__file__).parent / "golden" / "iptables"
+GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PROXYCTL_UPDATE_GOLDEN") == "1"
 CASES = sorted(d.name for d in GOLDEN.iterdir() if (d / "objects.yaml").is_file())
 
@@ -56,7 +57,7 @@ def test_cases_exist() -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
     text = render_case(case).text
-    expected_path = GOLDEN / case / "expected.rules"
+    expected_path = GOLDEN / case / "expected.iptables"
     if UPDATE:
         expected_path.write_text(text)
     assert expected_path.is_file(), f"{expected_path} is missing; run with PROXYCTL_UPDATE_GOLDEN=1"
@@ -74,13 +75,13 @@ def test_golden_payload_is_consistent(case: str) -> None:
 
 
 def test_six_services_equal_kube_proxys_expected_rules() -> None:
-    upstream = (GOLDEN / "upstream-six-services" / "upstream.rules").read_text()
+    upstream = (GOLDEN / "upstream-six-services" / "upstream.iptables").read_text()
     ours = render_case("upstream-six-services").text
     assert compare_with_upstream(ours, upstream) == []
 
 
 def test_six_services_without_nfacct_counters() -> None:
-    upstream = (GOLDEN / "upstream-six-services" / "upstream.rules").read_text()
+    upstream = (GOLDEN / "upstream-six-services" / "upstream.iptables").read_text()
     ours = render_case("upstream-six-services", nfacct=False).text
     assert "nfacct" not in ours
     assert compare_with_upstream(ours, upstream) != []  # the counters are the only difference
@@ -88,7 +89,7 @@ def test_six_services_without_nfacct_counters() -> None:
 
 
 def test_comparison_helper_catches_differences() -> None:
-    upstream = (GOLDEN / "upstream-six-services" / "upstream.rules").read_text()
+    upstream = (GOLDEN / "upstream-six-services" / "upstream.iptables").read_text()
     ours = render_case("upstream-six-services").text
     broken = ours.replace("--probability 0.5000000000", "--probability 0.4000000000")
     problems = compare_with_upstream(broken, upstream)

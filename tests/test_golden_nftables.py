@@ -1,15 +1,16 @@
 """Golden tests: real API objects + a proxy config → the exact `nft -f` transaction.
 
-Every case of tests/golden/iptables/ (objects.yaml, config.yaml) is rendered by the nftables
-backend as one full transaction and compared with tests/golden/nftables/<case>/expected.nft.
+Every case of tests/golden/<case>/ (objects.yaml, config.yaml, shared with iptables mode) is
+rendered by the nftables backend as one full transaction and compared with
+tests/golden/<case>/expected.nftables.
 Review changes to expected files as diffs; regenerate them with
 `PROXYCTL_UPDATE_GOLDEN=1 pytest tests/test_golden_nftables.py`. A case's optional
 nftables.yaml overrides config fields and passes render options (see tests/nfthelpers.py).
 
 `upstream-six-services` is kube-proxy's TestOverallNFTablesRules: its nftables.yaml sets what
 NewFakeProxier sets (node port addresses 192.168.0.2/32, service CIDR 172.30.0.0/16), and
-upstream.nft holds kube-proxy's expected per-service statements verbatim, upstream-base.nft
-its expected fixed part (`baseRules`, with the base-chain layout of kube-proxy 1.34+, which we
+upstream.nftables holds kube-proxy's expected per-service statements verbatim,
+upstream-base.nftables its expected fixed part (`baseRules`, with the base-chain layout of kube-proxy 1.34+, which we
 follow). Ours must equal both as multisets of statements, after the normalisations documented
 at UPSTREAM_NOTES, and the fixed chains must hold upstream's rules in upstream's order.
 
@@ -28,9 +29,9 @@ from typing import Iterator
 
 import pytest
 
-from kubectl_proxyctl.backends.nftables import CONTAINERS, NODEPORT_IPS, is_affinity_set, is_service_chain
+from kubectl_proxyctl.modes.nftables.render import CONTAINERS, NODEPORT_IPS, is_affinity_set, is_service_chain
 from kubectl_proxyctl.model import IPFamily
-from nfthelpers import (CASES, GOLDEN_NFT, NFT_SKIP, Scratch, load_case, older_layout, render_case, scratch_netns,
+from nfthelpers import (CASES, GOLDEN, NFT_SKIP, Scratch, load_case, older_layout, render_case, scratch_netns,
                         statements)
 
 UPDATE = os.environ.get("PROXYCTL_UPDATE_GOLDEN") == "1"
@@ -44,7 +45,7 @@ def test_cases_exist() -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
     text = render_case(case).text
-    expected_path = GOLDEN_NFT / case / "expected.nft"
+    expected_path = GOLDEN / case / "expected.nftables"
     if UPDATE:
         expected_path.parent.mkdir(parents=True, exist_ok=True)
         expected_path.write_text(text)
@@ -85,7 +86,7 @@ def test_golden_transaction_is_consistent(case: str) -> None:
 
 # --- kube-proxy's TestOverallNFTablesRules ----------------------------------------------------
 
-# Known, deliberate differences between ours and upstream.nft, normalised before comparing:
+# Known, deliberate differences between ours and upstream.nftables, normalised before comparing:
 UPSTREAM_NOTES = """
 * The mark: that test's fake proxier is built with masqueradeMark "0x4000"; the real
   kube-proxy (and we) write fmt.Sprintf("%#08x") = "0x00004000". Zero padding is dropped.
@@ -133,14 +134,14 @@ def counter_diff(ours: Counter[str], theirs: Counter[str]) -> list[str]:
 
 
 def upstream(name: str) -> str:
-    return (GOLDEN_NFT / SIX / name).read_text()
+    return (GOLDEN / SIX / name).read_text()
 
 
 def test_six_services_per_service_statements_equal_kube_proxys() -> None:
     ours, _ = split_sections(normalized(render_case(SIX).text, ours=True))
-    theirs_all = normalized(upstream("upstream.nft"), ours=False)
+    theirs_all = normalized(upstream("upstream.nftables"), ours=False)
     theirs, rest = split_sections(theirs_all)
-    assert not rest, f"upstream.nft holds statements that are not per service: {sorted(rest)}"
+    assert not rest, f"upstream.nftables holds statements that are not per service: {sorted(rest)}"
     assert sum(theirs.values()) > 60
     assert ours == theirs, "\n".join(counter_diff(ours, theirs))
 
@@ -158,11 +159,11 @@ def fixed_rules(script: str) -> dict[str, list[str]]:
 
 def test_six_services_fixed_part_equals_kube_proxys_base_rules() -> None:
     _, ours = split_sections(normalized(render_case(SIX).text, ours=True))
-    _, theirs = split_sections(normalized(upstream("upstream-base.nft"), ours=False))
+    _, theirs = split_sections(normalized(upstream("upstream-base.nftables"), ours=False))
     assert sum(theirs.values()) > 40
     assert ours == theirs, "\n".join(counter_diff(ours, theirs))
     # Rule order matters within a chain (the multisets above do not show it).
-    assert fixed_rules(render_case(SIX).text) == fixed_rules(upstream("upstream-base.nft"))
+    assert fixed_rules(render_case(SIX).text) == fixed_rules(upstream("upstream-base.nftables"))
     # The base chains with their hooks and priorities are among the statements compared.
     hooked = [ln for ln in theirs if ln.startswith("add chain ") and " hook " in ln]
     assert len(hooked) == 8 and all(ln in ours for ln in hooked)
@@ -177,7 +178,7 @@ def test_six_services_fixed_part_equals_kube_proxys_base_rules() -> None:
 
 def test_comparison_catches_differences() -> None:
     text = render_case(SIX).text
-    theirs, _ = split_sections(normalized(upstream("upstream.nft"), ours=False))
+    theirs, _ = split_sections(normalized(upstream("upstream.nftables"), ours=False))
     broken = text.replace("numgen random mod 2", "numgen random mod 3")
     assert split_sections(normalized(broken, ours=True))[0] != theirs
     dropped = text.replace(", 172.30.0.46 . tcp . 80 comment", ", 172.30.0.47 . tcp . 80 comment")
@@ -185,7 +186,7 @@ def test_comparison_catches_differences() -> None:
     # Only the documented normalisations apply: without them the texts differ.
     assert split_sections(normalized(text, ours=False))[0] != theirs
     # The fixed part: the layout before 1.34, one priority, one jump in another base chain.
-    base = split_sections(normalized(upstream("upstream-base.nft"), ours=False))[1]
+    base = split_sections(normalized(upstream("upstream-base.nftables"), ours=False))[1]
     assert split_sections(normalized(text, ours=True))[1] == base
     for changed in (older_layout(text),
                     text.replace("filter-input { type filter hook input priority 0 ;",
@@ -198,7 +199,7 @@ def test_comparison_catches_differences() -> None:
                      for c in ("nodeport-endpoints-check", "service-endpoints-check"))
     swapped = text.replace(first, "SWAP").replace(second, first).replace("SWAP", second)
     assert swapped != text and split_sections(normalized(swapped, ours=True))[1] == base
-    assert fixed_rules(swapped) != fixed_rules(upstream("upstream-base.nft"))
+    assert fixed_rules(swapped) != fixed_rules(upstream("upstream-base.nftables"))
 
 
 def test_six_services_use_what_the_fake_proxier_sets() -> None:
@@ -231,7 +232,7 @@ def scratch() -> Iterator[Scratch]:
 def test_golden_transaction_loads_into_the_kernel(scratch: Scratch, case: str) -> None:
     node_plan, _ = load_case(case)
     family = node_plan.family
-    expected = (GOLDEN_NFT / case / "expected.nft").read_text()
+    expected = (GOLDEN / case / "expected.nftables").read_text()
     scratch.reset()
     scratch.load(expected, family)
     table = scratch.table(family)

@@ -1,6 +1,6 @@
 """`dump`, `explain` and `verify` on the nftables table our engine writes, read back from the kernel.
 
-Our renderer's script (backends.nftables) for several golden cases is loaded with `nft -f`
+Our renderer's script (modes.nftables.render) for several golden cases is loaded with `nft -f`
 into a throwaway network namespace; `nft -j list ruleset` is what the commands read with
 --rules-file, the way users run them on a copy of a node's rules, and a few runs happen
 inside the namespace (`ip netns exec NS kubectl-proxyctl …`), where the commands collect the
@@ -33,18 +33,18 @@ import pytest
 import yaml
 
 from enginehelpers import engine_argv, run_in
-from kubectl_proxyctl.backends.nftables import RenderedNft, render
+from kubectl_proxyctl.modes.nftables.render import RenderedNft, render
 from kubectl_proxyctl.cli.main import run
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
-from kubectl_proxyctl.rules.nft_json import canonical, parse_nft_json
+from kubectl_proxyctl.modes.nftables.parse import canonical, parse_nft_json
 from netns import empty_netns, requires_lab
 from nfthelpers import older_layout
 
 pytestmark = [pytest.mark.lab, requires_lab("nft")]
 
-GOLDEN = Path(__file__).parent / "golden" / "iptables"
+GOLDEN = Path(__file__).parent / "golden"
 SIX = "upstream-six-services"
 SIX_NODE = ["--node-name", "test-node", "--node-ip", "192.168.0.2"]
 T = "ip kube-proxy"

@@ -19,11 +19,12 @@ from flowhelpers import (
     service,
     state_of,
 )
-from kubectl_proxyctl.backends.iptables import JUMP_RULES, jump_rules_text, render
-from kubectl_proxyctl.engine.plan import DetectLocalMode, ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, jump_rules_text, render
+from kubectl_proxyctl.plan.planner import DetectLocalMode, ProxyConfig, plan
 from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.model import IPFamily, Protocol, ServicePortName
-from kubectl_proxyctl.rules.iptables_text import RulesetParseError, parse, split_line
+from kubectl_proxyctl.modes.iptables.parse import parse, split_line
+from kubectl_proxyctl.errors import RulesetParseError
 
 SVC1 = [
     service("ns1", "svc1", "172.30.0.41", [{"name": "p80", "port": 80}]),
@@ -341,7 +342,7 @@ def test_rule_counts_match_the_text() -> None:
 
 
 def _hash(text: str) -> str:
-    from kubectl_proxyctl.engine.naming import hash16
+    from kubectl_proxyctl.modes.iptables.naming import hash16
 
     return hash16(text)
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from kubectl_proxyctl.engine import naming
+from kubectl_proxyctl.modes.iptables import naming
 from kubectl_proxyctl.model import Protocol, ServicePortName
 
 # Reference §2.2: each matches a real kube-proxy ruleset.

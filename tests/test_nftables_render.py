@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from flowhelpers import NODE, Obj, default_config, endpoint, endpoint_slice, node, service, state_of
-from kubectl_proxyctl.backends.nftables import (
+from kubectl_proxyctl.modes.nftables.render import (
     NAME_LENGTH_MAX,
     STALE_CHAIN_DELAY,
     NftState,
@@ -38,7 +38,7 @@ from kubectl_proxyctl.backends.nftables import (
     service_chains,
     stale_deletion,
 )
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.model import IPFamily, Protocol, ServicePortName
 from kubectl_proxyctl.errors import ApplyError
 from nfthelpers import NFT_SKIP, Scratch, diff_views, older_layout, scratch_netns, statements, view

@@ -8,7 +8,8 @@ from typing import Sequence
 from kubectl_proxyctl.cli.inspect import NodeOptions, _SSHExecutor, read_rules
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.remote.ssh import CommandResult
-from kubectl_proxyctl.rules.graph import ProxyMode, load_texts
+from kubectl_proxyctl.inspect.graph import load_texts
+from kubectl_proxyctl.modes.base import Mode
 from kubectl_proxyctl.system.executor import FakeExecutor, Result
 from kubectl_proxyctl.system.noderules import collect
 
@@ -42,7 +43,7 @@ def test_a_healthy_iptables_node() -> None:
     saves = [c.argv for c in ex.calls if c.argv[0].endswith("-save")]
     assert saves == [("iptables-nft-save",), ("iptables-legacy-save",)]  # each once: detection reused them
     graph = load_texts(found.texts, found.notes, found.backend_in_use)
-    assert graph.mode == ProxyMode.IPTABLES
+    assert graph.mode == Mode.IPTABLES
 
 
 def test_both_backends_and_an_nft_table_are_all_collected() -> None:
@@ -52,7 +53,7 @@ def test_both_backends_and_an_nft_table_are_all_collected() -> None:
                                            "nft -j list table ip kube-proxy"]
     assert "both iptables backends hold KUBE- chains" in found.notes[0]
     graph = load_texts(found.texts, found.notes, found.backend_in_use)
-    assert set(graph.modes_present()) == {ProxyMode.IPTABLES, ProxyMode.NFTABLES}
+    assert set(graph.modes_present()) == {Mode.IPTABLES, Mode.NFTABLES}
     assert [d.backend for d in graph.iptables] == ["nft", "legacy"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowhelpers import NODE, NODE_IP, default_config, endpoint, endpoint_slice, node, service, state_of
-from kubectl_proxyctl.engine.plan import (
+from kubectl_proxyctl.plan.planner import (
     DetectLocalMode,
     EntryKind,
     FilterAction,
@@ -364,7 +364,7 @@ def test_incremental_plan_equals_full_plan() -> None:
     import dataclasses as dc
 
     from kubectl_proxyctl.kube.convert import state_from_objects
-    from kubectl_proxyctl.engine.plan import ProxyConfig, plan as make_plan
+    from kubectl_proxyctl.plan.planner import ProxyConfig, plan as make_plan
 
     def objects(ready_b: bool, with_c: bool) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -399,7 +399,7 @@ def test_incremental_plans_over_random_change_sequences_equal_full_plans() -> No
     per-Service index a later splice relies on."""
     import random
 
-    from kubectl_proxyctl.engine.plan import ProxyConfig, plan as make_plan
+    from kubectl_proxyctl.plan.planner import ProxyConfig, plan as make_plan
     from kubectl_proxyctl.kube.convert import state_from_objects
 
     rng = random.Random(7)

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from kubectl_proxyctl.engine.plan import ProxyConfig
-from kubectl_proxyctl.engine.proxier import IptablesProxier
+from kubectl_proxyctl.plan.planner import ProxyConfig
+from kubectl_proxyctl.engine.proxier import Proxier
+from kubectl_proxyctl.modes.iptables.writer import IptablesWriter
 from kubectl_proxyctl.errors import ApplyError
 from kubectl_proxyctl.kube.tracker import StateTracker
 
@@ -55,10 +56,10 @@ def slice_(name: str, ips: list[str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def setup() -> tuple[IptablesProxier, FakeIptables]:
+def setup() -> tuple[Proxier, FakeIptables]:
     tracker = StateTracker("node1")
     fake = FakeIptables()
-    proxier = IptablesProxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker, fake)
+    proxier = Proxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker, IptablesWriter(fake))
     for obj in (service("a", "10.96.0.1"), slice_("a", ["10.244.1.1"]),
                 service("b", "10.96.0.2"), slice_("b", ["10.244.1.2"])):
         proxier.on_event(obj["kind"], "ADDED", obj)
@@ -67,7 +68,7 @@ def setup() -> tuple[IptablesProxier, FakeIptables]:
 
 def test_nothing_is_programmed_before_sources_sync() -> None:
     fake = FakeIptables()
-    proxier = IptablesProxier(ProxyConfig(node_name="n"), StateTracker("n"), fake, synced=lambda: False)
+    proxier = Proxier(ProxyConfig(node_name="n"), StateTracker("n"), IptablesWriter(fake), synced=lambda: False)
     assert proxier.sync() is None and fake.payloads == []
 
 
@@ -90,7 +91,7 @@ def test_first_sync_is_full_then_partial_writes_only_changed_service(setup: Any)
 def test_deleted_service_chains_are_removed(setup: Any) -> None:
     proxier, fake = setup
     proxier.sync()
-    chains_a = {c for c in proxier.applied.service_chains if c.startswith("KUBE-SEP-")}
+    chains_a = {c for c in proxier.writer.service_chains if c.startswith("KUBE-SEP-")}
     proxier.on_event("Service", "DELETED", service("a", "10.96.0.1"))
     proxier.on_event("EndpointSlice", "DELETED", slice_("a", ["10.244.1.1"]))
     result = proxier.sync()

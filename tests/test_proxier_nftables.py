@@ -8,8 +8,9 @@ import pytest
 
 from kubectl_proxyctl.engine.app import EngineFlags
 from kubectl_proxyctl.engine.metrics import ProxyMetrics
-from kubectl_proxyctl.engine.plan import ProxyConfig
-from kubectl_proxyctl.engine.proxier import NftablesProxier
+from kubectl_proxyctl.plan.planner import ProxyConfig
+from kubectl_proxyctl.engine.proxier import Proxier
+from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.kube.tracker import StateTracker
 from kubectl_proxyctl.model import IPFamily
@@ -76,13 +77,13 @@ class Clock:
 
 
 @pytest.fixture
-def setup() -> tuple[NftablesProxier, FakeNft, Clock, ProxyMetrics]:
+def setup() -> tuple[Proxier, FakeNft, Clock, ProxyMetrics]:
     tracker = StateTracker("node1")
     fake = FakeNft()
     clock = Clock()
     metrics = ProxyMetrics()
-    proxier = NftablesProxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker, fake,
-                              monotonic=clock, metrics=metrics)
+    proxier = Proxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), tracker,
+                      NftablesWriter(fake, monotonic=clock), metrics=metrics)
     for obj in (service("a", "10.96.0.1"), slice_("a", ["10.244.1.1"]),
                 service("b", "10.96.0.2"), slice_("b", ["10.244.1.2"])):
         proxier.on_event(obj["kind"], "ADDED", obj)
@@ -91,7 +92,7 @@ def setup() -> tuple[NftablesProxier, FakeNft, Clock, ProxyMetrics]:
 
 def test_nothing_is_programmed_before_sources_sync() -> None:
     fake = FakeNft()
-    proxier = NftablesProxier(ProxyConfig(node_name="n"), StateTracker("n"), fake, synced=lambda: False)
+    proxier = Proxier(ProxyConfig(node_name="n"), StateTracker("n"), NftablesWriter(fake), synced=lambda: False)
     assert proxier.sync() is None and fake.scripts == []
 
 
@@ -168,9 +169,9 @@ def test_stale_chains_found_in_the_kernel_are_flushed_by_a_full_sync(setup: Any)
 def test_canary_check_reports_a_deleted_table(setup: Any) -> None:
     proxier, fake, _, _ = setup
     proxier.sync()
-    assert proxier.canaries_missing() == []
+    assert proxier.state_missing() == []
     fake.masquerading_rules = None
-    assert proxier.canaries_missing() == ["table ip kube-proxy"]
+    assert proxier.state_missing() == ["table ip kube-proxy"]
 
 
 def test_stale_chains_wait_while_changes_pend_so_a_change_pays_one_transaction(setup: Any) -> None:
@@ -185,7 +186,7 @@ def test_stale_chains_wait_while_changes_pend_so_a_change_pays_one_transaction(s
         proxier.sync()
         assert len(fake.scripts) == before + 1
         assert not any(ln.startswith("delete chain") for ln in fake.scripts[-1].splitlines())
-    clock.now += NftablesProxier.STALE_CHAIN_MAX_AGE  # ... until the stale chains are old enough
+    clock.now += NftablesWriter.STALE_CHAIN_MAX_AGE  # ... until the stale chains are old enough
     proxier.on_event("EndpointSlice", "MODIFIED", slice_("a", ["10.244.1.99"]))
     proxier.sync()
     assert any(ln.startswith("delete chain") and "ns/b/" in ln for ln in fake.scripts[-2].splitlines())
@@ -202,9 +203,9 @@ def test_delete_stale_chains_now_waits_out_the_delay(setup: Any) -> None:
         waited.append(seconds)
         clock.now += seconds
 
-    assert proxier.delete_stale_chains(wait=wait) >= 2 and waited and waited[0] <= 1.0
+    assert proxier.writer.delete_stale(wait=wait) >= 2 and waited and waited[0] <= 1.0
     assert not any("ns/b/" in c for c in fake.existing)
-    assert proxier.delete_stale_chains(wait=wait) == 0
+    assert proxier.writer.delete_stale(wait=wait) == 0
 
 
 def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_by_the_hourly_check(setup: Any) -> None:
@@ -213,8 +214,8 @@ def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_by_the_hourly_chec
     clock.now += 10 * 3600
     assert proxier.schedule.due() is False
     fake.masquerading_rules = 0  # `nft flush table ip kube-proxy`: chains empty, sets still there
-    assert proxier.canaries_missing() == ["the rules of table ip kube-proxy"]
-    assert proxier.canaries_missing() == []  # counted at most once per DEEP_CHECK_PERIOD
+    assert proxier.state_missing() == ["the rules of table ip kube-proxy"]
+    assert proxier.state_missing() == []  # counted at most once per DEEP_CHECK_PERIOD
 
 
 # --- the adapter ------------------------------------------------------------------------------

@@ -25,25 +25,28 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from kubectl_proxyctl.backends.iptables import JUMP_RULES, RenderedRules, jump_rules_text, render
-from kubectl_proxyctl.engine.plan import NodePlan, ProxyConfig, plan
+from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, RenderedRules, jump_rules_text, render
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
 from kubectl_proxyctl.model import ClusterState, IPFamily
-from kubectl_proxyctl.rules.graph import ProxyMode, load_texts
-from kubectl_proxyctl.rules.iptables_text import parse
-from kubectl_proxyctl.rules.names import resolve_iptables
-from kubectl_proxyctl.rules.nft_json import parse_nft_json
-from kubectl_proxyctl.rules.nodeinfo import node_context
-from kubectl_proxyctl.rules.trace import LocalNode, Packet, trace
-from kubectl_proxyctl.rules.verify import rule_key, verify
+from kubectl_proxyctl.inspect.graph import load_texts
+from kubectl_proxyctl.modes.base import Mode
+from kubectl_proxyctl.modes.iptables.parse import parse
+from kubectl_proxyctl.modes.iptables.names import resolve_iptables
+from kubectl_proxyctl.modes.nftables.parse import parse_nft_json
+from kubectl_proxyctl.inspect.nodeinfo import node_context
+from kubectl_proxyctl.modes.iptables.trace import trace
+from kubectl_proxyctl.modes.tracing import LocalNode, Packet
+from kubectl_proxyctl.inspect.verify import verify
+from kubectl_proxyctl.modes.iptables.verify import rule_key
 from netns import empty_netns, requires_lab
 from enginehelpers import run_in
 
 pytestmark = [pytest.mark.lab, requires_lab("iptables-nft-restore", "iptables-legacy-restore", "nft")]
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden" / "iptables"
+GOLDEN = ROOT / "tests" / "golden"
 DATA = ROOT / "tests" / "data" / "rules"
 CASES = sorted(d.name for d in GOLDEN.iterdir() if (d / "objects.yaml").is_file())
 BACKENDS = ("nft", "legacy")
@@ -108,7 +111,7 @@ def test_real_saves_parse_name_verify_and_trace(netns: str, case: str, backend: 
     saved = restore_and_save(netns, backend, config.family, payload)
     graph = load_texts([(f"{backend}-save", saved)])
     (dump,) = graph.iptables
-    assert dump.backend == backend and graph.mode == ProxyMode.IPTABLES
+    assert dump.backend == backend and graph.mode == Mode.IPTABLES
 
     # The save holds the same rules as the payload, by meaning.
     ours = parse(payload)
@@ -125,7 +128,7 @@ def test_real_saves_parse_name_verify_and_trace(netns: str, case: str, backend: 
 
     # verify: in sync.
     ctx = node_context(graph, state, config.node_name, config.node_ips, config.cluster_cidrs)
-    report = verify(graph, ProxyMode.IPTABLES, state, ctx)
+    report = verify(graph, Mode.IPTABLES, state, ctx)
     assert report.in_sync, [f.message for f in report.findings]
 
     # The tracer answers the same on the saved rules as on the rendered ones.
@@ -176,7 +179,8 @@ def large_dump(cache: pytest.Cache) -> tuple[Path, Path]:
 
     # Whatever shapes the dump: the synthetic cluster and the code that plans and renders it.
     sources = [ROOT / "bench" / "synth.py", *(ROOT / "kubectl_proxyctl" / p for p in (
-        "backends/iptables.py", "engine/plan.py", "engine/naming.py", "kube/convert.py", "model.py"))]
+        "modes/iptables/render.py", "plan/planner.py", "plan/marks.py", "modes/iptables/naming.py",
+        "kube/convert.py", "model.py"))]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     where = cache.mkdir(f"proxyctl-10k-{key}")
     dump, objs = where / "iptables-legacy-save.txt", where / "objects.json"

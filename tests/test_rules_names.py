@@ -8,20 +8,16 @@ from pathlib import Path
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
 from kubectl_proxyctl.model import ClusterState
-from kubectl_proxyctl.rules.graph import load_texts
-from kubectl_proxyctl.rules.iptables_text import parse
-from kubectl_proxyctl.rules.ipvs_text import parse_ipvsadm
-from kubectl_proxyctl.rules.names import (
-    ServiceSelector,
-    ipvs_owner,
-    nft_chain_owner,
-    parse_comment,
-    resolve_iptables,
-    resolve_nft,
-)
+from kubectl_proxyctl.inspect.graph import load_texts
+from kubectl_proxyctl.modes.iptables.parse import parse
+from kubectl_proxyctl.modes.ipvs.parse import parse_ipvsadm
+from kubectl_proxyctl.modes.iptables.names import parse_comment, resolve_iptables
+from kubectl_proxyctl.modes.ipvs.names import ipvs_owner
+from kubectl_proxyctl.modes.nftables.names import nft_chain_owner, resolve_nft
+from kubectl_proxyctl.modes.owners import ServiceSelector
 
 DATA = Path(__file__).parent / "data" / "rules"
-GOLDEN = Path(__file__).parent / "golden" / "iptables"
+GOLDEN = Path(__file__).parent / "golden"
 SIX_OBJECTS = GOLDEN / "upstream-six-services" / "objects.yaml"
 SAVE = (DATA / "six-services.nft-save.txt").read_text()
 
@@ -52,7 +48,7 @@ def test_every_service_chain_of_a_real_dump_is_named_and_checked() -> None:
 
 
 def test_large_cluster_dumps_without_svc_and_sep_comments() -> None:
-    text = (GOLDEN / "large-cluster" / "expected.rules").read_text()
+    text = (GOLDEN / "large-cluster" / "expected.iptables").read_text()
     assert "-> " not in text  # kube-proxy dropped the endpoint comments
     names = resolve_iptables(parse(text))
     seps = [o for c, o in names.owners.items() if c.startswith("KUBE-SEP-")]

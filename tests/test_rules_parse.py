@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 
 from kubectl_proxyctl.errors import ConfigError
-from kubectl_proxyctl.rules.graph import ProxyMode, load_texts
-from kubectl_proxyctl.rules.iptables_text import Chain, Ruleset, RulesetParseError, parse
-from kubectl_proxyctl.rules.ipvs_text import parse_ipset, parse_ipvsadm
-from kubectl_proxyctl.rules.nft_json import parse_nft_json, rule_text
-from kubectl_proxyctl.rules.trace import LocalNode, Packet, trace
+from kubectl_proxyctl.inspect.graph import load_texts
+from kubectl_proxyctl.modes.base import Mode
+from kubectl_proxyctl.modes.iptables.parse import Chain, Ruleset, parse
+from kubectl_proxyctl.errors import RulesetParseError
+from kubectl_proxyctl.modes.ipvs.parse import parse_ipset, parse_ipvsadm
+from kubectl_proxyctl.modes.nftables.parse import parse_nft_json, rule_text
+from kubectl_proxyctl.modes.iptables.trace import trace
+from kubectl_proxyctl.modes.tracing import LocalNode, Packet
 
 DATA = Path(__file__).parent / "data" / "rules"
-GOLDEN = Path(__file__).parent / "golden" / "iptables"
+GOLDEN = Path(__file__).parent / "golden"
 NFT_SAVE = (DATA / "six-services.nft-save.txt").read_text()
 LEGACY_SAVE = (DATA / "six-services.legacy-save.txt").read_text()
 NFT_JSON = (DATA / "kube-proxy.nft.json").read_text()
@@ -53,9 +56,9 @@ def test_lazy_parse_equals_full_parse(text: str) -> None:
     assert text.splitlines()[rule.line - 1] == str(rule)
 
 
-@pytest.mark.parametrize("case", sorted(p.name for p in GOLDEN.iterdir() if (p / "expected.rules").exists()))
+@pytest.mark.parametrize("case", sorted(p.name for p in GOLDEN.iterdir() if (p / "expected.iptables").exists()))
 def test_rendered_payloads_parse_the_same_lazily(case: str) -> None:
-    text = (GOLDEN / case / "expected.rules").read_text()
+    text = (GOLDEN / case / "expected.iptables").read_text()
     lazy, full = parse(text, lazy=True), parse(text)
     for table in full.tables:
         assert lazy.chains(table) == full.chains(table)
@@ -107,7 +110,7 @@ def test_trace_is_the_same_through_the_index() -> None:
 def test_both_backends_in_one_file_stay_apart() -> None:
     graph = load_texts([("both.txt", NFT_SAVE + LEGACY_SAVE)])
     assert [(d.backend, d.source) for d in graph.iptables] == [("nft", "both.txt"), ("legacy", "both.txt")]
-    assert graph.mode == ProxyMode.IPTABLES
+    assert graph.mode == Mode.IPTABLES
 
 
 def test_every_format_in_one_file() -> None:
@@ -119,8 +122,8 @@ def test_every_format_in_one_file() -> None:
     ])
     graph = load_texts([("mixed.txt", text)])
     assert len(graph.iptables) == 1 and graph.nft_tables() and graph.ipvs_services() and graph.ipsets
-    assert set(graph.modes_present()) == {ProxyMode.IPTABLES, ProxyMode.NFTABLES, ProxyMode.IPVS}
-    assert graph.mode == ProxyMode.IPVS  # virtual services decide
+    assert set(graph.modes_present()) == {Mode.IPTABLES, Mode.NFTABLES, Mode.IPVS}
+    assert graph.mode == Mode.IPVS  # virtual services decide
 
 
 @pytest.mark.parametrize("text,message", [
@@ -138,7 +141,7 @@ def test_pretty_printed_nft_json_is_recognised() -> None:
     import json
 
     graph = load_texts([("nft.json", json.dumps(json.loads(NFT_JSON), indent=2))])
-    assert graph.mode == ProxyMode.NFTABLES
+    assert graph.mode == Mode.NFTABLES
 
 
 # --- nft, ipvsadm, ipset ----------------------------------------------------------------------

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph, load_texts
-from kubectl_proxyctl.rules.paths import trace_packet
-from kubectl_proxyctl.rules.trace import LocalNode, Packet, TraceResult, Verdict
+from kubectl_proxyctl.inspect.graph import RuleGraph, load_texts
+from kubectl_proxyctl.modes.base import Mode
+from kubectl_proxyctl.inspect.paths import trace_packet
+from kubectl_proxyctl.modes.tracing import LocalNode, Packet, TraceResult, Verdict
 
 DATA = Path(__file__).parent / "data" / "rules"
 NODE = LocalNode(("192.168.0.2",))
@@ -82,7 +83,7 @@ def test_nftables_unknown_expressions_are_not_guessed() -> None:
     (POD, "172.30.0.46", 81, "pod", "REJECT", False),  # KUBE-IPVS-FILTER: a VIP's other ports
 ])
 def test_ipvs_flows(src: str, dst: str, port: int, origin: str, want: str, masq: bool | None) -> None:
-    assert IPVS.mode == ProxyMode.IPVS
+    assert IPVS.mode == Mode.IPVS
     r = flow(IPVS, src, dst, port, origin)
     assert outcome(r) == want, r.summary()
     if r.verdict == Verdict.DNAT:

@@ -24,9 +24,10 @@ from kubectl_proxyctl.cli.options import DURATION, ClusterOptions
 
 if TYPE_CHECKING:
     from kubectl_proxyctl.model import ClusterState
-    from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
-    from kubectl_proxyctl.rules.names import ServiceSelector
-    from kubectl_proxyctl.rules.nodeinfo import NodeContext
+    from kubectl_proxyctl.inspect.graph import RuleGraph
+    from kubectl_proxyctl.modes.base import Mode
+    from kubectl_proxyctl.modes.owners import ServiceSelector
+    from kubectl_proxyctl.modes.nodecontext import NodeContext
     from kubectl_proxyctl.system.executor import Result
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -175,7 +176,7 @@ def default_node_name() -> str:
 def read_rules(node: NodeOptions) -> tuple["RuleGraph", list[str]]:
     """The RuleGraph and the node's own addresses (known only for live and SSH sources)."""
     from kubectl_proxyctl.model import IPFamily
-    from kubectl_proxyctl.rules.graph import load_files, load_texts
+    from kubectl_proxyctl.inspect.graph import load_files, load_texts
 
     if node.rules_files:
         return load_files(node.rules_files), []
@@ -209,12 +210,12 @@ def node_name_for(node: NodeOptions) -> str | None:
     return None
 
 
-def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "ProxyMode":
+def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "Mode":
     from kubectl_proxyctl.errors import NotFoundError
-    from kubectl_proxyctl.rules.graph import ProxyMode
+    from kubectl_proxyctl.modes.base import Mode
 
     if node.proxy_mode != "auto":
-        return ProxyMode(node.proxy_mode)
+        return Mode(node.proxy_mode)
     mode = graph.mode
     if mode is None:
         where = ", ".join(graph.sources) or ("this node" if node.live else "the input")
@@ -276,13 +277,13 @@ def _state_of_one_service(path: str, namespace: str, service: str) -> "ClusterSt
 
 def selector_for(target: str, cluster: ClusterOptions) -> "ServiceSelector":
     from kubectl_proxyctl.cli.target import parse_service
-    from kubectl_proxyctl.rules.names import ServiceSelector
+    from kubectl_proxyctl.modes.owners import ServiceSelector
 
     return ServiceSelector(cluster.namespace, parse_service(target))
 
 
 def context_for(graph: "RuleGraph", state: "ClusterState | None", node: NodeOptions,
                 addresses: Sequence[str]) -> "NodeContext":
-    from kubectl_proxyctl.rules.nodeinfo import node_context
+    from kubectl_proxyctl.inspect.nodeinfo import node_context
 
     return node_context(graph, state, node_name_for(node), node.node_ips, node.cluster_cidrs, addresses)

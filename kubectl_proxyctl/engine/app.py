@@ -6,13 +6,15 @@ The four ways to run:
   `iptables-restore` payload, or with `--mode nftables` an `nft -f` script). Touches
   nothing, needs no root.
 * `--once`: the same, then apply it as one full sync (jump rules and canaries included).
-* `--cleanup`: remove every chain and jump rule of kube-proxy's iptables layout and the
-  nftables `kube-proxy` tables, both families, nothing else.
-
-Starting `--once` or the long-running engine in one mode first removes the other mode's
-rules, as kube-proxy does, so a node switched between modes never runs both layouts.
+* `--cleanup`: remove what every mode's writer owns (kube-proxy's iptables chains and jump
+  rules, the nftables `kube-proxy` tables), both families, nothing else.
 * the default: list+watch the API (or read `--from-file` once) and keep the node in sync
   until SIGINT/SIGTERM; the rules stay in place when the process exits.
+
+Starting `--once` or the long-running engine in one mode first removes the other modes'
+rules, as kube-proxy does, so a node switched between modes never runs both layouts. Nothing
+here knows a mode: each mode's writer module (`modes/<mode>/writer.py`) says how to make its
+Writer, its defaults, its dry-run text, what a node needs first, and how to clean up.
 """
 
 from __future__ import annotations
@@ -24,19 +26,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from kubectl_proxyctl.engine.plan import DetectLocalMode, ProxyConfig
+from kubectl_proxyctl.plan.planner import DetectLocalMode, ProxyConfig
 from kubectl_proxyctl.errors import ApplyError, ConfigError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.modes import REGISTRY, Mode, writer_factory
 
 log = logging.getLogger(__name__)
-
-# Every chain of kube-proxy's iptables layout (and only those): what --cleanup removes.
-OWNED_CHAIN_PREFIXES = (
-    "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
-    "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY", "KUBE-FIREWALL",
-    "KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-",
-)
-
 
 def _csv(value: object) -> tuple[str, ...]:
     return tuple(p.strip() for p in str(value or "").split(",") if p.strip())
@@ -89,9 +84,9 @@ class EngineFlags:
             raise ConfigError("--detect-local-mode BridgeInterface needs --pod-bridge-interface")
         if mode == DetectLocalMode.InterfaceNamePrefix and not flags["pod_interface_name_prefix"]:
             raise ConfigError("--detect-local-mode InterfaceNamePrefix needs --pod-interface-name-prefix")
-        nftables = str(flags["mode"]) == "nftables"
-        if nftables and not np_addresses:
-            np_addresses = ("primary",)  # kube-proxy's nftables default: the node's primary IP only
+        writer_module = _writer_module(str(flags["mode"]))
+        if writer_module is not None and not np_addresses:
+            np_addresses = writer_module.DEFAULT_NODEPORT_ADDRESSES  # nftables: the node's primary IP only
         node_name = str(flags["node_name"] or default_node()).strip().lower()
         if not node_name:
             raise ConfigError("cannot tell this node's name: pass --node-name")
@@ -107,7 +102,8 @@ class EngineFlags:
             nodeport_addresses=np_addresses,
             node_ips=tuple(flags["node_ips"] or ()),  # type: ignore[call-overload]
             # nftables mode has no localhost NodePorts (kube-proxy's deliberate difference)
-            localhost_nodeports=bool(flags["localhost_nodeports"]) and not nftables,
+            localhost_nodeports=bool(flags["localhost_nodeports"]) and (
+                writer_module is None or writer_module.LOCALHOST_NODEPORTS),
         )
         return cls(
             mode=str(flags["mode"]), config=config, sync_period=sync_period, min_sync_period=min_sync,
@@ -118,13 +114,14 @@ class EngineFlags:
         )
 
 
-def _check_mode(mode: str) -> None:
-    if mode == "ipvs":
-        if not os.path.exists("/proc/net/ip_vs"):
-            raise ConfigError("--mode ipvs needs the kernel's IP_VS support, which this kernel lacks "
-                              "(no /proc/net/ip_vs); IPVS mode is not available in this version either; "
-                              "use --mode iptables or --mode nftables")
-        raise ConfigError("--mode ipvs is not available in this version yet; use --mode iptables or --mode nftables")
+def _writer_module(mode: str) -> Any:
+    """The writer module of a mode the engine can run (None for one it cannot)."""
+    entry = REGISTRY.get(Mode(mode)) if mode in Mode.__members__.values() else None
+    return entry.module("writer") if entry is not None and entry.has_writer else None
+
+
+def _writable_modes() -> list[Mode]:
+    return [mode for mode, entry in REGISTRY.items() if entry.has_writer]
 
 
 def _require_root(what: str) -> None:
@@ -176,7 +173,7 @@ def _with_local_addresses(config: ProxyConfig) -> ProxyConfig:
 
 
 def run_engine(cluster: Any, flags: EngineFlags) -> None:
-    _check_mode(flags.mode)
+    writer_factory(flags.mode)  # a ConfigError for a mode the engine cannot run
     if flags.cleanup:
         _require_root("--cleanup")
         return cleanup()
@@ -191,99 +188,34 @@ def run_engine(cluster: Any, flags: EngineFlags) -> None:
 def dry_run(cluster: Any, flags: EngineFlags) -> None:
     import click
 
-    from kubectl_proxyctl.engine.plan import plan
+    from kubectl_proxyctl.plan.planner import plan
 
     tracker = _tracker_from(_static_objects(cluster), flags.config.node_name)
     node_plan = plan(tracker.snapshot().state, flags.config)
-    if flags.mode == "nftables":
-        from kubectl_proxyctl.backends import nftables
-
-        rendered_nft = nftables.render(node_plan)
-        click.echo(rendered_nft.text, nl=False)
-        log.info("dry run: one nft transaction with %d rules and %d map/set elements (apply with nft -f)",
-                 rendered_nft.rules_written, rendered_nft.elements_written)
-        return
-    from kubectl_proxyctl.backends.iptables import render
-
-    rendered = render(node_plan)
-    click.echo(rendered.text, nl=False)
-    log.info("dry run: %d filter and %d nat rules; jump rules a real sync ensures: %s",
-             rendered.filter_rules, rendered.nat_rules,
-             "; ".join(j.restore_line() for j in rendered.jump_rules))
+    text, summary = _writer_module(flags.mode).dry_run(node_plan)
+    click.echo(text, nl=False)
+    log.info("%s", summary)
 
 
 def _proxier(mode: str, config: ProxyConfig, tracker: Any, **kwargs: Any) -> Any:
+    from kubectl_proxyctl.engine.proxier import Proxier
     from kubectl_proxyctl.system.conntrack import ConntrackSystem
 
-    if mode == "nftables":
-        from kubectl_proxyctl.engine.proxier import NftablesProxier
-        from kubectl_proxyctl.system.nftables import NftSystem
-
-        nft = NftSystem(config.family)
-        nft.check_available()
-        return NftablesProxier(config, tracker, nft, conntrack=ConntrackSystem(family=config.family), **kwargs)
-
-    from kubectl_proxyctl.engine.proxier import IptablesProxier, ProxierOptions
-    from kubectl_proxyctl.system.iptables import IptablesSystem
-
-    system = IptablesSystem(config.family)
-    detection = system.detect()
-    if detection.warning:
-        log.warning("%s", detection.warning)
-    options = ProxierOptions(random_fully=system.supports_random_fully())
-    return IptablesProxier(config, tracker, system, options=options,
-                           conntrack=ConntrackSystem(family=config.family), **kwargs)
-
-
-def _remove_other_mode(mode: str) -> None:
-    """Starting in one mode removes the other mode's rules (as kube-proxy does), so a node
-    switched between modes never runs both layouts."""
-    if mode == "nftables":
-        for family in (IPFamily.IPv4, IPFamily.IPv6):
-            removed = _cleanup_iptables(family)
-            if removed:
-                log.info("removed iptables-mode rules (%s) left from an earlier run", removed)
-    else:
-        for family in (IPFamily.IPv4, IPFamily.IPv6):
-            if _cleanup_nftables(family):
-                log.info("removed the nftables-mode table (%s) left from an earlier run", family)
-
-
-def _cleanup_iptables(family: IPFamily) -> str:
-    """Remove our iptables chains and jumps of one family; a summary, "" when there were none."""
-    from kubectl_proxyctl.system.iptables import IptablesSystem
-
-    system = IptablesSystem(family)
-    try:
-        detection = system.detect()
-        if detection.warning:
-            log.warning("%s", detection.warning)
-        result = system.cleanup(prefixes=OWNED_CHAIN_PREFIXES)
-    except Exception as exc:  # no ip6tables on an IPv4-only host, no iptables on an nft-only one
-        log.info("%s iptables: nothing to clean (%s)", family, exc)
-        return ""
-    if not result.chains and not result.rules:
-        return ""
-    return f"{len(result.chains)} chains and {len(result.rules)} jump rules"
-
-
-def _cleanup_nftables(family: IPFamily) -> bool:
-    from kubectl_proxyctl.system.nftables import NftSystem
-
-    try:
-        return NftSystem(family).delete_table()
-    except Exception as exc:  # no nft binary, or no nf_tables in the kernel
-        log.info("%s nftables: nothing to clean (%s)", family, exc)
-        return False
+    writer = writer_factory(mode)(config)
+    return Proxier(config, tracker, writer, conntrack=ConntrackSystem(family=config.family), **kwargs)
 
 
 def _prepare_node(config: ProxyConfig, mode: str) -> None:
-    _remove_other_mode(mode)
-    if mode == "iptables" and config.localhost_nodeports and config.family == IPFamily.IPv4:
-        from kubectl_proxyctl.system.sysctl import ROUTE_LOCALNET, Sysctl
-
-        if Sysctl().ensure(ROUTE_LOCALNET, 1):
-            log.info("set %s=1 so NodePorts answer on 127.0.0.1", ROUTE_LOCALNET)
+    """Starting in one mode removes the other modes' rules (as kube-proxy does), so a node
+    switched between modes never runs both layouts; then the mode prepares the node."""
+    for other in _writable_modes():
+        if other == mode:
+            continue
+        for family in (IPFamily.IPv4, IPFamily.IPv6):
+            removed, what = _writer_module(other).cleanup(family)
+            if removed:
+                log.info("%s-mode rules left from an earlier run (%s): %s", other, family, what)
+    _writer_module(mode).prepare_node(config)
 
 
 def once(cluster: Any, flags: EngineFlags) -> None:
@@ -308,14 +240,13 @@ def once(cluster: Any, flags: EngineFlags) -> None:
 
 
 def cleanup() -> None:
-    """Remove both modes' rules for both families (what `run --cleanup` does)."""
+    """Remove every mode's rules for both families (what `run --cleanup` does)."""
     import click
 
     for family in (IPFamily.IPv4, IPFamily.IPv6):
-        removed = _cleanup_iptables(family)
-        click.echo(f"{family} iptables: removed {removed or 'nothing'}", err=True)
-        table = _cleanup_nftables(family)
-        click.echo(f"{family} nftables: {'deleted table kube-proxy' if table else 'no table kube-proxy'}", err=True)
+        for mode in _writable_modes():
+            _, what = _writer_module(mode).cleanup(family)
+            click.echo(f"{family} {mode}: {what}", err=True)
 
 
 def serve(cluster: Any, flags: EngineFlags) -> None:
@@ -365,7 +296,7 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
         now = time.monotonic()
         if proxier.applied.plan is not None and now - last_canary_check[0] >= flags.sync_period:
             last_canary_check[0] = now
-            missing = proxier.canaries_missing()
+            missing = proxier.state_missing()
             if missing:
                 log.warning("%s gone: someone flushed our rules; resyncing everything", ", ".join(missing))
                 proxier.schedule.request()
@@ -412,10 +343,15 @@ def _configz(config: ProxyConfig, flags: EngineFlags) -> dict[str, Any]:
     return {
         "mode": flags.mode, "hostnameOverride": config.node_name, "clusterCIDR": ",".join(config.cluster_cidrs),
         "detectLocalMode": str(config.detect_local_mode), "nodePortAddresses": list(config.nodeport_addresses),
-        "iptables": {"masqueradeAll": config.masquerade_all, "masqueradeBit": config.masquerade_bit,
-                     "localhostNodePorts": config.localhost_nodeports,
-                     "syncPeriod": f"{flags.sync_period:g}s", "minSyncPeriod": f"{flags.min_sync_period:g}s"},
-        "nftables": {"masqueradeAll": config.masquerade_all, "masqueradeBit": config.masquerade_bit,
-                     "syncPeriod": f"{flags.sync_period:g}s", "minSyncPeriod": f"{flags.min_sync_period:g}s"},
+        **{str(mode): _mode_configz(mode, config, flags) for mode in _writable_modes()},
         "healthzBindAddress": flags.healthz_bind_address, "metricsBindAddress": flags.metrics_bind_address,
     }
+
+
+def _mode_configz(mode: Mode, config: ProxyConfig, flags: EngineFlags) -> dict[str, Any]:
+    """One mode's section of kube-proxy's /configz (localhostNodePorts only where the mode has them)."""
+    section: dict[str, Any] = {"masqueradeAll": config.masquerade_all, "masqueradeBit": config.masquerade_bit}
+    if _writer_module(mode).LOCALHOST_NODEPORTS:
+        section["localhostNodePorts"] = config.localhost_nodeports
+    section.update({"syncPeriod": f"{flags.sync_period:g}s", "minSyncPeriod": f"{flags.min_sync_period:g}s"})
+    return section

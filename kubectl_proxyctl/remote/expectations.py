@@ -1,6 +1,6 @@
 """What every probe should see, by kube-proxy's rules. Pure: ClusterState in, MatrixPlan out.
 
-Theory of operation: for every node the planner (`engine/plan.py`) computes the node's view
+Theory of operation: for every node the planner (`plan/planner.py`) computes the node's view
 of the service port — its endpoints by policy, and what its rules do with traffic that has
 nowhere to go (REJECT when the service has no endpoints, DROP when externalTrafficPolicy
 Local finds none on the node). From that, per cell:
@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from kubectl_proxyctl.engine.plan import FilterAction, NodePlan, ProxyConfig, ServicePortPlan, plan
+from kubectl_proxyctl.plan.planner import FilterAction, NodePlan, ProxyConfig, ServicePortPlan, plan
 from kubectl_proxyctl.errors import NotFoundError, ProxyctlError
 from kubectl_proxyctl.model import ClusterState, IPFamily, Protocol, ServicePort, ip_family
 from kubectl_proxyctl.remote.matrix import (

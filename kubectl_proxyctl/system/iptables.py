@@ -61,7 +61,7 @@ something flushes the tables by hand, the canary disappears with them: the engin
 `canaries_present()` and, when it is false, re-creates them and forces a full sync.
 
 This module parses `iptables-save` only as far as it needs to (`parse_save`: chains and
-rule lines per table); the inspector's rule parser lives in `kubectl_proxyctl.rules`.
+rule lines per table); the inspector's rule parser lives in `kubectl_proxyctl.modes.iptables.parse`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import json
 import re
 from typing import Any
 
-from kubectl_proxyctl.backends.nftables import TABLE, family_word
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
@@ -49,13 +48,24 @@ def nft_error(script: str, result: Result, what: str = "nft") -> ApplyError:
     return ApplyError("\n".join([head, *context]), script=script, line=line)
 
 
-class NftSystem:
-    """Our `kube-proxy` table of one family, through the `nft` binary."""
+def family_word(family: IPFamily) -> str:
+    """The nft family (and address keyword) of an IP family: `ip` or `ip6`."""
+    return "ip6" if family == IPFamily.IPv6 else "ip"
 
-    def __init__(self, family: IPFamily = IPFamily.IPv4, executor: Executor | None = None) -> None:
+
+KUBE_PROXY_TABLE = "kube-proxy"  # the one table kube-proxy's nftables mode owns, per family
+
+
+class NftSystem:
+    """One table of one family (kube-proxy's `kube-proxy` table unless told otherwise),
+    through the `nft` binary."""
+
+    def __init__(self, family: IPFamily = IPFamily.IPv4, executor: Executor | None = None,
+                 table: str = KUBE_PROXY_TABLE) -> None:
         self.family = family
         self.executor = executor or SubprocessExecutor()
         self.fam = family_word(family)
+        self.table = table
 
     def __repr__(self) -> str:
         return f"NftSystem({self.family}, {self.executor!r})"
@@ -75,7 +85,7 @@ class NftSystem:
         """Delete our table; False when there was none."""
         present = self.table_present()
         if present:
-            self.run(f"delete table {self.fam} {TABLE}\n")
+            self.run(f"delete table {self.fam} {self.table}\n")
         return present
 
     # --- reading --------------------------------------------------------------------------
@@ -93,7 +103,7 @@ class NftSystem:
     def table_present(self) -> bool:
         for item in self._json("list", "tables", self.fam):
             table = item.get("table")
-            if table and table.get("name") == TABLE and table.get("family") == self.fam:
+            if table and table.get("name") == self.table and table.get("family") == self.fam:
                 return True
         return False
 
@@ -101,7 +111,7 @@ class NftSystem:
         out: set[str] = set()
         for item in self._json("list", f"{kind}s", self.fam):
             obj = item.get(kind)
-            if obj and obj.get("table") == TABLE and obj.get("family") == self.fam:
+            if obj and obj.get("table") == self.table and obj.get("family") == self.fam:
                 out.add(str(obj.get("name")))
         return out
 
@@ -116,13 +126,13 @@ class NftSystem:
     def set_present(self, name: str) -> bool:
         """Whether our table holds the named set. Cheap at any table size (nft loads only that
         set), so it is the engine's periodic "is our table still there" check."""
-        result = self.executor.run(["nft", "-j", "list", "set", self.fam, TABLE, name], timeout=60.0)
+        result = self.executor.run(["nft", "-j", "list", "set", self.fam, self.table, name], timeout=60.0)
         return result.ok
 
     def chain_rule_count(self, chain: str) -> int | None:
         """Rules in one chain of our table; None when the table or chain is missing. nft 1.0.x
         loads the whole table to list one chain (seconds at 10,000 services)."""
-        result = self.executor.run(["nft", "-j", "list", "chain", self.fam, TABLE, chain], timeout=60.0)
+        result = self.executor.run(["nft", "-j", "list", "chain", self.fam, self.table, chain], timeout=60.0)
         if not result.ok:
             return None
         try:
@@ -133,9 +143,9 @@ class NftSystem:
 
     def list_table(self) -> str:
         """`nft -j list table` of our table (JSON text), for inspection tools and tests."""
-        result = self.executor.run(["nft", "-j", "list", "table", self.fam, TABLE], timeout=300.0)
+        result = self.executor.run(["nft", "-j", "list", "table", self.fam, self.table], timeout=300.0)
         if not result.ok:
-            raise ProxyctlError(f"nft list table {self.fam} {TABLE} failed: {result.stderr.strip()}")
+            raise ProxyctlError(f"nft list table {self.fam} {self.table} failed: {result.stderr.strip()}")
         return result.stdout
 
     def version(self) -> tuple[int, int, int] | None:
@@ -150,7 +160,7 @@ class NftSystem:
             raise ProxyctlError(
                 f"nftables mode needs nft >= {'.'.join(map(str, MIN_VERSION))}; this host has "
                 f"{'.'.join(map(str, version))}")
-        probe = f"add table {self.fam} {TABLE}\n"
+        probe = f"add table {self.fam} {self.table}\n"
         result = self.executor.run(["nft", "-c", "-f", "-"], stdin=probe, timeout=30.0)
         if not result.ok:
             raise ProxyctlError(f"the kernel refused an nftables table ({result.stderr.strip() or 'no reason given'}); "

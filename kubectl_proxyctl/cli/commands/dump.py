@@ -37,7 +37,7 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import load_cluster_state, proxy_mode, read_rules, selector_for
     from kubectl_proxyctl.errors import NotFoundError
-    from kubectl_proxyctl.rules import dump as view
+    from kubectl_proxyctl.inspect import dump as view
 
     if target and cluster.all_namespaces:
         raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")

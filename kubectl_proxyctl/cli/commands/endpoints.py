@@ -35,7 +35,7 @@ def endpoints(cluster: ClusterOptions, output: str, target: str | None) -> None:
     from kubectl_proxyctl.cli.target import parse_service
     from kubectl_proxyctl.errors import NotFoundError
     from kubectl_proxyctl.kube.source import load_state
-    from kubectl_proxyctl.views import endpoints as view
+    from kubectl_proxyctl.inspect import endpoints as view
 
     name = parse_service(target) if target else None
     if name and cluster.all_namespaces:

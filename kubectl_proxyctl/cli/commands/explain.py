@@ -11,10 +11,11 @@ from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
 
 if TYPE_CHECKING:
     from kubectl_proxyctl.model import ClusterState
-    from kubectl_proxyctl.rules.explain import Explanation
-    from kubectl_proxyctl.rules.graph import ProxyMode, RuleGraph
-    from kubectl_proxyctl.rules.names import ServiceSelector
-    from kubectl_proxyctl.rules.nodeinfo import NodeContext
+    from kubectl_proxyctl.inspect.explain import Explanation
+    from kubectl_proxyctl.inspect.graph import RuleGraph
+    from kubectl_proxyctl.modes.base import Mode
+    from kubectl_proxyctl.modes.owners import ServiceSelector
+    from kubectl_proxyctl.modes.nodecontext import NodeContext
 
 CLIENT_KINDS = ("pod", "node", "external")
 
@@ -64,8 +65,8 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import context_for, load_cluster_state, proxy_mode, read_rules, selector_for
     from kubectl_proxyctl.errors import ConfigError
-    from kubectl_proxyctl.rules import explain as view
-    from kubectl_proxyctl.rules.explain import Problem
+    from kubectl_proxyctl.inspect import explain as view
+    from kubectl_proxyctl.inspect.explain import Problem
 
     if source is not None:
         try:
@@ -95,11 +96,11 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     return 0 if explanation.ports else 1
 
 
-def _add_desired(explanation: "Explanation", graph: "RuleGraph", mode: "ProxyMode", state: "ClusterState",
+def _add_desired(explanation: "Explanation", graph: "RuleGraph", mode: "Mode", state: "ClusterState",
                  context: "NodeContext", selector: "ServiceSelector") -> None:
     """The plan for this node, per port, and drift findings as problems."""
-    from kubectl_proxyctl.rules.explain import Problem
-    from kubectl_proxyctl.rules.verify import desired_summary, verify
+    from kubectl_proxyctl.inspect.explain import Problem
+    from kubectl_proxyctl.inspect.verify import desired_summary, verify
 
     v6 = any(":" in (e.facts.address or "") for port in explanation.ports for e in port.entries)
     desired = desired_summary(state, context, selector, v6)

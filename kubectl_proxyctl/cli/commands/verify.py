@@ -10,7 +10,7 @@ from kubectl_proxyctl.cli.inspect import NodeOptions, complete_services, node_op
 from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
 
 if TYPE_CHECKING:
-    from kubectl_proxyctl.rules.verify import Report
+    from kubectl_proxyctl.modes.findings import Report
 
 TEXT_LIMIT = 20  # findings of one kind shown in text output before "... and N more"
 
@@ -51,7 +51,7 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import context_for, load_cluster_state, proxy_mode, read_rules, selector_for
     from kubectl_proxyctl.errors import ConfigError, NotFoundError
-    from kubectl_proxyctl.rules import verify as check
+    from kubectl_proxyctl.inspect import verify as check
 
     if target and cluster.all_namespaces:
         raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")

@@ -1,0 +1,98 @@
+"""Which node a set of rules belongs to, and which sources are pods.
+
+Theory of operation: the tracer needs the node's own addresses (NodePort entries, `addrtype
+LOCAL`, `fib daddr type local`) and a pod address for "a pod on this node calls the
+service". They come, in order of preference, from the flags (`--node-name`, `--node-ip`,
+`--cluster-cidr`), from the Node object (API or `--from-file`), from the live node's
+interfaces, and for the pod range from the rules themselves: kube-proxy's local-traffic
+detector writes the cluster CIDR into every KUBE-SVC masquerade rule (`! -s CIDR -j
+KUBE-MARK-MASQ`), into KUBE-EXT's "pod traffic" rule (`-s CIDR`) and into nftables'
+`ip saddr != CIDR jump mark-for-masquerade`. When the node's address is unknown, a stand-in
+from the benchmarking range (198.18.0.0/15) is used and the explanation says so.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from kubectl_proxyctl.inspect.graph import RuleGraph
+from kubectl_proxyctl.model import ClusterState
+from kubectl_proxyctl.modes.nodecontext import (  # noqa: F401 (re-exported for the commands)
+    EXTERNAL_CLIENT_IP,
+    EXTERNAL_CLIENT_IP_V6,
+    STAND_IN_NODE_IP,
+    STAND_IN_NODE_IP_V6,
+    NodeContext,
+)
+
+
+def cidrs_from_rules(graph: RuleGraph) -> tuple[str, ...]:
+    """The cluster CIDRs kube-proxy's local-traffic detector wrote into the rules."""
+    found: list[str] = []
+    rs = graph.ruleset
+    if rs is not None:
+        nat = rs.table("nat")
+        for chain in nat.chains if nat is not None else ():
+            if not chain.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-")):
+                continue
+            c = rs.chain("nat", chain)
+            for rule in c.rules[:1] if c else ():
+                src = rule.find("-s")
+                if src is not None and "/" in src.value and src.value not in found:
+                    found.append(src.value)
+            if found:
+                break
+    for table in graph.nft_tables():
+        table_found: list[str] = []
+        for name, nft_chain in table.chains.items():
+            # service-/local- chains start with the masquerade rule (`ip saddr != CIDR`), an
+            # external- chain of a Local policy with the pod short-circuit (`ip saddr CIDR`).
+            if not name.startswith(("service-", "local-", "external-")) or "/" not in name:
+                continue
+            for nft_rule in nft_chain.rules[:1]:
+                for stmt in nft_rule.expr:
+                    m = stmt.get("match") if isinstance(stmt, dict) else None
+                    right = m.get("right") if isinstance(m, dict) else None
+                    left = m.get("left") if isinstance(m, dict) else None
+                    if (isinstance(right, dict) and "prefix" in right and isinstance(left, dict)
+                            and left.get("payload", {}).get("field") == "saddr"
+                            and left.get("payload", {}).get("protocol") in ("ip", "ip6")):
+                        cidr = f"{right['prefix']['addr']}/{right['prefix']['len']}"
+                        if cidr not in found:
+                            table_found.append(cidr)
+                            found.append(cidr)
+            if table_found:
+                break
+    return tuple(found)
+
+
+def node_context(
+    graph: RuleGraph,
+    state: ClusterState | None,
+    name: str | None,
+    ips: Iterable[str] = (),
+    cluster_cidrs: Iterable[str] = (),
+    live_addresses: Iterable[str] = (),
+) -> NodeContext:
+    """Put together what is known about the node the rules belong to."""
+    node = state.nodes.get(name) if state is not None and name else None
+    given = tuple(ips)
+    from_node = tuple(a for kind, a in node.addresses if kind in ("InternalIP", "ExternalIP")) if node else ()
+    live = tuple(a for a in live_addresses if not a.startswith("127.") and a != "::1")
+    addresses = given or from_node or live
+    cidrs = tuple(cluster_cidrs)
+    cidrs_from = "flag" if cidrs else ""
+    if not cidrs:
+        cidrs = cidrs_from_rules(graph)
+        cidrs_from = "rules" if cidrs else ""
+    pod_cidrs = node.pod_cidrs if node is not None else ()
+    if not cidrs and pod_cidrs:
+        cidrs, cidrs_from = pod_cidrs, "node"
+    return NodeContext(
+        name=name,
+        ips=addresses or (STAND_IN_NODE_IP,),
+        ips_known=bool(addresses),
+        cluster_cidrs=cidrs,
+        cidrs_from=cidrs_from,
+        pod_cidrs=pod_cidrs,
+    )

@@ -1,0 +1,1 @@
+"""iptables mode: kube-proxy's iptables layout (naming, render, writer | parse, names, trace, verify, explain, dump, reader)."""

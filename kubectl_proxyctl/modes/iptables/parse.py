@@ -1,0 +1,972 @@
+"""iptables-restore / iptables-save text → tables → chains → rules with structured matches.
+
+Theory of operation: both formats are line based. `*TABLE` opens a table, `:CHAIN POLICY
+[packets:bytes]` declares a chain (a built-in chain's policy, `-` for a user chain), `-A CHAIN
+ARGS` appends a rule, `-I CHAIN [N] ARGS` inserts one, `-X CHAIN` deletes a chain, `-F`
+flushes, `-N` creates, `COMMIT` closes the table; `#` lines are comments. `iptables-save -c`
+prefixes rules with `[packets:bytes]`, which is skipped.
+
+A rule's arguments are split like a shell would for iptables (double quotes, backslash
+escapes) and read left to right: the basic matches (`-s -d -p -i -o -f`, long forms too),
+`-m MODULE` followed by that module's options, `!` negating the next option, and `-j`/`-g`
+with the target's options. Each option becomes a `Match(module, option, values, negated)`;
+option names are canonical (`--destination-port` → `--dport`, `--src` → `-s`). An option
+after `-p tcp` without `-m tcp` (as restore input allows) is attributed to the protocol's
+module.
+
+What `iptables-save` normalises (`-d 1.2.3.4/32`, `--set-xmark 0x4000/0x4000` for
+`--or-mark 0x4000`, probabilities as the kernel's 2^31 fractions printed with 11 decimals,
+`-m recent`'s default `--mask`/`--rsource` spelled out, `-p` moved before `-m`) does not
+matter to the tracer, which evaluates values, not text; `Rule.key()` gives a canonical form
+in which a restore input rule and its `iptables-save` echo compare equal.
+
+Parsing is pure and lenient: a rule for an undeclared chain creates it; anything that is not
+iptables text raises RulesetParseError (a ConfigError) naming the line.
+
+Big dumps: `parse(text, lazy=True)` cuts iptables-save output into tables and chains with a
+few regular expressions and parses a chain's rules only when it is read, and
+`Ruleset.candidates` indexes big chains by their single `-d` address, so the tracer visits
+the few rules a packet can match (one service of a 230,000-line dump costs milliseconds
+after the cut).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+
+from kubectl_proxyctl.errors import RulesetParseError
+
+BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+
+# Targets built into iptables (anything else after -j is a chain or an extension target).
+STANDARD_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
+
+_BASIC_OPTIONS: Mapping[str, str] = {
+    "-s": "-s",
+    "--source": "-s",
+    "--src": "-s",
+    "-d": "-d",
+    "--destination": "-d",
+    "--dst": "-d",
+    "-p": "-p",
+    "--protocol": "-p",
+    "-i": "-i",
+    "--in-interface": "-i",
+    "-o": "-o",
+    "--out-interface": "-o",
+    "-f": "-f",
+    "--fragment": "-f",
+}
+
+_OPTION_ALIASES: Mapping[str, str] = {
+    "--destination-port": "--dport",
+    "--source-port": "--sport",
+    "--destination-ports": "--dports",
+    "--source-ports": "--sports",
+}
+
+_ZERO_ARG_OPTIONS = frozenset(
+    {
+        "-f",
+        "--rcheck",
+        "--update",
+        "--set",
+        "--remove",
+        "--reap",
+        "--rsource",
+        "--rdest",
+        "--rttl",
+        "--random",
+        "--random-fully",
+        "--persistent",
+        "--syn",
+        "--log-uid",
+        "--log-tcp-sequence",
+        "--log-tcp-options",
+        "--log-ip-options",
+        "--physdev-is-in",
+        "--physdev-is-out",
+        "--physdev-is-bridged",
+        "--return-nomatch",
+        "--nodst",
+    }
+)
+_TWO_ARG_OPTIONS = frozenset({"--tcp-flags", "--match-set", "--set-counters"})
+_PROTOCOL_MODULES = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
+_PORT_OPTIONS = frozenset({"--dport", "--sport"})
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One option of a rule: `module` is "" for the basic matches, the target name for
+    target options; `option` is canonical (`-s`, `--dport`, `--comment`)."""
+
+    module: str
+    option: str
+    values: tuple[str, ...] = ()
+    negated: bool = False
+
+    @property
+    def value(self) -> str:
+        return self.values[0] if self.values else ""
+
+    def __str__(self) -> str:
+        parts = ["!"] if self.negated else []
+        parts.append(self.option)
+        parts += [quote(v) for v in self.values]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule, structured. `text` is the rule as written after `-A CHAIN `."""
+
+    table: str
+    chain: str
+    matches: tuple[Match, ...] = ()
+    modules: tuple[str, ...] = ()  # `-m` modules in order
+    target: str = ""  # "" when the rule has no target (it only counts)
+    target_options: tuple[Match, ...] = ()
+    goto: bool = False
+    text: str = ""
+    line: int = 0
+
+    @property
+    def comment(self) -> str | None:
+        for m in self.matches:
+            if m.module == "comment" and m.option == "--comment":
+                return m.value
+        return None
+
+    def find(self, option: str, module: str | None = None) -> Match | None:
+        """The first match with this option (and module, when given)."""
+        for m in self.matches:
+            if m.option == option and (module is None or m.module == module):
+                return m
+        return None
+
+    def target_option(self, option: str) -> str | None:
+        for m in self.target_options:
+            if m.option == option:
+                return m.value
+        return None
+
+    def key(self) -> str:
+        """A canonical form: equal for a restore input rule and its iptables-save echo."""
+        parts = sorted(_canonical_match(m) for m in self.matches if not _is_default_option(m))
+        target = self.target
+        opts = [_canonical_target_option(self.target, m) for m in self.target_options]
+        if target == "MARK":
+            opts = [_canonical_mark_target(self.target_options)]
+        elif target == "MASQUERADE":
+            opts = sorted(opts)
+        elif target == "REJECT":
+            # iptables-save spells out the default.
+            opts = [o for o in opts if o not in _DEFAULT_REJECT]
+        jump = ("-g " if self.goto else "-j ") + target if target else ""
+        return " ".join([*parts, jump, *opts]).strip()
+
+    def __str__(self) -> str:
+        return f"-A {self.chain} {self.text}".rstrip()
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    policy: str  # "-" for a user-defined chain
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.policy != "-"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    chains: Mapping[str, Chain]
+    deleted: tuple[str, ...] = ()  # chains the input removed with -X
+    _candidates: dict[tuple[str, str], tuple[tuple[int, Rule], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _indexes: dict[str, "_DestinationIndex"] = field(default_factory=dict, compare=False, repr=False)
+
+    def policy(self, chain: str) -> str | None:
+        """The chain's policy (`-` for a user chain), None when the table has no such chain."""
+        if isinstance(self.chains, _LazyChains):
+            return self.chains.policies.get(chain) if chain in self.chains else None
+        c = self.chains.get(chain)
+        return c.policy if c is not None else None
+
+    def candidates(self, chain: str, dst: str | None) -> tuple[tuple[int, Rule], ...] | None:
+        """(1-based position, rule) of the chain's rules that a packet addressed to `dst` can
+        match (every rule when `dst` is None), in order; None when the table has no such chain.
+
+        Exact, not a guess: only rules whose one non-negated `-d` is a single address other
+        than `dst` are left out (they cannot match), so a walk over the candidates meets the
+        same rules as a walk over the whole chain. Big chains (KUBE-SERVICES of a large
+        cluster) are indexed by destination once; in a lazily parsed table only the
+        candidates are ever parsed.
+        """
+        if chain not in self.chains:
+            return None
+        key = (chain, _canonical_ip(dst) if dst else "*")
+        found = self._candidates.get(key)
+        if found is not None:
+            return found
+        index = self._indexes.get(chain)
+        if index is None:
+            index = self._indexes[chain] = _DestinationIndex.build(self, chain)
+        found = index.lookup(self, chain, key[1])
+        self._candidates[key] = found
+        return found
+
+
+class JumpLike(Protocol):
+    """Anything that describes a rule in a built-in chain (e.g. backends' JumpRule)."""
+
+    @property
+    def table(self) -> str: ...
+
+    @property
+    def chain(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    def args(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Parsed tables, in input order."""
+
+    tables: Mapping[str, Table] = field(default_factory=dict)
+
+    def table(self, name: str) -> Table | None:
+        return self.tables.get(name)
+
+    def chain(self, table: str, name: str) -> Chain | None:
+        t = self.tables.get(table)
+        return t.chains.get(name) if t else None
+
+    def chains(self, table: str) -> tuple[str, ...]:
+        t = self.tables.get(table)
+        return tuple(t.chains) if t else ()
+
+    def policy(self, table: str, chain: str) -> str | None:
+        t = self.tables.get(table)
+        return t.policy(chain) if t else None
+
+    def candidates(self, table: str, chain: str, dst: str | None) -> tuple[tuple[int, Rule], ...] | None:
+        """See Table.candidates: the rules of table/chain a packet to `dst` can match."""
+        t = self.tables.get(table)
+        return t.candidates(chain, dst) if t else None
+
+    def first_rules(self, table: str, chain: str, count: int) -> tuple[Rule, ...]:
+        """The chain's first `count` rules (in a lazily parsed table, only those are parsed)."""
+        t = self.tables.get(table)
+        if t is None or chain not in t.chains:
+            return ()
+        chains = t.chains
+        if isinstance(chains, _LazyChains) and not chains.is_built(chain):
+            return tuple(chains.rule(chain, i) for i in range(min(count, len(chains.raw_lines(chain)))))
+        return chains[chain].rules[:count]
+
+    def rules_containing(self, table: str, chain: str, needle: str) -> list[tuple[int, Rule]]:
+        """(1-based position, rule) of the chain's rules whose text contains `needle`; in a
+        lazily parsed table only those rules are parsed."""
+        t = self.tables.get(table)
+        if t is None or chain not in t.chains:
+            return []
+        chains = t.chains
+        if isinstance(chains, _LazyChains) and not chains.is_built(chain):
+            return [(i + 1, chains.rule(chain, i)) for i, (_, rest) in enumerate(chains.raw_lines(chain))
+                    if needle in rest]
+        return [(i + 1, r) for i, r in enumerate(chains[chain].rules) if needle in r.text]
+
+    def rules(self) -> Iterator[Rule]:
+        for t in self.tables.values():
+            for c in t.chains.values():
+                yield from c.rules
+
+    def with_prepended(self, rules: Iterable[tuple[str, str, Sequence[str]]]) -> "Ruleset":
+        """A copy with each (table, chain, argv) inserted at position 1, in order, creating
+        built-in chains (policy ACCEPT) as needed: what an applier's `-I CHAIN 1` does."""
+        tables = {name: dict(t.chains) for name, t in self.tables.items()}
+        deleted = {name: t.deleted for name, t in self.tables.items()}
+        for table, chain, args in rules:
+            chains = tables.setdefault(table, {})
+            current = chains.get(chain)
+            if current is None:
+                policy = "ACCEPT" if chain in BUILTIN_CHAINS.get(table, ()) else "-"
+                current = Chain(chain, policy)
+            rule = parse_rule_args(table, chain, list(args), " ".join(quote(a) for a in args))
+            chains[chain] = replace(current, rules=(rule, *current.rules))
+        return Ruleset({name: Table(name, chains, deleted.get(name, ())) for name, chains in tables.items()})
+
+    def with_jump_rules(self, jumps: Iterable[JumpLike]) -> "Ruleset":
+        """A copy with kube-proxy-style jump rules inserted as an applier would: each target
+        chain is created (empty) when missing, then the jump is inserted at position 1."""
+        jumps = list(jumps)
+        tables = {name: dict(t.chains) for name, t in self.tables.items()}
+        for j in jumps:
+            chains = tables.setdefault(j.table, {})
+            chains.setdefault(j.target, Chain(j.target, "-"))
+        base = Ruleset({name: Table(name, chains, self.tables[name].deleted if name in self.tables else ())
+                        for name, chains in tables.items()})
+        return base.with_prepended((j.table, j.chain, j.args()) for j in jumps)
+
+
+# --- tokenising ------------------------------------------------------------------------
+
+
+def quote(word: str) -> str:
+    """Quote a word for iptables-restore input when it needs it."""
+    if word and not any(c in word for c in ' "\\\t'):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_SIMPLE_QUOTED_LINE = re.compile(r'\s*(?:(?:"[^"\\]*"|[^\s"\'\\]+)(?:\s+|$))*')
+_SIMPLE_WORD = re.compile(r'"([^"\\]*)"|([^\s"]+)')
+
+
+def split_line(line: str) -> list[str]:
+    """Split one line into words: whitespace separated, double quotes group, `\\` escapes."""
+    if '"' not in line and "\\" not in line and "'" not in line:
+        return line.split()
+    if "\\" not in line and "'" not in line and _SIMPLE_QUOTED_LINE.fullmatch(line):
+        # Whole quoted words without escapes (every comment iptables-save prints): C speed.
+        return [quoted or bare for quoted, bare in _SIMPLE_WORD.findall(line)]
+    words: list[str] = []
+    buf: list[str] = []
+    in_word = False
+    quote_char = ""
+    i = 0
+    n = len(line)
+    while i < n:
+        c = line[i]
+        if quote_char:
+            if c == "\\" and i + 1 < n and line[i + 1] in (quote_char, "\\"):
+                buf.append(line[i + 1])
+                i += 2
+                continue
+            if c == quote_char:
+                quote_char = ""
+            else:
+                buf.append(c)
+        elif c in "\"'":
+            quote_char = c
+            in_word = True
+        elif c == "\\" and i + 1 < n:
+            buf.append(line[i + 1])
+            in_word = True
+            i += 2
+            continue
+        elif c.isspace():
+            if in_word:
+                words.append("".join(buf))
+                buf = []
+                in_word = False
+        else:
+            buf.append(c)
+            in_word = True
+        i += 1
+    if quote_char:
+        raise ValueError("unterminated quote")
+    if in_word:
+        words.append("".join(buf))
+    return words
+
+
+# --- rule arguments --------------------------------------------------------------------
+
+
+def _arity(option: str, args: Sequence[str], i: int) -> int:
+    if option in _ZERO_ARG_OPTIONS:
+        return 0
+    if option in _TWO_ARG_OPTIONS:
+        return 2
+    if option == "--comment":
+        return 1
+    if i < len(args) and (not args[i].startswith("-") or _is_number(args[i])):
+        return 1
+    return 0
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_rule_args(table: str, chain: str, args: Sequence[str], text: str = "", line: int = 0) -> Rule:
+    """Structure one rule's argv (what follows `-A CHAIN`)."""
+    matches: list[Match] = []
+    modules: list[str] = []
+    target = ""
+    target_options: list[Match] = []
+    goto = False
+    module: str | None = None
+    protocol = ""
+    in_target = False
+    negate = False
+    i = 0
+    n = len(args)
+    while i < n:
+        word = args[i]
+        i += 1
+        if word == "!":
+            negate = True
+            continue
+        if word in ("-m", "--match"):
+            if i >= n:
+                raise ValueError(f"{word} needs a module name")
+            module = args[i]
+            modules.append(module)
+            in_target = False
+            i += 1
+            continue
+        if word in ("-j", "--jump", "-g", "--goto"):
+            if i >= n:
+                raise ValueError(f"{word} needs a target")
+            target = args[i]
+            goto = word in ("-g", "--goto")
+            in_target = True
+            i += 1
+            continue
+        basic = _BASIC_OPTIONS.get(word)
+        if basic is not None and not in_target:
+            if basic == "-f":
+                matches.append(Match("", "-f", (), negate))
+            else:
+                if i >= n:
+                    raise ValueError(f"{word} needs a value")
+                value = args[i]
+                i += 1
+                if basic == "-p":
+                    protocol = value.lower()
+                matches.append(Match("", basic, (value,), negate))
+            negate = False
+            continue
+        if not word.startswith("-"):
+            raise ValueError(f"unexpected word {word!r}")
+        option = _OPTION_ALIASES.get(word, word)
+        count = _arity(option, args, i)
+        values = tuple(args[i : i + count])
+        i += count
+        if in_target:
+            target_options.append(Match(target, option, values, negate))
+        else:
+            owner = module
+            if option in _PORT_OPTIONS and (owner is None or owner not in _PROTOCOL_MODULES):
+                owner = protocol or owner or ""
+            matches.append(Match(owner or "", option, values, negate))
+        negate = False
+    return Rule(
+        table=table,
+        chain=chain,
+        matches=tuple(matches),
+        modules=tuple(modules),
+        target=target,
+        target_options=tuple(target_options),
+        goto=goto,
+        text=text if text else " ".join(quote(a) for a in args),
+        line=line,
+    )
+
+
+# --- whole text ------------------------------------------------------------------------
+
+
+class _TableBuilder:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.policies: dict[str, str] = {}
+        self.rules: dict[str, list[Rule]] = {}
+        self.deleted: list[str] = []
+
+    def declare(self, chain: str, policy: str) -> None:
+        self.policies[chain] = policy
+        self.rules[chain] = []  # a chain line flushes the chain
+        if chain in self.deleted:
+            self.deleted.remove(chain)
+
+    def ensure(self, chain: str) -> list[Rule]:
+        if chain not in self.rules:
+            builtin = chain in BUILTIN_CHAINS.get(self.name, ())
+            self.policies[chain] = "ACCEPT" if builtin else "-"
+            self.rules[chain] = []
+        return self.rules[chain]
+
+    def build(self) -> Table:
+        chains = {c: Chain(c, self.policies[c], tuple(self.rules[c])) for c in self.rules}
+        return Table(self.name, chains, tuple(self.deleted))
+
+
+class _LineNumbers:
+    """Line numbers of positions in a big text, counted from the nearest known position."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.positions = [0]
+        self.numbers = [1]
+
+    _SPACING = 1 << 16  # a checkpoint per 64 KiB at most: a lookup counts at most that far
+
+    def line_of(self, pos: int) -> int:
+        i = bisect.bisect_right(self.positions, pos) - 1
+        number = self.numbers[i] + self.text.count("\n", self.positions[i], pos)
+        if pos - self.positions[i] > self._SPACING:
+            self.positions.insert(i + 1, pos)
+            self.numbers.insert(i + 1, number)
+        return number
+
+
+class _LazyChains(Mapping[str, Chain]):
+    """A table's chains whose rules are parsed when a chain is first looked at.
+
+    Holds each chain's policy and where its `-A` lines are in the text (one span per run of
+    consecutive lines: iptables-save prints a chain's rules together); a malformed rule raises
+    RulesetParseError when its chain is read."""
+
+    def __init__(self, table: str, source: str, text: str, numbers: _LineNumbers) -> None:
+        self.table = table
+        self.source = source
+        self.text = text
+        self.numbers = numbers
+        self.policies: dict[str, str] = {}
+        self.spans: dict[str, list[tuple[int, int]]] = {}
+        self._raw: dict[str, list[tuple[int, str]]] = {}
+        self._built: dict[str, Chain] = {}
+        self._rules: dict[tuple[str, int], Rule] = {}
+
+    def __getitem__(self, name: str) -> Chain:
+        chain = self._built.get(name)
+        if chain is None:
+            policy = self.policies[name]  # KeyError for an unknown chain, as a dict would
+            lines = self.raw_lines(name)
+            chain = Chain(name, policy, tuple(self.rule(name, i) for i in range(len(lines))))
+            self._built[name] = chain
+        return chain
+
+    def is_built(self, name: str) -> bool:
+        return name in self._built
+
+    def rule(self, name: str, index: int) -> Rule:
+        """The chain's rule at `index` (0-based), parsed once."""
+        key = (name, index)
+        rule = self._rules.get(key)
+        if rule is None:
+            number, rest = self.raw_lines(name)[index]
+            try:
+                rule = parse_rule_args(self.table, name, split_line(rest), rest, number)
+            except ValueError as exc:
+                raise RulesetParseError(f"bad rule: {exc}", number, self.source) from None
+            self._rules[key] = rule
+        return rule
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.policies)
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.policies
+
+    def raw_lines(self, name: str) -> list[tuple[int, str]]:
+        """(line number, text after `-A CHAIN `) of a chain's rules, unparsed."""
+        found = self._raw.get(name)
+        if found is None:
+            found = []
+            skip = len(name) + 4  # "-A " + name + " "
+            for start, end in self.spans.get(name, ()):
+                first = self.numbers.line_of(start)
+                found += [(first + i, line[skip:]) for i, line in enumerate(self.text[start:end].split("\n"))]
+            self._raw[name] = found
+        return found
+
+
+_INDEX_MIN_RULES = 32  # smaller chains are simply walked rule by rule
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_RAW_DESTINATION = re.compile(r"(?:^|\s)(!\s+)?(?:-d|--destination|--dst)\s+(\S+)")
+_RAW_TARGET = re.compile(r"(?:^|\s)(?:-j|--jump|-g|--goto)\s")
+
+
+def _canonical_ip(text: str) -> str:
+    """An address as the index keys it: no /32 or /128, IPv6 compressed; "" for a network."""
+    value, _, length = text.partition("/")
+    if ":" in value:
+        try:
+            addr = ipaddress.IPv6Address(value)
+        except ValueError:
+            return ""
+        return str(addr) if length in ("", "128") else ""
+    return value if length in ("", "32") else ""
+
+
+def _raw_destination(rest: str) -> str:
+    """The one non-negated single-address `-d` of a raw rule, or "" (any destination)."""
+    if "-d" not in rest:
+        return ""
+    body = _QUOTED.sub('""', rest) if '"' in rest else rest
+    target = _RAW_TARGET.search(body)
+    if target is not None:
+        body = body[: target.start()]
+    found = _RAW_DESTINATION.findall(body)
+    if len(found) != 1 or found[0][0]:
+        return ""
+    return _canonical_ip(found[0][1])
+
+
+def _rule_destination(rule: Rule) -> str:
+    found = [m for m in rule.matches if m.option == "-d" and not m.module]
+    if len(found) != 1 or found[0].negated:
+        return ""
+    return _canonical_ip(found[0].value)
+
+
+@dataclass(frozen=True)
+class _DestinationIndex:
+    """Rule positions of one chain by the single address their `-d` names ("" = any)."""
+
+    by_destination: Mapping[str, tuple[int, ...]]
+    wildcards: tuple[int, ...]
+    size: int
+
+    @classmethod
+    def build(cls, table: Table, chain: str) -> "_DestinationIndex":
+        chains = table.chains
+        if isinstance(chains, _LazyChains) and not chains.is_built(chain):
+            keys = [_raw_destination(rest) for _, rest in chains.raw_lines(chain)]
+        else:
+            keys = [_rule_destination(r) for r in chains[chain].rules]
+        if len(keys) < _INDEX_MIN_RULES:
+            return cls({}, tuple(range(len(keys))), len(keys))
+        by: dict[str, list[int]] = {}
+        wild: list[int] = []
+        for i, key in enumerate(keys):
+            if key:
+                by.setdefault(key, []).append(i)
+            else:
+                wild.append(i)
+        return cls({k: tuple(v) for k, v in by.items()}, tuple(wild), len(keys))
+
+    def lookup(self, table: Table, chain: str, dst: str) -> tuple[tuple[int, Rule], ...]:
+        """The candidates for destination `dst` ("*": every rule)."""
+        if dst == "*":
+            positions: Sequence[int] = range(self.size)
+        elif self.by_destination:
+            positions = sorted(self.by_destination.get(dst, ()) + self.wildcards)
+        else:
+            positions = self.wildcards
+        chains = table.chains
+        if isinstance(chains, _LazyChains):
+            return tuple((i + 1, chains.rule(chain, i)) for i in positions)
+        rules = chains[chain].rules
+        return tuple((i + 1, rules[i]) for i in positions)
+
+
+# A run of consecutive rules of one chain, and a chain line.
+_RULE_RUN = re.compile(r"^-A (\S+) (?:[^\n]*\n-A \1 )*[^\n]*$", re.M)
+_CHAIN_LINE = re.compile(r"^:(\S+)[ \t]*(\S*)", re.M)
+
+
+def table_blocks(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every `*table` … `COMMIT` block; `end` is just after COMMIT.
+
+    str.find only, so a 20 MB dump is cut up in milliseconds."""
+    pos = 0
+    while True:
+        if pos == 0 and text.startswith("*"):
+            start = 0
+        else:
+            found = text.find("\n*", pos)
+            if found < 0:
+                return
+            start = found + 1
+        end = text.find("\nCOMMIT", start)
+        while end >= 0 and text[end + 7 : end + 8] not in ("", "\n", " ", "\t", "\r"):
+            end = text.find("\nCOMMIT", end + 7)
+        if end < 0:
+            return
+        pos = end + 7
+        yield start, pos
+
+
+def _parse_lazy(text: str, source: str) -> Ruleset | None:
+    """iptables-save output cut into tables and chains without parsing a single rule; None
+    when the text holds anything else than chain lines and `-A` rules inside its tables
+    (restore input with -X/-I/-D, counters, stray lines): the full parser handles those.
+
+    Every line is accounted for: a table must be its chain lines, then runs of `-A CHAIN
+    ...` lines that `_RULE_RUN` finds back to back up to COMMIT (regular expressions and
+    str methods only, so a 230,000-line dump is cut up in a few tenths of a second)."""
+    numbers = _LineNumbers(text)
+    tables: dict[str, _LazyChains] = {}
+    pos = 0
+    for start, stop in table_blocks(text):
+        if text[pos:start].strip() and any(
+            ln.strip() and not ln.lstrip().startswith("#") for ln in text[pos:start].splitlines()
+        ):
+            return None
+        pos = stop
+        head_end = text.find("\n", start)
+        name = text[start + 1 : head_end].strip()
+        if not name or name in tables:
+            return None
+        body, commit = head_end + 1, stop - len("COMMIT")
+        chains = _LazyChains(name, source, text, numbers)
+        # iptables-save prints every chain line first, then the rules, chain by chain.
+        first_rule = text.find("\n-A ", body - 1, commit)
+        rules_start = commit if first_rule < 0 else first_rule + 1
+        declared = _CHAIN_LINE.findall(text, body, rules_start)
+        if len(declared) != text.count("\n", body, rules_start):
+            return None  # something else than chain lines before the first rule
+        for chain, policy in declared:
+            chains.policies[chain] = policy or "-"
+        if len(chains.policies) != len(declared):
+            return None  # a chain declared twice (restore input): the full parser flushes it
+        builtin = BUILTIN_CHAINS.get(name, ())
+        policies, spans = chains.policies, chains.spans
+        expected = rules_start
+        for m in _RULE_RUN.finditer(text, rules_start, commit):
+            begin, finish = m.span()
+            if begin != expected:
+                return None  # a line between runs that is not `-A CHAIN ...`
+            expected = finish + 1
+            chain = m.group(1)
+            if chain not in policies:
+                policies[chain] = "ACCEPT" if chain in builtin else "-"
+            found = spans.get(chain)
+            if found is None:
+                spans[chain] = [(begin, finish)]
+            else:
+                found.append((begin, finish))
+        if expected != commit:
+            return None
+        tables[name] = chains
+    if text[pos:].strip() and any(ln.strip() and not ln.lstrip().startswith("#") for ln in text[pos:].splitlines()):
+        return None
+    return Ruleset({name: Table(name, chains) for name, chains in tables.items()})
+
+
+def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:
+    """Parse iptables-save output or iptables-restore input (one or more tables).
+
+    With `lazy`, iptables-save output is only split into tables and chains here, and each
+    chain's rules are parsed when the chain is first read (a 170,000-rule dump is ready in a
+    fraction of a second when only a few chains are looked at); input with other commands
+    than `-A` (restore input) is parsed in full either way.
+    """
+    if lazy:
+        ruleset = _parse_lazy(text, source)
+        if ruleset is not None:
+            return ruleset
+    tables: dict[str, _TableBuilder] = {}
+    current: _TableBuilder | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            name = line[1:].strip()
+            if not name:
+                raise RulesetParseError("table name missing after '*'", number, source)
+            current = tables.get(name) or _TableBuilder(name)
+            tables[name] = current
+            continue
+        if line == "COMMIT":
+            if current is None:
+                raise RulesetParseError("COMMIT outside a table", number, source)
+            current = None
+            continue
+        if current is None:
+            raise RulesetParseError(f"line outside a table (no '*table' before it): {line[:60]!r}", number, source)
+        if line.startswith(":"):
+            fields = line[1:].split()
+            if not fields:
+                raise RulesetParseError("chain name missing after ':'", number, source)
+            current.declare(fields[0], fields[1] if len(fields) > 1 else "-")
+            continue
+        if line.startswith("["):  # iptables-save -c counters
+            end = line.find("]")
+            line = line[end + 1 :].strip() if end >= 0 else line
+        try:
+            words = split_line(line)
+        except ValueError as exc:
+            raise RulesetParseError(str(exc), number, source) from None
+        if len(words) < 2:
+            raise RulesetParseError(f"not a rule: {line[:60]!r}", number, source)
+        command, chain = words[0], words[1]
+        if command in ("-A", "--append"):
+            rest = line.split(None, 2)
+            rule_text = rest[2] if len(rest) > 2 else ""
+            try:
+                rule = parse_rule_args(current.name, chain, words[2:], rule_text, number)
+            except ValueError as exc:
+                raise RulesetParseError(f"bad rule: {exc}", number, source) from None
+            current.ensure(chain).append(rule)
+        elif command in ("-I", "--insert"):
+            args = words[2:]
+            position = 1
+            if args and args[0].isdigit():
+                position = int(args[0])
+                args = args[1:]
+            try:
+                rule = parse_rule_args(current.name, chain, args, " ".join(quote(a) for a in args), number)
+            except ValueError as exc:
+                raise RulesetParseError(f"bad rule: {exc}", number, source) from None
+            current.ensure(chain).insert(max(position - 1, 0), rule)
+        elif command in ("-X", "--delete-chain"):
+            current.rules.pop(chain, None)
+            current.policies.pop(chain, None)
+            if chain not in current.deleted:
+                current.deleted.append(chain)
+        elif command in ("-F", "--flush"):
+            if chain in current.rules:
+                current.rules[chain] = []
+        elif command in ("-N", "--new-chain"):
+            current.ensure(chain)
+        elif command in ("-P", "--policy"):
+            current.ensure(chain)
+            current.policies[chain] = words[2] if len(words) > 2 else "ACCEPT"
+        elif command in ("-D", "--delete"):
+            rules = current.ensure(chain)
+            args = words[2:]
+            if len(args) == 1 and args[0].isdigit():
+                idx = int(args[0]) - 1
+                if 0 <= idx < len(rules):
+                    rules.pop(idx)
+            else:
+                key = parse_rule_args(current.name, chain, args).key()
+                for idx, rule in enumerate(rules):
+                    if rule.key() == key:
+                        rules.pop(idx)
+                        break
+        else:
+            raise RulesetParseError(f"unknown command {command!r}", number, source)
+    if current is not None:
+        raise RulesetParseError(f"table {current.name!r} has no COMMIT", None, source)
+    return Ruleset({name: builder.build() for name, builder in tables.items()})
+
+
+# --- canonical forms -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_address(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return value
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def parse_mark(text: str) -> tuple[int, int]:
+    """`value[/mask]` → (value, mask); the mask defaults to all ones."""
+    value, _, mask = text.partition("/")
+    return int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
+
+
+_RECENT_DEFAULT_MASKS = frozenset({"255.255.255.255", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"})
+
+
+def _is_default_option(m: Match) -> bool:
+    """Options iptables-save spells out although they are the default (`-m recent`)."""
+    if m.module != "recent" or m.negated:
+        return False
+    return m.option == "--rsource" or (m.option == "--mask" and m.value in _RECENT_DEFAULT_MASKS)
+
+
+def _canonical_match(m: Match) -> str:
+    values = m.values
+    if m.option in ("-s", "-d"):
+        values = tuple(_canonical_address(v) for v in values)
+    elif m.option == "-p":
+        values = tuple(v.lower() for v in values)
+    elif m.module == "mark" and m.option == "--mark" and values:
+        try:
+            v, mask = parse_mark(values[0])
+            values = (f"0x{v:x}/0x{mask:x}",)
+        except ValueError:
+            pass
+    elif m.module == "statistic" and m.option == "--probability" and values:
+        # The kernel keeps the probability as a fraction of 2^31 (xt_statistic), which is
+        # what iptables-save prints back (11 decimals): compare those fractions.
+        try:
+            values = (str(round(float(values[0]) * 0x80000000)),)
+        except ValueError:
+            pass
+    prefix = f"-m {m.module} " if m.module else ""
+    neg = "! " if m.negated else ""
+    return f"{prefix}{neg}{m.option} {' '.join(values)}".strip()
+
+
+_DEFAULT_REJECT = frozenset({"--reject-with icmp-port-unreachable", "--reject-with icmp6-port-unreachable"})
+
+
+def _canonical_target_option(target: str, m: Match) -> str:
+    return str(m)
+
+
+def _canonical_mark_target(options: Sequence[Match]) -> str:
+    """MARK's option → `--set-xmark value/mask` (what iptables-save prints)."""
+    for m in options:
+        try:
+            if m.option == "--set-xmark":
+                v, mask = parse_mark(m.value)
+            elif m.option == "--set-mark":
+                v, mask = parse_mark(m.value)
+                mask = mask if "/" in m.value else 0xFFFFFFFF
+            elif m.option == "--or-mark":
+                v = int(m.value, 0)
+                mask = v
+            elif m.option == "--xor-mark":
+                v, mask = int(m.value, 0), 0
+            elif m.option == "--and-mark":
+                v, mask = 0, (~int(m.value, 0)) & 0xFFFFFFFF
+            else:
+                continue
+        except ValueError:
+            continue
+        return f"--set-xmark 0x{v:x}/0x{mask:x}"
+    return " ".join(str(m) for m in options)
+
+
+def statistic_cascade(rules: Sequence[Rule]) -> dict[int, float]:
+    """Rule index → the share of new connections that take it, in a KUBE-SVC/SVL chain's
+    `statistic --probability` cascade (each rule sees what the earlier ones left; affinity
+    (`recent`) rules and rules not jumping to a KUBE-SEP chain take no share)."""
+    remaining = 1.0
+    out: dict[int, float] = {}
+    for i, rule in enumerate(rules):
+        if not rule.target.startswith("KUBE-SEP-") or any(m.module == "recent" for m in rule.matches):
+            continue
+        p = 1.0
+        for m in rule.matches:
+            if m.module == "statistic" and m.option == "--probability":
+                try:
+                    p = float(m.value)
+                except ValueError:
+                    p = 1.0
+        out[i] = remaining * p
+        remaining *= 1.0 - p
+    return out

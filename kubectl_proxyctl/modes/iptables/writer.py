@@ -1,0 +1,169 @@
+"""The engine's side of iptables mode: one `iptables-restore --noflush` per sync.
+
+* A **full sync** rewrites every chain of our layout, deletes stale service chains found by
+  `iptables-save` (with `-X` in the same payload), then ensures the jump rules in the
+  built-in chains and the canaries (`KUBE-PROXY-CANARY` in mangle/nat/filter).
+* A **partial sync** writes the top-level chains plus the changed Services' chains; stale
+  chains of deleted Services are removed with `-X` in the same payload.
+* `iptables-restore` commits table by table, so a failure in `nat` may follow a committed
+  `filter`: after a failure the last good full payload is restored again.
+* Someone flushed our rules when a canary chain is gone; the engine then syncs everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.modes.base import Mode, Written
+from kubectl_proxyctl.modes.iptables.naming import is_service_chain
+from kubectl_proxyctl.modes.iptables.render import RenderedRules, render
+from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
+
+log = logging.getLogger(__name__)
+
+FULL_SYNC_PERIOD = 3600.0  # kube-proxy rewrites everything at least hourly in iptables mode
+
+# How kube-proxy's iptables mode configures a node by default.
+DEFAULT_NODEPORT_ADDRESSES: tuple[str, ...] = ()  # NodePorts answer on every local address
+LOCALHOST_NODEPORTS = True  # ... and on 127.0.0.1 with --localhost-nodeports
+
+# Every chain of kube-proxy's iptables layout (and only those): what cleanup removes.
+OWNED_CHAIN_PREFIXES = (
+    "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
+    "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY", "KUBE-FIREWALL",
+    "KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-",
+)
+
+
+class IptablesWriter:
+    """Writes kube-proxy's iptables layout through `system.iptables.IptablesSystem` (or a fake
+    with `restore`, `save`, `ensure_jumps`, `ensure_canaries`, `missing_canaries`)."""
+
+    mode = Mode.IPTABLES
+
+    def __init__(self, system: Any, *, random_fully: bool = True, large_cluster: bool | None = None,
+                 full_sync_period: float = FULL_SYNC_PERIOD) -> None:
+        self.system = system
+        self.random_fully = random_fully
+        self.large_cluster = large_cluster
+        self.full_sync_period = full_sync_period
+        self.payload = ""  # the last good full payload: the rollback point
+        self.service_chains: frozenset[str] = frozenset()  # our service chains in the kernel
+
+    def sync(self, plan: NodePlan, full: bool, changed: frozenset[str] | set[str]) -> Written:
+        if full:
+            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+                              existing_nat_chains=self._existing_nat_chains())
+        else:
+            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+                              changed=changed, existing_nat_chains=self.service_chains)
+        self.system.restore(rendered.text)
+        if full:
+            self.system.ensure_jumps(_system_jumps(rendered))
+            self.system.ensure_canaries()
+            self.payload = rendered.text  # partial syncs after it are redone by the next full sync
+        self.service_chains = rendered.service_chains
+        return Written(full, rendered.filter_rules + rendered.nat_rules, rendered)
+
+    def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
+        pass  # stale chains are deleted within the sync itself
+
+    def after_failure(self, error: Exception) -> None:
+        if isinstance(error, ApplyError) and self.payload:
+            try:  # a table may have committed before the failing one: put the last good state back
+                self.system.restore(self.payload)
+            except ProxyctlError as again:
+                log.error("restoring the last good rules failed too: %s", again)
+
+    def state_missing(self) -> list[str]:
+        try:
+            return [f"canary chain KUBE-PROXY-CANARY in {table}" for table in self.system.missing_canaries()]
+        except ProxyctlError as exc:
+            log.warning("cannot check the canary chains: %s", exc)
+            return []
+
+    def delete_stale(self) -> int:
+        return 0  # nothing waits: the sync deleted its stale chains
+
+    def record_metrics(self, metrics: Any, family: str, written: Written) -> None:
+        rendered: RenderedRules = written.counts
+        m = metrics
+        m.sync_proxy_rules_iptables_last.labels(ip_family=family, table="filter").set(rendered.filter_rules)
+        m.sync_proxy_rules_iptables_last.labels(ip_family=family, table="nat").set(rendered.nat_rules)
+        m.sync_proxy_rules_iptables_total.labels(ip_family=family, table="filter").set(rendered.filter_rules)
+        m.sync_proxy_rules_iptables_total.labels(ip_family=family, table="nat").set(rendered.nat_rules_total)
+
+    def count_failure(self, metrics: Any, family: str, full: bool) -> None:
+        counter = (metrics.sync_proxy_rules_iptables_restore_failures_total if full
+                   else metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
+        counter.labels(ip_family=family).inc()
+
+    def _existing_nat_chains(self) -> set[str]:
+        try:
+            text = self.system.save("nat")
+        except ProxyctlError as exc:
+            log.warning("cannot list existing chains (%s); stale chains stay until the next full sync", exc)
+            return set(self.service_chains)
+        chains = set()
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split(" ", 1)[0]
+                if is_service_chain(name):
+                    chains.add(name)
+        return chains
+
+
+def _system_jumps(rendered: RenderedRules) -> list[Any]:
+    from kubectl_proxyctl.system.iptables import Jump
+
+    return [Jump(j.table, j.chain, j.args()) for j in rendered.jump_rules]
+
+
+def make_writer(config: ProxyConfig) -> IptablesWriter:
+    """The writer for a real node: the iptables backend the host uses, `--random-fully` when
+    the kernel and iptables have it."""
+    from kubectl_proxyctl.system.iptables import IptablesSystem
+
+    system = IptablesSystem(config.family)
+    detection = system.detect()
+    if detection.warning:
+        log.warning("%s", detection.warning)
+    return IptablesWriter(system, random_fully=system.supports_random_fully())
+
+
+def dry_run(plan: NodePlan) -> tuple[str, str]:
+    """(the payload a full sync would restore, a one-line summary) for `run --dry-run`."""
+    rendered = render(plan)
+    summary = (f"dry run: {rendered.filter_rules} filter and {rendered.nat_rules} nat rules; jump rules a real "
+               f"sync ensures: {'; '.join(j.restore_line() for j in rendered.jump_rules)}")
+    return rendered.text, summary
+
+
+def prepare_node(config: ProxyConfig) -> None:
+    """`--localhost-nodeports` needs route_localnet, or the kernel drops 127.0.0.1 → pod."""
+    if config.localhost_nodeports and config.family == IPFamily.IPv4:
+        from kubectl_proxyctl.system.sysctl import ROUTE_LOCALNET, Sysctl
+
+        if Sysctl().ensure(ROUTE_LOCALNET, 1):
+            log.info("set %s=1 so NodePorts answer on 127.0.0.1", ROUTE_LOCALNET)
+
+
+def cleanup(family: IPFamily) -> tuple[bool, str]:
+    """Remove our iptables chains and jumps of one family: (anything removed?, what)."""
+    from kubectl_proxyctl.system.iptables import IptablesSystem
+
+    system = IptablesSystem(family)
+    try:
+        detection = system.detect()
+        if detection.warning:
+            log.warning("%s", detection.warning)
+        result = system.cleanup(prefixes=OWNED_CHAIN_PREFIXES)
+    except Exception as exc:  # no ip6tables on an IPv4-only host, no iptables on an nft-only one
+        log.info("%s iptables: nothing to clean (%s)", family, exc)
+        return False, "removed nothing"
+    if not result.chains and not result.rules:
+        return False, "removed nothing"
+    return True, f"removed {len(result.chains)} chains and {len(result.rules)} jump rules"

@@ -1,0 +1,484 @@
+"""`nft -j list ruleset` (or `nft -j list table ip kube-proxy`) → tables, chains, sets, maps.
+
+Theory of operation: nft's JSON output is a flat list under `"nftables"`: a `metainfo`
+object, then `table`, `chain`, `set`, `map` and `rule` objects, each naming its family and
+table. This module groups them into NftTable objects and keeps every rule's expression list
+as nft printed it (plain JSON values), so the tracer (`modes.nftables.trace`) can evaluate them
+and `rule_text` can print them back in nft's own syntax for people.
+
+kube-proxy's nftables mode (reference §3) owns the tables named `kube-proxy` in the `ip` and
+`ip6` families; everything else in a ruleset (iptables-nft's `filter`/`nat` tables with
+`xt` expressions, firewalld, ...) is kept but never interpreted.
+
+Set and map elements are normalised to NftElement(key, value, comment): nft wraps an
+element that carries a comment or timeout as `{"elem": {"val": KEY, "comment": ...}}`, and
+a map element is a `[KEY, VALUE]` pair.
+
+`rule_text` covers the expressions kube-proxy writes (matches on payload, meta, ct, fib,
+numgen, bitwise mark tests, concatenations, anonymous and named sets, verdict maps, mangle,
+dnat, masquerade, reject, set updates, counters); anything else is shown as compact JSON
+rather than guessed. What it prints is nft input syntax: `nft -f` accepts it back.
+
+`canonical` reduces a rule (or an element key or value) in nft syntax, as a script writes
+it or as `rule_text` prints it, to one form per meaning, so the two can be compared:
+comments dropped, `mark` → `meta mark`, `or`/`and`/`xor` → `|`/`&`/`^`, hexadecimal
+numbers as decimals, quotes around plain words dropped, addresses in their compressed
+form, a `/32` or `/128` prefix as the address, anonymous sets sorted (address sets merged
+as nft merges them) and a one-element set as its element, and `reject` with its default
+ICMP port-unreachable as plain `reject`. nft prints what it was given in its own way
+(`mark or 0x4000` comes back as `meta mark | 16384`, `{ 203.0.113.0/25 }` as
+`203.0.113.0/25`); `canonical` makes both spellings equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kubectl_proxyctl.errors import RulesetParseError
+
+KUBE_PROXY_TABLE = "kube-proxy"
+
+
+@dataclass(frozen=True)
+class NftElement:
+    key: Any  # a JSON value: "10.96.0.1", 80, {"concat": [...]}, {"prefix": {...}}, ...
+    value: Any = None  # for maps: the mapped value (a verdict object for verdict maps)
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """A named set or map (`map` is the value type of a map, None for a set)."""
+
+    family: str
+    table: str
+    name: str
+    type: tuple[str, ...]
+    map: str | None = None
+    flags: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds, for dynamic sets (kube-proxy's affinity sets)
+    comment: str = ""
+    elements: tuple[NftElement, ...] = ()
+
+    @property
+    def is_map(self) -> bool:
+        return self.map is not None
+
+
+@dataclass(frozen=True)
+class NftRule:
+    family: str
+    table: str
+    chain: str
+    expr: tuple[Any, ...]
+    comment: str = ""
+    handle: int | None = None
+
+    @functools.cached_property
+    def text(self) -> str:
+        """The rule in nft syntax (computed once: a numgen map over thousands of endpoints is
+        long, and the tracer names the rule at every step)."""
+        return rule_text(self)
+
+
+@dataclass(frozen=True)
+class NftChain:
+    family: str
+    table: str
+    name: str
+    type: str | None = None  # "filter", "nat", ... for base chains
+    hook: str | None = None
+    priority: int | None = None
+    policy: str | None = None
+    rules: tuple[NftRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class NftTable:
+    family: str
+    name: str
+    chains: Mapping[str, NftChain] = field(default_factory=dict)
+    sets: Mapping[str, NftSet] = field(default_factory=dict)
+    comment: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.family} {self.name}"
+
+
+@dataclass(frozen=True)
+class NftRuleset:
+    tables: tuple[NftTable, ...] = ()
+
+    def kube_proxy_tables(self) -> tuple[NftTable, ...]:
+        """kube-proxy's own tables (`ip kube-proxy`, `ip6 kube-proxy`)."""
+        return tuple(t for t in self.tables if t.name == KUBE_PROXY_TABLE and t.family in ("ip", "ip6", "inet"))
+
+
+_PRIORITY_NAMES: Mapping[str, int] = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
+                                      "srcnat": 100}
+
+
+def _priority(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        for name, base in _PRIORITY_NAMES.items():
+            if text.startswith(name):
+                rest = text[len(name):]
+                return base + (int(rest) if rest else 0)
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _elements(raw: Any) -> tuple[NftElement, ...]:
+    out: list[NftElement] = []
+    for item in raw or []:
+        value = None
+        if isinstance(item, list) and len(item) == 2:
+            item, value = item
+        comment = ""
+        if isinstance(item, dict) and "elem" in item:
+            inner = item["elem"]
+            comment = str(inner.get("comment", ""))
+            item = inner.get("val")
+        out.append(NftElement(item, value, comment))
+    return tuple(out)
+
+
+def parse_nft_json(text: str, source: str = "<input>") -> NftRuleset:
+    """Parse `nft -j list ruleset` output; RulesetParseError when it is not that."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise RulesetParseError(f"not nft JSON: {exc}", None, source) from None
+    items = doc.get("nftables") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise RulesetParseError('not nft JSON: no top-level "nftables" list', None, source)
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    chains: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rules: dict[tuple[str, str, str], list[NftRule]] = {}
+    sets: dict[tuple[str, str], dict[str, NftSet]] = {}
+
+    def table_of(obj: Mapping[str, Any]) -> tuple[str, str]:
+        key = (str(obj.get("family", "")), str(obj.get("table", obj.get("name", ""))))
+        tables.setdefault(key, {"comment": ""})
+        return key
+
+    for item in items:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise RulesetParseError(f"not nft JSON: unexpected item {str(item)[:60]!r}", None, source)
+        kind, obj = next(iter(item.items()))
+        if kind == "metainfo":
+            continue
+        if not isinstance(obj, dict):
+            raise RulesetParseError(f"not nft JSON: {kind} is not an object", None, source)
+        if kind == "table":
+            key = (str(obj.get("family", "")), str(obj.get("name", "")))
+            tables.setdefault(key, {})["comment"] = str(obj.get("comment", ""))
+        elif kind == "chain":
+            fam, tab = table_of(obj)
+            chains[(fam, tab, str(obj["name"]))] = obj
+            rules.setdefault((fam, tab, str(obj["name"])), [])
+        elif kind in ("set", "map"):
+            fam, tab = table_of(obj)
+            typ = obj.get("type")
+            types = tuple(typ) if isinstance(typ, list) else (str(typ),)
+            flags = obj.get("flags") or []
+            timeout = obj.get("timeout")
+            sets.setdefault((fam, tab), {})[str(obj["name"])] = NftSet(
+                family=fam, table=tab, name=str(obj["name"]), type=types,
+                map=str(obj["map"]) if kind == "map" else None,
+                flags=tuple(str(f) for f in flags) if isinstance(flags, list) else (str(flags),),
+                timeout=int(timeout) if isinstance(timeout, (int, float)) else None,
+                comment=str(obj.get("comment", "")), elements=_elements(obj.get("elem")),
+            )
+        elif kind == "rule":
+            fam, tab = table_of(obj)
+            chain = str(obj.get("chain", ""))
+            expr = obj.get("expr") or []
+            rules.setdefault((fam, tab, chain), []).append(
+                NftRule(fam, tab, chain, tuple(expr), str(obj.get("comment", "")), obj.get("handle"))
+            )
+        # elements, flowtables, counters, quotas, ... are not part of the proxy's layout
+
+    out: list[NftTable] = []
+    for (fam, tab), info in tables.items():
+        table_chains: dict[str, NftChain] = {}
+        for (cf, ct, name), obj in chains.items():
+            if (cf, ct) != (fam, tab):
+                continue
+            table_chains[name] = NftChain(
+                fam, tab, name, obj.get("type"), obj.get("hook"), _priority(obj.get("prio")), obj.get("policy"),
+                tuple(rules.get((fam, tab, name), ())),
+            )
+        for (cf, ct, name), chain_rules in rules.items():
+            if (cf, ct) == (fam, tab) and name not in table_chains:
+                table_chains[name] = NftChain(fam, tab, name, rules=tuple(chain_rules))
+        out.append(NftTable(fam, tab, table_chains, sets.get((fam, tab), {}), str(info.get("comment", ""))))
+    return NftRuleset(tuple(out))
+
+
+# --- nft syntax ------------------------------------------------------------------------
+
+
+def value_text(v: Any) -> str:
+    """A JSON value (right-hand side, element key, map value) in nft syntax."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        return "{ " + ", ".join(value_text(x) for x in v) + " }"
+    if isinstance(v, dict) and len(v) == 1:
+        k, x = next(iter(v.items()))
+        if k == "prefix":
+            return f"{x['addr']}/{x['len']}"
+        if k == "range":
+            return f"{value_text(x[0])}-{value_text(x[1])}"
+        if k == "concat":
+            return " . ".join(value_text(p) for p in x)
+        if k == "set":
+            items = x if isinstance(x, list) else [x]
+            return "{ " + ", ".join(_set_item_text(i) for i in items) + " }"
+        if k == "elem":
+            return value_text(x.get("val"))
+        if k in ("jump", "goto"):
+            return f"{k} {x['target']}"
+        if k in ("accept", "drop", "continue", "return"):
+            return str(k)
+        if k in ("payload", "meta", "ct", "fib", "numgen", "&", "|", "^"):
+            return expr_text(v)
+    return json.dumps(v, separators=(",", ":"))
+
+
+def _set_item_text(item: Any) -> str:
+    if isinstance(item, list) and len(item) == 2:
+        return f"{value_text(item[0])} : {value_text(item[1])}"
+    return value_text(item)
+
+
+def expr_text(e: Any) -> str:
+    """A left-hand expression (what a match or a map key reads)."""
+    if not isinstance(e, dict) or len(e) != 1:
+        return value_text(e)
+    k, x = next(iter(e.items()))
+    if k == "payload":
+        if "protocol" in x:
+            return f"{x['protocol']} {x['field']}"
+        return f"@{x.get('base')},{x.get('offset')},{x.get('len')}"
+    if k == "meta":
+        return f"meta {x['key']}"
+    if k == "ct":
+        return f"ct {x['key']}"
+    if k == "fib":
+        flags = x.get("flags") or []
+        flags = flags if isinstance(flags, list) else [flags]
+        return f"fib {' . '.join(flags)} {x.get('result')}"
+    if k == "numgen":
+        return f"numgen {x.get('mode')} mod {x.get('mod')}" + (f" offset {x['offset']}" if x.get("offset") else "")
+    if k == "concat":
+        return " . ".join(expr_text(p) for p in x)
+    if k in ("&", "|", "^"):
+        return f"{expr_text(x[0])} {k} {value_text(x[1])}"
+    return value_text(e)
+
+
+def statement_text(s: Any) -> str:
+    """One element of a rule's expression list."""
+    if not isinstance(s, dict) or len(s) != 1:
+        return json.dumps(s, separators=(",", ":"))
+    k, x = next(iter(s.items()))
+    if k == "match":
+        op = x.get("op", "==")
+        right = value_text(x.get("right"))
+        left = x.get("left")
+        if op in ("==", "in") and not (isinstance(left, dict) and set(left) & {"&", "|", "^"}):
+            return f"{expr_text(left)} {right}"
+        return f"{expr_text(left)} {op} {right}"
+    if k in ("jump", "goto"):
+        return f"{k} {x['target']}"
+    if k in ("accept", "drop", "continue", "return"):
+        return str(k)
+    if k == "reject":
+        if not x:
+            return "reject"
+        return f"reject with {x.get('type', 'icmp')} {x.get('expr', '')}".rstrip()
+    if k == "vmap":
+        return f"{expr_text(x['key'])} vmap {value_text(x['data'])}"
+    if k == "map":
+        return f"{expr_text(x['key'])} map {value_text(x['data'])}"
+    if k == "mangle":
+        return f"{expr_text(x['key'])} set {expr_text(x['value'])}"
+    if k == "dnat" or k == "snat":
+        addr = value_text(x.get("addr", ""))
+        port = f":{value_text(x['port'])}" if "port" in x else ""
+        if port and ":" in addr and not addr.startswith("["):
+            addr = f"[{addr}]"  # nft's own syntax for an IPv6 address with a port
+        family = f"{x['family']} " if x.get("family") else ""
+        return f"{k} {family}to {addr}{port}"
+    if k == "masquerade":
+        flags = x.get("flags") if isinstance(x, dict) else None
+        flags = flags if isinstance(flags, list) else ([flags] if flags else [])
+        return "masquerade" + (" " + " ".join(flags) if flags else "")
+    if k == "set":
+        return f"{x.get('op', 'add')} {x.get('set')} {{ {expr_text(x.get('elem'))} }}"
+    if k == "counter":
+        return "counter" if not isinstance(x, dict) else f"counter packets {x.get('packets', 0)} bytes {x.get('bytes', 0)}"
+    if k == "notrack":
+        return "notrack"
+    if k == "log":
+        return "log"
+    if k == "limit":
+        return f"limit rate {x.get('rate')}/{x.get('per')}"
+    return json.dumps(s, separators=(",", ":"))
+
+
+def rule_text(rule: NftRule) -> str:
+    text = " ".join(statement_text(s) for s in rule.expr)
+    if rule.comment:
+        text += f' comment "{rule.comment}"'
+    return text
+
+
+def element_text(element: NftElement) -> str:
+    key = value_text(element.key)
+    if element.comment:
+        key += f' comment "{element.comment}"'
+    return key if element.value is None else f"{key} : {value_text(element.value)}"
+
+
+
+def set_declaration(nset: NftSet) -> str:
+    """The body of a set's or map's declaration: `type … ; flags … ; timeout …s`."""
+    parts = [f"type {' . '.join(nset.type)}" + (f" : {nset.map}" if nset.map else "")]
+    if nset.flags:
+        parts.append(f"flags {','.join(nset.flags)}")
+    if nset.timeout is not None:
+        parts.append(f"timeout {nset.timeout}s")
+    if nset.comment:
+        parts.append(f'comment "{nset.comment}"')
+    return " ; ".join(parts)
+
+
+# --- one form per meaning ----------------------------------------------------------------
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[{},]|[^\s{},]+')
+_META_KEYS = frozenset({"mark", "iifname", "oifname", "iif", "oif", "iiftype", "oiftype", "skuid", "skgid",
+                        "nfproto", "l4proto"})
+_OPERATORS = {"or": "|", "and": "&", "xor": "^"}
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:*-]+$")
+
+
+def _address(token: str) -> str | None:
+    """The compressed form of an address or prefix token; None when it is neither."""
+    if not token or not (token[0].isdigit() or token[0] in "abcdefABCDEF:[") or token.count("/") > 1:
+        return None
+    try:
+        net = ipaddress.ip_network(token, strict=False)
+    except ValueError:
+        return None
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _endpoint(token: str) -> str | None:
+    """`[fd00::1]:80` / `10.0.0.1:80` in one form; None when it is not an address and port."""
+    if token.startswith("["):
+        host, _, rest = token[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = token.rpartition(":")
+        if not sep or ":" in host:
+            return None
+    if not port.isdigit():
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _word(token: str) -> str:
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        inner = token[1:-1]
+        return inner if _PLAIN_WORD.match(inner) else token
+    if token in _OPERATORS:
+        return _OPERATORS[token]
+    if re.fullmatch(r"0x[0-9a-fA-F]+", token):
+        return str(int(token, 16))
+    return _address(token) or _endpoint(token) or token
+
+
+def _group(tokens: list[str], i: int) -> tuple[str, int]:
+    """The canonical text of the anonymous set starting after tokens[i - 1] == "{"."""
+    items: list[list[str]] = [[]]
+    while i < len(tokens) and tokens[i] != "}":
+        t = tokens[i]
+        if t == "{":
+            text, i = _group(tokens, i + 1)
+            items[-1].append(text)
+            continue
+        if t == ",":
+            items.append([])
+        else:
+            items[-1].append(t)
+        i += 1
+    elements = [" ".join(item) for item in items if item]
+    if elements and all(_address(e) is not None for e in elements):
+        nets = [ipaddress.ip_network(e, strict=False) for e in elements]
+        v4 = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv4Network)])
+        v6 = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv6Network)])
+        elements = [_address(str(n)) or str(n) for n in (*v4, *v6)]
+    if len(elements) == 1 and " : " not in f" {elements[0]} ":
+        return elements[0], i + 1
+    return "{ " + ", ".join(sorted(elements)) + " }", i + 1
+
+
+def canonical(text: str) -> str:
+    """One form for every spelling of the same rule, key or value (see the module notes)."""
+    raw = _TOKENS.findall(text)
+    tokens: list[str] = []
+    skip = False
+    for n, t in enumerate(raw):
+        if skip:
+            skip = False
+            continue
+        if t == "comment" and n + 1 < len(raw) and raw[n + 1].startswith('"'):
+            skip = True
+            continue
+        if t in _META_KEYS and (not tokens or tokens[-1] not in ("meta", "ct")):
+            tokens.append("meta")
+        tokens.append(_word(t) if t not in "{}," else t)
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t == "{":
+            text, i = _group(tokens, i + 1)
+            out.append(text)
+            continue
+        if t == "with" and out and out[-1] == "reject" and tokens[i + 1:i + 2] in (["icmp"], ["icmpv6"], ["icmpx"]):
+            rest = tokens[i + 2:i + 4]
+            if rest[:1] == ["port-unreachable"]:
+                i += 3
+                continue
+            if rest == ["type", "port-unreachable"]:
+                i += 4
+                continue
+        out.append(t)
+        i += 1
+    return " ".join(out)

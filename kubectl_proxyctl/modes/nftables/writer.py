@@ -1,0 +1,170 @@
+"""The engine's side of nftables mode: one atomic `nft -f -` transaction per sync.
+
+A full transaction (first sync, after a failure, when the node changed or our table was
+deleted or flushed) rebuilds the table; a partial one rewrites only the changed services'
+chains and the map elements that differ (`render.py`). Stale chains are deleted by a separate
+small transaction at the start of a later sync without pending changes, at least a second
+after they were flushed. Unlike iptables mode there is no hourly full sync (as in
+kube-proxy's nftables mode: a full transaction into a populated 10,000-service table takes
+minutes, and partial transactions keep the table exact); tampering is caught by
+`state_missing()` instead. A failed transaction changes nothing in the kernel (nft batches are
+atomic), so there is nothing to roll back: the next sync is a full one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from kubectl_proxyctl.errors import ProxyctlError
+from kubectl_proxyctl.modes.base import Mode, Written
+from kubectl_proxyctl.modes.nftables.render import (
+    CLUSTER_IPS,
+    MASQUERADING,
+    STALE_CHAIN_DELAY,
+    TABLE,
+    RenderedNft,
+    forget_chains,
+    is_affinity_set,
+    render,
+    stale_deletion,
+)
+from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
+
+log = logging.getLogger(__name__)
+
+# How kube-proxy's nftables mode configures a node by default (its deliberate differences).
+DEFAULT_NODEPORT_ADDRESSES: tuple[str, ...] = ("primary",)  # NodePorts answer on the primary IP only
+LOCALHOST_NODEPORTS = False  # no NodePorts on 127.0.0.1, whatever --localhost-nodeports says
+
+
+class NftablesWriter:
+    """Writes kube-proxy's `kube-proxy` table through `system.nftables.NftSystem` (or a fake
+    with `run`, `chains`, `sets`, `set_present`, `chain_rule_count`, `fam`)."""
+
+    mode = Mode.NFTABLES
+    full_sync_period = float("inf")
+
+    # Stale chains are deleted by a sync without pending changes (the periodic ones), so the
+    # extra transaction never delays a change; at the latest after this many seconds.
+    STALE_CHAIN_MAX_AGE = 30.0
+    # How often the cheap "table still there" check also counts the rules of one fixed chain,
+    # which notices a table whose chains were flushed; nft 1.0.x loads the whole table for
+    # it (seconds at 10,000 services), so it is not done every sync period.
+    DEEP_CHECK_PERIOD = 3600.0
+
+    def __init__(self, system: Any, *, service_cidrs: tuple[str, ...] = (),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.system = system
+        self.service_cidrs = service_cidrs
+        self.monotonic = monotonic
+        self.state: Any = None  # render.NftState after the last transaction
+        self._recreated_base_chains = False
+        self._last_deep_check = monotonic()
+
+    def sync(self, plan: NodePlan, full: bool, changed: frozenset[str] | set[str]) -> Written:
+        now = self.monotonic()
+        if full:
+            affinity = {s for s in self.system.sets() if is_affinity_set(s)}
+            rendered = render(plan, existing_chains=self.system.chains(), existing_affinity_sets=affinity,
+                              first=not self._recreated_base_chains, now=now, service_cidrs=self.service_cidrs)
+        else:
+            rendered = render(plan, previous=self.state, changed=changed, now=now, service_cidrs=self.service_cidrs)
+        self.system.run(rendered.text)
+        self.state = rendered.state
+        self._recreated_base_chains = True
+        return Written(not rendered.partial, rendered.rules_written, rendered)
+
+    def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
+        """Delete the chains stale for long enough: in a sync without pending changes, or once
+        the oldest has waited STALE_CHAIN_MAX_AGE."""
+        now = self.monotonic()
+        if self.state is None or not self.state.stale:
+            return
+        if pending_changes and now - min(self.state.stale.values()) < self.STALE_CHAIN_MAX_AGE:
+            return
+        try:
+            deleted = self._delete_due_stale_chains(now)
+            if deleted:
+                log.info("deleted %d stale chains", deleted)
+        except ProxyctlError as exc:
+            log.warning("cannot delete stale chains yet (%s); will retry", exc)
+            if metrics is not None:
+                metrics.sync_proxy_rules_nftables_cleanup_failures_total.labels(ip_family=family).inc()
+
+    def after_failure(self, error: Exception) -> None:
+        pass  # an nft transaction is atomic: nothing was half-written
+
+    def state_missing(self) -> list[str]:
+        """Our table gone (`nft flush ruleset`, `nft delete table`)? Checked through one small
+        set, which costs the same at any table size. Once per DEEP_CHECK_PERIOD the rules of
+        the `masquerading` chain are counted too, which notices `nft flush table`."""
+        try:
+            if not self.system.set_present(CLUSTER_IPS):
+                return [f"table {self.system.fam} {TABLE}"]
+            now = self.monotonic()
+            if now - self._last_deep_check >= self.DEEP_CHECK_PERIOD:
+                self._last_deep_check = now
+                if not self.system.chain_rule_count(MASQUERADING):
+                    return [f"the rules of table {self.system.fam} {TABLE}"]
+        except ProxyctlError as exc:
+            log.warning("cannot check our nftables table: %s", exc)
+        return []
+
+    def delete_stale(self, wait: Callable[[float], None] = time.sleep) -> int:
+        """Delete every stale chain now, waiting out STALE_CHAIN_DELAY first if needed (for
+        `run --once`, which has no later sync to do it). Returns how many were deleted."""
+        if self.state is None or not self.state.stale:
+            return 0
+        delay = max(self.state.stale.values()) + STALE_CHAIN_DELAY - self.monotonic()
+        if delay > 0:
+            wait(delay)
+        return self._delete_due_stale_chains(self.monotonic())
+
+    def record_metrics(self, metrics: Any, family: str, written: Written) -> None:
+        pass  # the shared sync metrics say it all
+
+    def count_failure(self, metrics: Any, family: str, full: bool) -> None:
+        metrics.sync_proxy_rules_nftables_sync_failures_total.labels(ip_family=family).inc()
+
+    def _delete_due_stale_chains(self, now: float) -> int:
+        """One small transaction deleting the chains stale for long enough; how many."""
+        text, due = stale_deletion(self.state, now)
+        if text:
+            self.system.run(text)
+            forget_chains(self.state, due)
+        return len(due)
+
+
+def make_writer(config: ProxyConfig) -> NftablesWriter:
+    """The writer for a real node (checks that `nft` is usable first)."""
+    from kubectl_proxyctl.system.nftables import NftSystem
+
+    nft = NftSystem(config.family)
+    nft.check_available()
+    return NftablesWriter(nft)
+
+
+def dry_run(plan: NodePlan) -> tuple[str, str]:
+    """(the `nft -f` script a full sync would run, a one-line summary) for `run --dry-run`."""
+    rendered: RenderedNft = render(plan)
+    return rendered.text, (f"dry run: one nft transaction with {rendered.rules_written} rules and "
+                           f"{rendered.elements_written} map/set elements (apply with nft -f)")
+
+
+def prepare_node(config: ProxyConfig) -> None:
+    pass  # nothing node-wide to set
+
+
+def cleanup(family: IPFamily) -> tuple[bool, str]:
+    """Delete our table of one family: (deleted?, what)."""
+    from kubectl_proxyctl.system.nftables import NftSystem
+
+    try:
+        deleted = NftSystem(family).delete_table()
+    except Exception as exc:  # no nft binary, or no nf_tables in the kernel
+        log.info("%s nftables: nothing to clean (%s)", family, exc)
+        deleted = False
+    return deleted, f"deleted table {TABLE}" if deleted else f"no table {TABLE}"
