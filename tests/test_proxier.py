@@ -5,54 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import FakeIptables, service, slice_
 
-from kubectl_proxyctl.plan.planner import ProxyConfig
 from kubectl_proxyctl.engine.proxier import Proxier
-from kubectl_proxyctl.modes.iptables.writer import IptablesWriter
-from kubectl_proxyctl.errors import ApplyError
 from kubectl_proxyctl.kube.tracker import StateTracker
-
-
-class FakeIptables:
-    """Keeps the payloads it was given; `fail_next` makes the next restore fail."""
-
-    def __init__(self) -> None:
-        self.payloads: list[str] = []
-        self.jumps: list[Any] = []
-        self.canaries = False
-        self.fail_next = 0
-        self.nat_chains: list[str] = []
-
-    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ApplyError("iptables-restore: line 3 failed", script=payload, line=3)
-        self.payloads.append(payload)
-
-    def save(self, table: str | None = None) -> str:
-        return "".join(f":{c} - [0:0]\n" for c in self.nat_chains)
-
-    def ensure_jumps(self, jumps: Any) -> list[Any]:
-        self.jumps = list(jumps)
-        return []
-
-    def ensure_canaries(self) -> None:
-        self.canaries = True
-
-    def missing_canaries(self) -> list[str]:
-        return [] if self.canaries else ["mangle", "nat", "filter"]
-
-
-def service(name: str, ip: str) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
-            "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80}]}}
-
-
-def slice_(name: str, ips: list[str]) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
-            "ports": [{"name": "p", "port": 8080}],
-            "endpoints": [{"addresses": [ip]} for ip in ips]}
+from kubectl_proxyctl.modes.iptables.writer import IptablesWriter
+from kubectl_proxyctl.plan.planner import ProxyConfig
 
 
 @pytest.fixture

@@ -5,75 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import Clock, FakeNft, service, slice_
 
 from kubectl_proxyctl.engine.app import EngineFlags
 from kubectl_proxyctl.engine.metrics import ProxyMetrics
-from kubectl_proxyctl.plan.planner import ProxyConfig
 from kubectl_proxyctl.engine.proxier import Proxier
-from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.kube.tracker import StateTracker
 from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
+from kubectl_proxyctl.plan.planner import ProxyConfig
 from kubectl_proxyctl.system.executor import FakeExecutor, Result
 from kubectl_proxyctl.system.nftables import NftSystem, nft_error
-
-
-class FakeNft:
-    """Records transactions; keeps the chain names a real table would have."""
-
-    fam = "ip"
-
-    def __init__(self) -> None:
-        self.scripts: list[str] = []
-        self.fail_next = 0
-        self.existing: set[str] = set()
-        self.affinity: set[str] = set()
-        self.masquerading_rules: int | None = None
-
-    def run(self, script: str, check: bool = False) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ApplyError("nft failed at line 3: No such file or directory", script=script, line=3)
-        self.scripts.append(script)
-        for line in script.splitlines():
-            words = line.split()
-            if words[:2] == ["add", "chain"]:
-                self.existing.add(words[4])
-            elif words[:2] == ["delete", "chain"]:
-                self.existing.discard(words[4])
-        self.masquerading_rules = 3
-
-    def chains(self) -> set[str]:
-        return set(self.existing)
-
-    def sets(self) -> set[str]:
-        return set(self.affinity)
-
-    def set_present(self, name: str) -> bool:
-        return self.masquerading_rules is not None
-
-    def chain_rule_count(self, chain: str) -> int | None:
-        return self.masquerading_rules
-
-
-def service(name: str, ip: str) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"},
-            "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80}]}}
-
-
-def slice_(name: str, ips: list[str]) -> dict[str, Any]:
-    return {"kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
-            "ports": [{"name": "p", "port": 8080}],
-            "endpoints": [{"addresses": [ip]} for ip in ips]}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ from kubectl_proxyctl.plan.planner import (
     InternalMasquerade,
     LocalDetector,
     NodePlan,
+    ServicePortPlan,
 )
 
 # --- fixed structure -------------------------------------------------------------------
@@ -184,6 +185,38 @@ def _is_loopback(ip: str) -> bool:
     return ip == "::1" or ip.startswith("127.")
 
 
+@dataclass(frozen=True)
+class _Ctx:
+    """The node-wide facts every service's rules depend on."""
+
+    v6: bool
+    large: bool  # large-cluster mode: no comments on SVC/SVL endpoint rules and SEP rules
+    mark: str
+    localhost_np: bool
+    if_local: str
+    if_not_local: str
+    masq_all: bool
+    masq_not_local: bool
+    nfacct_localhost: bool
+
+
+def _context(plan: NodePlan, large_cluster: bool | None, nfacct: bool) -> _Ctx:
+    v6 = plan.family == IPFamily.IPv6
+    localhost_np = plan.localhost_nodeports and not v6
+    if_local, if_not_local = _detector_args(plan.local_detector)
+    return _Ctx(
+        v6=v6,
+        large=plan.total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD if large_cluster is None else large_cluster,
+        mark=format_mark(plan.masquerade_mark),
+        localhost_np=localhost_np,
+        if_local=if_local,
+        if_not_local=if_not_local,
+        masq_all=plan.internal_masquerade == InternalMasquerade.ALL,
+        masq_not_local=plan.internal_masquerade == InternalMasquerade.NOT_LOCAL and bool(if_not_local),
+        nfacct_localhost=localhost_np and nfacct,
+    )
+
+
 def render(
     plan: NodePlan,
     *,
@@ -203,28 +236,21 @@ def render(
     changed: write per-service chains only for these service ports, or for every port of
         these Services given as `namespace/name` (a partial sync).
     existing_nat_chains: nat chains present on the node; stale service chains get `-X`.
+
+    The payload: the fixed chains, then per service port its entry rules in the top-level
+    chains (always written) and its own chains (skipped but counted in a partial sync of an
+    unchanged service), then stale chains' deletion, the KUBE-NODEPORTS jump (which must be
+    the last rule of KUBE-SERVICES) and KUBE-FORWARD.
     """
-    v6 = plan.family == IPFamily.IPv6
-    large = plan.total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD if large_cluster is None else large_cluster
-    mark = format_mark(plan.masquerade_mark)
-    localhost_np = plan.localhost_nodeports and not v6
-    if_local, if_not_local = _detector_args(plan.local_detector)
-    masq_all = plan.internal_masquerade == InternalMasquerade.ALL
-    masq_not_local = plan.internal_masquerade == InternalMasquerade.NOT_LOCAL and bool(if_not_local)
+    ctx = _context(plan, large_cluster, nfacct)
     changed_set = None if changed is None else frozenset(changed)
 
     filter_chains = [f":{c} - [0:0]" for c in FILTER_CHAINS]
     filter_names = list(FILTER_CHAINS)
     filter_rules: list[str] = []
     nat_chains = [f":{c} - [0:0]" for c in NAT_CHAINS]
-    nat_rules: list[str] = [
-        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
-        + (" --random-fully" if random_fully else ""),
-        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
-    ]
-    if localhost_np:
+    nat_rules = _postrouting_rules(ctx.mark, random_fully)
+    if ctx.localhost_np:
         filter_chains.append(f":{KUBE_FIREWALL} - [0:0]")
         filter_names.append(KUBE_FIREWALL)
         filter_rules.append(
@@ -238,214 +264,25 @@ def render(
     written: set[str] = set()
     chains_by_service: dict[ServicePortName, tuple[str, ...]] = {}
     skipped_services: list[ServicePortName] = []
-    nfacct_localhost = localhost_np and nfacct
 
     for sp in plan.services:
-        spn = str(sp.name)
-        proto = _PROTO[sp.protocol]
-        pp = f"-m {proto} -p {proto}"
-        names = service_chains(sp.name)
-        svc, svl, ext, fw = names.svc, names.svl, names.ext, names.fw
-        cip = sp.cluster_ip
-        port = sp.port
-        internal_chain = svl if sp.internal_policy_local else svc
-        has_any = sp.has_any_endpoints
-        has_external = sp.has_external_endpoints
-
-        # Entry points: top-level chains, always written.
-        if sp.has_internal_endpoints:
-            nat_rules.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} -j {internal_chain}'
-            )
-        else:
-            action = sp.internal_filter or FilterAction.REJECT
-            why = "has no endpoints" if action == FilterAction.REJECT else "has no local endpoints"
-            filter_rules.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{spn} {why}" {pp} -d {cip} --dport {port} -j {action.value}'
-            )
-        ext_action = ""
-        ext_comment = ""
-        if sp.external_filter is not None:
-            ext_action = sp.external_filter.value
-            ext_why = "has no endpoints" if sp.external_filter == FilterAction.REJECT else "has no local endpoints"
-            ext_comment = f'-m comment --comment "{spn} {ext_why}"'
-        for eip in sp.external_ips:
-            if has_any:
-                nat_rules.append(
-                    f'-A {KUBE_SERVICES} -m comment --comment "{spn} external IP" {pp} -d {eip} --dport {port} -j {ext}'
-                )
-            if not has_external:
-                filter_rules.append(
-                    f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {eip} --dport {port} -j {ext_action}"
-                )
-        lb_chain = fw if sp.uses_firewall else ext
-        for lbip in sp.load_balancer_ips:
-            if has_any:
-                nat_rules.append(
-                    f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {pp} -d {lbip} --dport {port} -j {lb_chain}'
-                )
-            if sp.uses_firewall:
-                filter_rules.append(
-                    f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{spn} traffic not accepted by {fw}" {pp} -d {lbip} --dport {port} -j DROP'
-                )
-        if not has_external:
-            for lbip in sp.load_balancer_ips:
-                filter_rules.append(
-                    f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {lbip} --dport {port} -j {ext_action}"
-                )
-        if sp.node_port:
-            np = sp.node_port
-            if has_any:
-                if nfacct_localhost:
-                    nat_rules.append(
-                        f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np} "
-                        f"-m nfacct --nfacct-name {NFACCT_LOCALHOST_NODEPORTS} -j {ext}"
-                    )
-                nat_rules.append(f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} --dport {np} -j {ext}")
-            if not has_external:
-                filter_rules.append(
-                    f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} -m addrtype --dst-type LOCAL {pp} --dport {np} -j {ext_action}"
-                )
-        if sp.health_check_node_port:
-            filter_rules.append(
-                f'-A {KUBE_NODEPORTS} -m comment --comment "{spn} health check node port" '
-                f"-m tcp -p tcp --dport {sp.health_check_node_port} -j ACCEPT"
-            )
-
-        # Per-service chains: skipped (but counted) in a partial sync of unchanged services.
-        if changed_set is None or sp.name in changed_set or sp.name.service in changed_set:
-            chain_out, rule_out = nat_chains, nat_rules
-            writing = True
-        else:
-            chain_out, rule_out = skipped_chain_lines, skipped_rules
-            writing = False
-            skipped_services.append(sp.name)
-        mine: list[str] = []
-
-        if sp.has_internal_endpoints:
-            if masq_all:
-                rule_out.append(
-                    f'-A {internal_chain} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} -j {KUBE_MARK_MASQ}'
-                )
-            elif masq_not_local:
-                rule_out.append(
-                    f'-A {internal_chain} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} {if_not_local} -j {KUBE_MARK_MASQ}'
-                )
-
-        if sp.uses_external_chain:
-            chain_out.append(f":{ext} - [0:0]")
-            mine.append(ext)
-            if not sp.external_policy_local:
-                rule_out.append(
-                    f'-A {ext} -m comment --comment "masquerade traffic for {spn} external destinations" -j {KUBE_MARK_MASQ}'
-                )
-                if has_external:
-                    rule_out.append(f"-A {ext} -j {svc}")
-            else:
-                if if_local:
-                    rule_out.append(
-                        f'-A {ext} -m comment --comment "pod traffic for {spn} external destinations" {if_local} -j {svc}'
-                    )
-                rule_out.append(
-                    f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {spn} external destinations" '
-                    f"-m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
-                )
-                rule_out.append(
-                    f'-A {ext} -m comment --comment "route LOCAL traffic for {spn} external destinations" '
-                    f"-m addrtype --src-type LOCAL -j {svc}"
-                )
-                if has_external:
-                    rule_out.append(f"-A {ext} -j {svl}")
-
-        if sp.uses_firewall:
-            chain_out.append(f":{fw} - [0:0]")
-            mine.append(fw)
-            head = f'-A {fw} -m comment --comment "{spn} loadbalancer IP"'
-            for cidr in sp.source_ranges:
-                rule_out.append(f"{head} -s {cidr} -j {ext}")
-            if sp.firewall_allows_node:
-                for lbip in sp.load_balancer_ips:
-                    rule_out.append(f"{head} -s {lbip} -j {ext}")
-            rule_out.append(
-                f'-A {fw} -m comment --comment "other traffic to {spn} will be dropped by {KUBE_PROXY_FIREWALL}"'
-            )
-
-        affinity = sp.affinity_seconds
-        proto_value = sp.protocol.value
-        # id(endpoint) → (ip:port, its chain); dispatch lists hold the same objects.
-        seps: dict[int, tuple[str, str]] = {}
-        reachable = sp.reachable_endpoints
-        for ep in reachable:
-            addr = ep.address
-            seps[id(ep)] = (addr, endpoint_chain_for(spn, proto_value, addr))
-        if sp.uses_cluster_chain:
-            chain_out.append(f":{svc} - [0:0]")
-            mine.append(svc)
-            _dispatch(rule_out, svc, spn, proto_value, sp.cluster_endpoints, seps, affinity, large)
-        if sp.uses_local_chain:
-            chain_out.append(f":{svl} - [0:0]")
-            mine.append(svl)
-            _dispatch(rule_out, svl, spn, proto_value, sp.local_endpoints, seps, affinity, large)
-
-        comment = "" if large else f" -m comment --comment {spn}"
-        recent_fmt = " -m recent --name {} --set" if affinity else ""
-        for ep in reachable:
-            addr, sep = seps[id(ep)]
-            chain_out.append(f":{sep} - [0:0]")
-            mine.append(sep)
-            rule_out.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
-            recent = recent_fmt.format(sep) if affinity else ""
-            rule_out.append(f"-A {sep}{comment}{recent} {pp} -j DNAT --to-destination {addr}")
-
-        active.update(mine)
+        _entry_rules(sp, ctx, filter_rules, nat_rules)
+        writing = changed_set is None or sp.name in changed_set or sp.name.service in changed_set
         if writing:
+            mine = _service_port_chains(sp, ctx, nat_chains, nat_rules)
             written.update(mine)
+        else:
+            mine = _service_port_chains(sp, ctx, skipped_chain_lines, skipped_rules)
+            skipped_services.append(sp.name)
+        active.update(mine)
         chains_by_service[sp.name] = tuple(mine)
 
-    # Stale service chains: declare (flushing them), then delete.
-    deleted: list[str] = []
-    if existing_nat_chains is not None:
-        for chain in sorted(set(existing_nat_chains) - active):
-            if is_service_chain(chain):
-                nat_chains.append(f":{chain} - [0:0]")
-                nat_rules.append(f"-X {chain}")
-                deleted.append(chain)
-
-    # The jump to KUBE-NODEPORTS must be the last rule of KUBE-SERVICES.
-    if plan.nodeport_match_all:
-        dest = "-m addrtype --dst-type LOCAL"
-        if v6:
-            dest += " ! -d ::1/128"
-        elif not localhost_np:
-            dest += " ! -d 127.0.0.0/8"
-        nat_rules.append(f'-A {KUBE_SERVICES} -m comment --comment "{NODEPORTS_COMMENT}" {dest} -j {KUBE_NODEPORTS}')
-    else:
-        for ip in plan.nodeport_ips:
-            if _is_loopback(ip) and (v6 or not localhost_np):
-                continue
-            nat_rules.append(f'-A {KUBE_SERVICES} -m comment --comment "{NODEPORTS_COMMENT}" -d {ip} -j {KUBE_NODEPORTS}')
-
-    if not tcp_be_liberal:
-        counter = f" -m nfacct --nfacct-name {NFACCT_CT_INVALID}" if nfacct else ""
-        filter_rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{counter} -j DROP")
-    filter_rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} -j ACCEPT'
-    )
-    filter_rules.append(
-        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    )
+    deleted = _delete_stale_chains(existing_nat_chains, active, nat_chains, nat_rules)
+    nat_rules += _nodeports_jumps(plan, ctx)
+    filter_rules += _forward_rules(ctx.mark, tcp_be_liberal, nfacct)
 
     nat_names = [line[1:].split(" ", 1)[0] for line in nat_chains]
-
-    parts = ["*filter"]
-    parts += filter_chains
-    parts += filter_rules
-    parts.append("COMMIT")
-    parts.append("*nat")
-    parts += nat_chains
-    parts += nat_rules
-    parts.append("COMMIT")
+    parts = ["*filter", *filter_chains, *filter_rules, "COMMIT", "*nat", *nat_chains, *nat_rules, "COMMIT"]
     text = "\n".join(parts) + "\n"
 
     nat_written = len(nat_rules) - len(deleted)
@@ -459,13 +296,233 @@ def render(
         written_chains=frozenset(written),
         deleted_chains=tuple(deleted),
         chains_by_service=chains_by_service,
-        large_cluster=large,
+        large_cluster=ctx.large,
         partial=changed_set is not None,
         filter_rules=len(filter_rules),
         nat_rules=nat_written,
         nat_rules_total=nat_written + len(skipped_rules),
         skipped_services=tuple(skipped_services),
     )
+
+
+def _postrouting_rules(mark: str, random_fully: bool) -> list[str]:
+    """KUBE-POSTROUTING masquerades what KUBE-MARK-MASQ marked (and clears the mark)."""
+    return [
+        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
+        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+        + (" --random-fully" if random_fully else ""),
+        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
+    ]
+
+
+def _entry_rules(sp: ServicePortPlan, ctx: _Ctx, filter_rules: list[str], nat_rules: list[str]) -> None:
+    """A service port's rules in the top-level chains (KUBE-SERVICES, KUBE-NODEPORTS,
+    KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), written by every sync."""
+    spn = str(sp.name)
+    proto = _PROTO[sp.protocol]
+    pp = f"-m {proto} -p {proto}"
+    names = service_chains(sp.name)
+    ext, fw = names.ext, names.fw
+    cip = sp.cluster_ip
+    port = sp.port
+    internal_chain = names.svl if sp.internal_policy_local else names.svc
+    has_any = sp.has_any_endpoints
+    has_external = sp.has_external_endpoints
+
+    if sp.has_internal_endpoints:
+        nat_rules.append(
+            f'-A {KUBE_SERVICES} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} -j {internal_chain}'
+        )
+    else:
+        action = sp.internal_filter or FilterAction.REJECT
+        why = "has no endpoints" if action == FilterAction.REJECT else "has no local endpoints"
+        filter_rules.append(
+            f'-A {KUBE_SERVICES} -m comment --comment "{spn} {why}" {pp} -d {cip} --dport {port} -j {action.value}'
+        )
+    ext_action = ""
+    ext_comment = ""
+    if sp.external_filter is not None:
+        ext_action = sp.external_filter.value
+        ext_why = "has no endpoints" if sp.external_filter == FilterAction.REJECT else "has no local endpoints"
+        ext_comment = f'-m comment --comment "{spn} {ext_why}"'
+    for eip in sp.external_ips:
+        if has_any:
+            nat_rules.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{spn} external IP" {pp} -d {eip} --dport {port} -j {ext}'
+            )
+        if not has_external:
+            filter_rules.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {eip} --dport {port} -j {ext_action}"
+            )
+    lb_chain = fw if sp.uses_firewall else ext
+    for lbip in sp.load_balancer_ips:
+        if has_any:
+            nat_rules.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {pp} -d {lbip} --dport {port} -j {lb_chain}'
+            )
+        if sp.uses_firewall:
+            filter_rules.append(
+                f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{spn} traffic not accepted by {fw}" {pp} -d {lbip} --dport {port} -j DROP'
+            )
+    if not has_external:
+        for lbip in sp.load_balancer_ips:
+            filter_rules.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {lbip} --dport {port} -j {ext_action}"
+            )
+    if sp.node_port:
+        np = sp.node_port
+        if has_any:
+            if ctx.nfacct_localhost:
+                nat_rules.append(
+                    f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np} "
+                    f"-m nfacct --nfacct-name {NFACCT_LOCALHOST_NODEPORTS} -j {ext}"
+                )
+            nat_rules.append(f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} --dport {np} -j {ext}")
+        if not has_external:
+            filter_rules.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} -m addrtype --dst-type LOCAL {pp} --dport {np} -j {ext_action}"
+            )
+    if sp.health_check_node_port:
+        filter_rules.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{spn} health check node port" '
+            f"-m tcp -p tcp --dport {sp.health_check_node_port} -j ACCEPT"
+        )
+
+
+def _service_port_chains(sp: ServicePortPlan, ctx: _Ctx, chain_out: list[str], rule_out: list[str]) -> list[str]:
+    """A service port's own chains (KUBE-SVC/SVL/EXT/FW/SEP): declarations to `chain_out`,
+    rules to `rule_out`. Returns the chains' names."""
+    spn = str(sp.name)
+    proto = _PROTO[sp.protocol]
+    pp = f"-m {proto} -p {proto}"
+    names = service_chains(sp.name)
+    svc, svl, ext, fw = names.svc, names.svl, names.ext, names.fw
+    cip = sp.cluster_ip
+    port = sp.port
+    internal_chain = svl if sp.internal_policy_local else svc
+    has_external = sp.has_external_endpoints
+    mine: list[str] = []
+
+    if sp.has_internal_endpoints:
+        if ctx.masq_all:
+            rule_out.append(
+                f'-A {internal_chain} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} -j {KUBE_MARK_MASQ}'
+            )
+        elif ctx.masq_not_local:
+            rule_out.append(
+                f'-A {internal_chain} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} {ctx.if_not_local} -j {KUBE_MARK_MASQ}'
+            )
+
+    if sp.uses_external_chain:
+        chain_out.append(f":{ext} - [0:0]")
+        mine.append(ext)
+        if not sp.external_policy_local:
+            rule_out.append(
+                f'-A {ext} -m comment --comment "masquerade traffic for {spn} external destinations" -j {KUBE_MARK_MASQ}'
+            )
+            if has_external:
+                rule_out.append(f"-A {ext} -j {svc}")
+        else:
+            if ctx.if_local:
+                rule_out.append(
+                    f'-A {ext} -m comment --comment "pod traffic for {spn} external destinations" {ctx.if_local} -j {svc}'
+                )
+            rule_out.append(
+                f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {spn} external destinations" '
+                f"-m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
+            )
+            rule_out.append(
+                f'-A {ext} -m comment --comment "route LOCAL traffic for {spn} external destinations" '
+                f"-m addrtype --src-type LOCAL -j {svc}"
+            )
+            if has_external:
+                rule_out.append(f"-A {ext} -j {svl}")
+
+    if sp.uses_firewall:
+        chain_out.append(f":{fw} - [0:0]")
+        mine.append(fw)
+        head = f'-A {fw} -m comment --comment "{spn} loadbalancer IP"'
+        for cidr in sp.source_ranges:
+            rule_out.append(f"{head} -s {cidr} -j {ext}")
+        if sp.firewall_allows_node:
+            for lbip in sp.load_balancer_ips:
+                rule_out.append(f"{head} -s {lbip} -j {ext}")
+        rule_out.append(
+            f'-A {fw} -m comment --comment "other traffic to {spn} will be dropped by {KUBE_PROXY_FIREWALL}"'
+        )
+
+    affinity = sp.affinity_seconds
+    proto_value = sp.protocol.value
+    large = ctx.large
+    # id(endpoint) → (ip:port, its chain); dispatch lists hold the same objects.
+    seps: dict[int, tuple[str, str]] = {}
+    reachable = sp.reachable_endpoints
+    for ep in reachable:
+        addr = ep.address
+        seps[id(ep)] = (addr, endpoint_chain_for(spn, proto_value, addr))
+    if sp.uses_cluster_chain:
+        chain_out.append(f":{svc} - [0:0]")
+        mine.append(svc)
+        _dispatch(rule_out, svc, spn, proto_value, sp.cluster_endpoints, seps, affinity, large)
+    if sp.uses_local_chain:
+        chain_out.append(f":{svl} - [0:0]")
+        mine.append(svl)
+        _dispatch(rule_out, svl, spn, proto_value, sp.local_endpoints, seps, affinity, large)
+
+    comment = "" if large else f" -m comment --comment {spn}"
+    recent_fmt = " -m recent --name {} --set" if affinity else ""
+    for ep in reachable:
+        addr, sep = seps[id(ep)]
+        chain_out.append(f":{sep} - [0:0]")
+        mine.append(sep)
+        rule_out.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
+        recent = recent_fmt.format(sep) if affinity else ""
+        rule_out.append(f"-A {sep}{comment}{recent} {pp} -j DNAT --to-destination {addr}")
+    return mine
+
+
+def _delete_stale_chains(existing: Collection[str] | None, active: set[str], nat_chains: list[str],
+                         nat_rules: list[str]) -> list[str]:
+    """Stale service chains: declare them (flushing them), then delete them with `-X`."""
+    deleted: list[str] = []
+    if existing is not None:
+        for chain in sorted(set(existing) - active):
+            if is_service_chain(chain):
+                nat_chains.append(f":{chain} - [0:0]")
+                nat_rules.append(f"-X {chain}")
+                deleted.append(chain)
+    return deleted
+
+
+def _nodeports_jumps(plan: NodePlan, ctx: _Ctx) -> list[str]:
+    """The jump to KUBE-NODEPORTS: it must be the last rule of KUBE-SERVICES, after every
+    ClusterIP, external IP and LB IP rule (an external IP may be a node address)."""
+    if plan.nodeport_match_all:
+        dest = "-m addrtype --dst-type LOCAL"
+        if ctx.v6:
+            dest += " ! -d ::1/128"
+        elif not ctx.localhost_np:
+            dest += " ! -d 127.0.0.0/8"
+        return [f'-A {KUBE_SERVICES} -m comment --comment "{NODEPORTS_COMMENT}" {dest} -j {KUBE_NODEPORTS}']
+    return [f'-A {KUBE_SERVICES} -m comment --comment "{NODEPORTS_COMMENT}" -d {ip} -j {KUBE_NODEPORTS}'
+            for ip in plan.nodeport_ips if not (_is_loopback(ip) and (ctx.v6 or not ctx.localhost_np))]
+
+
+def _forward_rules(mark: str, tcp_be_liberal: bool, nfacct: bool) -> list[str]:
+    """KUBE-FORWARD: drop INVALID (unless conntrack is liberal), accept marked and tracked flows."""
+    out = []
+    if not tcp_be_liberal:
+        counter = f" -m nfacct --nfacct-name {NFACCT_CT_INVALID}" if nfacct else ""
+        out.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{counter} -j DROP")
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} -j ACCEPT'
+    )
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    )
+    return out
 
 
 def _dispatch(
