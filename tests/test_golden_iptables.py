@@ -14,14 +14,12 @@ zero padding and, when asked, nfacct counters may differ).
 
 from __future__ import annotations
 
-import difflib
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import golden
 from flowhelpers import assert_consistent, compare_with_upstream
 from kubectl_proxyctl.modes.iptables.render import RenderedRules, render
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
@@ -29,8 +27,7 @@ from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
 from kubectl_proxyctl.modes.iptables.parse import parse
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("PROXYCTL_UPDATE_GOLDEN") == "1"
+GOLDEN = golden.GOLDEN
 CASES = sorted(d.name for d in GOLDEN.iterdir() if (d / "objects.yaml").is_file())
 
 
@@ -56,15 +53,7 @@ def test_cases_exist() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
-    text = render_case(case).text
-    expected_path = GOLDEN / case / "expected.iptables"
-    if UPDATE:
-        expected_path.write_text(text)
-    assert expected_path.is_file(), f"{expected_path} is missing; run with PROXYCTL_UPDATE_GOLDEN=1"
-    expected = expected_path.read_text()
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), "expected", "rendered"))
-        pytest.fail(f"{case}: rendered rules differ from {expected_path} (PROXYCTL_UPDATE_GOLDEN=1 rewrites):\n{diff}")
+    golden.check(GOLDEN / case / "expected.iptables", render_case(case).text, f"{case}: the rendered rules")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -104,3 +93,11 @@ def test_comparison_helper_catches_differences() -> None:
     rule = moved.pop(nat_services[0])
     moved.insert(len(moved) - 2, rule)  # just before the nodeports jump: order across services
     assert compare_with_upstream("".join(moved), upstream) == []
+    # The jump to KUBE-NODEPORTS must stay the last rule of KUBE-SERVICES: moving it first is a difference.
+    lines = ours.splitlines(True)
+    jump = next(i for i, l in enumerate(lines) if "must be the last rule" in l)
+    nat = lines.index("*nat\n")
+    first = next(i for i, l in enumerate(lines) if i > nat and l.startswith("-A KUBE-SERVICES "))
+    lines.insert(first, lines.pop(jump))
+    problems = compare_with_upstream("".join(lines), upstream)
+    assert len(problems) == 1 and "not the last rule of KUBE-SERVICES" in problems[0], problems

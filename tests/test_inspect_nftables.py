@@ -499,6 +499,26 @@ def test_verify_names_seeded_drift(lab: Lab, capsys: pytest.CaptureFixture[str],
     assert code == 1 and text.startswith("Drift on node test-node (nftables mode): ") and message in text
 
 
+def test_verify_reads_kube_proxy_133s_masquerade_rule_as_in_sync(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    """kube-proxy 1.33 matched `tcp dport <port>` again in the ClusterIP masquerade rule; 1.34
+    (which we write) does not. The older form for the service's own port is in sync; another
+    port is drift."""
+    ours = "ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade"
+    assert ours in lab.scripts[SIX]
+    for port, in_sync in ((80, True), (81, False)):
+        script = lab.scripts[SIX].replace(ours, ours.replace(" ip saddr", f" tcp dport {port} ip saddr"))
+        run_in(lab.ns, ["nft", "flush", "ruleset"])
+        run_in(lab.ns, ["nft", "-f", "-"], input=script)
+        path = lab.write(f"masquerade-port-{port}.json", run_in(lab.ns, ["nft", "-j", "list", "ruleset"]).stdout)
+        doc = cli_json(capsys, "verify", "-A", "--rules-file", path, "--from-file", CASES[SIX].objects, *SIX_NODE,
+                       codes=(0, 1))
+        if in_sync:
+            assert (doc["in_sync"], doc["findings"]) == (True, []), doc["findings"]
+        else:
+            assert [(f["kind"], f["service"]) for f in doc["findings"]] == [("rules-differ", "ns1/svc1")], doc
+            assert any("tcp dport 81" in r for r in doc["findings"][0]["extra_rules"]), doc["findings"][0]
+
+
 # layout → (the base chain holding the output firewall jump; a base chain moved to the wrong
 # side of DNAT: (its declaration, moved), the jump that then has no fitting chain).
 BASE_DRIFT = {

@@ -411,12 +411,12 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     chains: list[tuple[str, tuple[str, ...]]] = []
     internal_rules: list[str] = []
     if sp.has_internal_endpoints:
+        # No protocol or port match: a packet in this chain came through service-ips, which
+        # matched them already (kube-proxy 1.34, kubernetes#131492; 1.33 wrote `tcp dport N`).
         if ctx.masq_all:
-            internal_rules.append(
-                f"{ipx} daddr {sp.cluster_ip} {proto} dport {port} jump {MARK_FOR_MASQUERADE}")
+            internal_rules.append(f"{ipx} daddr {sp.cluster_ip} jump {MARK_FOR_MASQUERADE}")
         elif ctx.if_not_local:
-            internal_rules.append(
-                f"{ipx} daddr {sp.cluster_ip} {proto} dport {port} {ctx.if_not_local} jump {MARK_FOR_MASQUERADE}")
+            internal_rules.append(f"{ipx} daddr {sp.cluster_ip} {ctx.if_not_local} jump {MARK_FOR_MASQUERADE}")
 
     affinity = min(sp.affinity_seconds, AFFINITY_SECONDS_MAX)
     affinity_sets: list[tuple[str, int]] = []

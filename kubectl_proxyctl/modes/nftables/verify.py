@@ -384,6 +384,20 @@ def _diff(expected: Sequence[str], actual: Sequence[str]) -> tuple[list[str], li
     return multiset_diff(expected, actual, canonical, str)
 
 
+_MASQUERADE_MATCH = re.compile(r"^(ip6? daddr (\S+)) (tcp|udp|sctp) dport (\d+) (.*jump mark-for-masquerade)$")
+
+
+def _as_written_since_134(rule: str, sp: ServicePortPlan) -> str:
+    """kube-proxy up to 1.33 matched the service's protocol and port again in the ClusterIP
+    masquerade rule; 1.34 does not (service-ips matched them already, kubernetes#131492).
+    The older form of *this* service port's rule is read as the newer one: both are in sync."""
+    m = _MASQUERADE_MATCH.match(canonical(rule))
+    if m is not None and m.group(2) == sp.cluster_ip and m.group(3) == sp.protocol.value.lower() \
+            and int(m.group(4)) == sp.port:
+        return f"{m.group(1)} {m.group(5)}"
+    return rule
+
+
 _NUMGEN = re.compile(r"^numgen random mod (\d+) vmap \{ (.*) \}$")
 
 
@@ -491,7 +505,7 @@ class _TableCheck:
                          f"in {self.title}", spn, name)
         for name, rules in out.chains:
             if name in chains:
-                self.check_chain(spn, name, list(rules), reported)
+                self.check_chain(sp, name, list(rules), reported)
             elif not name.startswith(nftr.ENDPOINT_PREFIX):
                 self.add("missing-chain", "error", f"{spn}: chain {name} is missing from {self.title}", spn, name)
         for set_name, timeout in out.affinity_sets:
@@ -504,9 +518,10 @@ class _TableCheck:
                          f"{have_set.timeout if have_set.timeout is not None else 'forever'} s, the plan says "
                          f"{timeout} s", spn, set_name)
 
-    def check_chain(self, spn: str, name: str, rules: list[str], reported: set[str]) -> None:
+    def check_chain(self, sp: ServicePortPlan, name: str, rules: list[str], reported: set[str]) -> None:
+        spn = str(sp.name)
         chain = self.table.chains[name]
-        have = [r.text for r in chain.rules]
+        have = [_as_written_since_134(r.text, sp) for r in chain.rules]
         owner = nft_chain_owner(name)
         role = owner.role if owner else ""
         if rules and not have:
