@@ -262,7 +262,8 @@ def normalized_chains(text: str, ignore_nfacct: bool = False) -> dict[tuple[str,
 
     Marks lose their zero padding (the fixtures use 0x4000, kube-proxy writes 0x00004000).
     In KUBE-SERVICES and KUBE-NODEPORTS, whose order across services follows Go map order,
-    rules are stably grouped by service, the "must be the last rule" rule kept last. With
+    rules are stably grouped by service; the "must be the last rule" rule is not moved: where
+    it is not last, a line saying so takes its place, so the comparison shows it. With
     `ignore_nfacct` nfacct matches are dropped, and the localhost node-port rules that only
     exist for an nfacct counter with them.
     """
@@ -276,13 +277,18 @@ def normalized_chains(text: str, ignore_nfacct: bool = False) -> dict[tuple[str,
             if chain_name in ("KUBE-SERVICES", "KUBE-NODEPORTS"):
                 last = [r for r in rules if r.comment and "must be the last rule" in r.comment]
                 others = [r for r in rules if r not in last]
+                in_place = rules[len(others):] == last
                 rules = sorted(others, key=lambda r: _service_of(r.comment)) + last
+            else:
+                in_place = True
             lines = []
             for r in rules:
                 line = _MARK.sub(lambda m: "0x" + m.group(1), str(r))
                 if ignore_nfacct:
                     line = _NFACCT.sub("", line)
                 lines.append(line)
+            if not in_place:
+                lines.append(f"<the node-ports jump is not the last rule of {chain_name}>")
             out[(table_name, chain_name)] = lines
     return out
 

@@ -403,6 +403,37 @@ EXTERNAL_TRAFFIC_POLICY_CLUSTER = Scenario(lb("Cluster"), [
         origin="external"),
 ])
 
+# An external IP and an LB IP that are node addresses, on ports that are also other services'
+# NodePorts: the service-IP rules must win. kube-proxy writes the jump to the node ports as the
+# last rule of KUBE-SERVICES for this (nftables mode: the service-ips map before the node-port
+# dispatch); were it first, these packets would go to the NodePort services.
+NODE_ADDRESS_AS_SERVICE_IP = Scenario(
+    [
+        service("ns1", "ext", "172.30.0.51", [{"name": "p", "port": 3005}], external_ips=[NODE_IP]),
+        service("ns1", "lb", "172.30.0.52", [{"name": "p", "port": 3006, "nodePort": 3007}], type="LoadBalancer",
+                lb_ips=[NODE_IP_ALT]),
+        service("ns2", "np", "172.30.0.53", [{"name": "p", "port": 80, "nodePort": 3005}], type="NodePort"),
+        service("ns2", "np2", "172.30.0.54", [{"name": "p", "port": 80, "nodePort": 3006}], type="NodePort"),
+        endpoint_slice("ns1", "ext", [endpoint("10.180.0.51")], [("p", 8080)]),
+        endpoint_slice("ns1", "lb", [endpoint("10.180.0.52")], [("p", 8080)]),
+        endpoint_slice("ns2", "np", [endpoint("10.180.0.53")], [("p", 80)]),
+        endpoint_slice("ns2", "np2", [endpoint("10.180.0.54")], [("p", 80)]),
+    ],
+    [
+        Row("external IP that is a node address wins over a NodePort", EXTERNAL, NODE_IP, 3005, "10.180.0.51:8080",
+            masq=True, origin="external"),
+        Row("LB IP that is a node address wins over a NodePort", EXTERNAL, NODE_IP_ALT, 3006, "10.180.0.52:8080",
+            masq=True, origin="external"),
+        Row("pod to the external IP that is a node address", POD, NODE_IP, 3005, "10.180.0.51:8080", masq=True),
+        Row("node to the LB IP that is its own address", NODE_IP, NODE_IP_ALT, 3006, "10.180.0.52:8080", masq=True,
+            origin="node"),
+        Row("the NodePort on the other node address", EXTERNAL, NODE_IP_ALT, 3005, "10.180.0.53:80", masq=True,
+            origin="external"),
+        Row("the other NodePort on the first node address", EXTERNAL, NODE_IP, 3006, "10.180.0.54:80", masq=True,
+            origin="external"),
+    ],
+)
+
 # (internalTrafficPolicy, the endpoints' nodes, pod to ClusterIP's output)
 INTERNAL_TRAFFIC_POLICY_CASES = [
     ("Cluster", (NODE, "node1", "node2"), "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80"),

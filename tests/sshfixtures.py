@@ -58,6 +58,7 @@ import pytest
 from kubectl_proxyctl.system.executor import netns_path
 from kubectl_proxyctl.system.netns import call_in_netns, socket_in_netns
 from netns import kill_netns_processes, lab_skip_reason, new_prefix
+from waiting import TIMEOUT  # bounds how long sshd may take to listen
 
 T = TypeVar("T")
 
@@ -264,7 +265,7 @@ class SSHCluster:
 
     # sshd ----------------------------------------------------------------------------------
 
-    def start_sshd(self, node: SSHNode, timeout: float = 5.0) -> None:
+    def start_sshd(self, node: SSHNode, timeout: float = TIMEOUT) -> None:
         log = open(node.sshd_log, "ab")
         try:
             node.sshd = subprocess.Popen(

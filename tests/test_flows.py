@@ -35,6 +35,7 @@ from flows import (
     MASQ_ROWS,
     MASQ_VARIANTS,
     MODES,
+    NODE_ADDRESS_AS_SERVICE_IP,
     NO_ENDPOINTS_REJECT,
     NODE_PORT_CASES,
     OLDER_LAYOUT,
@@ -175,6 +176,11 @@ def test_external_traffic_policy_local_without_local_endpoints(build: Build, mod
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_external_traffic_policy_cluster(build: Build, mode: str) -> None:
     check(build, mode, EXTERNAL_TRAFFIC_POLICY_CLUSTER)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_service_ips_that_are_node_addresses_win_over_node_ports(build: Build, mode: str) -> None:
+    check(build, mode, NODE_ADDRESS_AS_SERVICE_IP)
 
 
 @pytest.mark.parametrize(

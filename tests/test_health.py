@@ -21,6 +21,7 @@ from kubectl_proxyctl.engine.metrics import ProxyMetrics
 from kubectl_proxyctl.engine.runner import FakeClock
 from kubectl_proxyctl.errors import ConfigError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily, NodeInfo, ServicePortName
+from waiting import TIMEOUT as WAIT  # bounds a hung request, never an expected duration
 
 TIMEOUT = 60.0  # 2 x the default 30 s sync period
 START_NS = 1_700_000_000_000_000_000
@@ -31,7 +32,7 @@ V4, V6 = IPFamily.IPv4, IPFamily.IPv6
 def fetch(
     address: tuple[str, int], path: str = "/", method: str = "GET",
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=5)
+    conn = http.client.HTTPConnection(address[0], address[1], timeout=WAIT)
     try:
         conn.request(method, path)
         response = conn.getresponse()
@@ -42,7 +43,7 @@ def fetch(
 
 def refused(address: tuple[str, int]) -> bool:
     try:
-        socket.create_connection(address, timeout=5).close()
+        socket.create_connection(address, timeout=WAIT).close()
     except ConnectionRefusedError:
         return True
     return False

@@ -19,6 +19,7 @@ from kubectl_proxyctl.errors import ClusterError
 from kubectl_proxyctl.kube.client import KubeAPI, connect
 from kubectl_proxyctl.kube.informer import Backoff, ClusterInformers, Informer
 from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+from waiting import TIMEOUT, wait_for
 
 
 class Recorder:
@@ -31,7 +32,7 @@ class Recorder:
             self.events.append((typ, (obj.get("metadata") or {}).get("name", "-")))
             self.cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[tuple[str, str]]], bool], timeout: float = 10.0) -> None:
+    def wait_for(self, predicate: Callable[[list[tuple[str, str]]], bool], timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not predicate(self.events):
@@ -69,7 +70,7 @@ def test_initial_sync_then_add_modify_delete(server: APIServer) -> None:
     rec = Recorder()
     inf = informer_for(server, rec).start()
     try:
-        assert inf.synced.wait(5)
+        assert inf.synced.wait(TIMEOUT)
         assert rec.since(0) == [("ADDED", "a"), ("ADDED", "b"), ("SYNCED", "-")]
         n = len(rec.events)
         server.create(service("c", clusterIP="None"))
@@ -92,11 +93,12 @@ def test_410_relists_with_the_right_state_and_no_duplicate_events(server: APISer
     rec = Recorder()
     inf = informer_for(server, rec, watch_timeout=1).start()
     try:
-        assert inf.synced.wait(5)
+        assert inf.synced.wait(TIMEOUT)
         n = len(rec.events)
         # The informer cannot reach the server while the world changes and history is compacted.
         server.fail_with(503)
-        time.sleep(1.5)  # its watch times out; re-watch attempts now fail
+        # its watch ends (watch_timeout=1); the re-watch attempts now fail
+        wait_for(lambda: "503" in inf.last_error, what="the informer's requests to fail with the server's 503")
         changed = server.get("services", "change")
         assert changed is not None
         changed["metadata"]["labels"] = {"v": "2"}
@@ -105,12 +107,17 @@ def test_410_relists_with_the_right_state_and_no_duplicate_events(server: APISer
         server.create(service("new", clusterIP="None"))
         server.compact()
         server.clear_fault()
-        rec.wait_for(lambda ev: ("ADDED", "new") in ev[n:], timeout=15)
-        time.sleep(0.3)
+        rec.wait_for(lambda ev: ("ADDED", "new") in ev[n:])
+        # A change made after the recovery is a barrier: every event the recovery caused
+        # (duplicates included) comes before it.
+        server.create(service("barrier", clusterIP="None"))
+        rec.wait_for(lambda ev: ("ADDED", "barrier") in ev[n:])
         got = rec.since(n)
+        assert got[-1] == ("ADDED", "barrier")
+        got = got[:-1]
         assert sorted(got) == [("ADDED", "new"), ("DELETED", "drop"), ("MODIFIED", "change")]
         assert not any(name == "keep" for _, name in got), "unchanged objects must not emit events"
-        assert names(inf) == ["change", "keep", "new"]
+        assert names(inf) == ["barrier", "change", "keep", "new"]
     finally:
         inf.stop()
 
@@ -132,13 +139,13 @@ def test_server_restart_mid_watch(tmp_path: Path) -> None:
         api = connect(str(first.kubeconfig_path), request_timeout=3)
         inf = Informer(api, "services", rec, namespace="default", kind="Service",
                        backoff=Backoff(initial=0.1, maximum=0.5)).start()
-        assert inf.synced.wait(5)
+        assert inf.synced.wait(TIMEOUT)
         first.stop()
-        time.sleep(0.5)
+        wait_for(lambda: not inf.healthy.is_set(), what="the informer to notice that the server is gone")
         second = APIServer(port=port, state_dir=state, bookmark_interval=0.5).start()
         try:
             second.create(service("after", clusterIP="None"))
-            rec.wait_for(lambda ev: ("ADDED", "after") in ev, timeout=15)
+            rec.wait_for(lambda ev: ("ADDED", "after") in ev)
             assert names(inf) == ["after", "before"]
             assert rec.events.count(("ADDED", "before")) == 1, "the restart must not replay known objects"
         finally:
@@ -150,16 +157,18 @@ def test_server_restart_mid_watch(tmp_path: Path) -> None:
 
 
 class CountingAPI:
-    """Wraps a KubeAPI and counts every request the informer makes."""
+    """Wraps a KubeAPI and counts every request the informer makes (and notes when)."""
 
     def __init__(self, api: KubeAPI) -> None:
         self.api = api
         self.requests = 0
+        self.times: list[float] = []
         self.lock = threading.Lock()
 
     def _count(self) -> None:
         with self.lock:
             self.requests += 1
+            self.times.append(time.monotonic())
 
     def list(self, *a: Any, **kw: Any) -> Any:
         self._count()
@@ -173,17 +182,41 @@ class CountingAPI:
         self.api.close_stream()
 
 
+class RecordingBackoff(Backoff):
+    """The default backoff (0.2 s doubling, ±50 %), noting every delay it hands out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+
+    def next(self) -> float:
+        delay = super().next()
+        self.delays.append(delay)
+        return delay
+
+
 def test_failing_server_is_retried_with_backoff_not_a_hot_loop(server: APIServer) -> None:
     server.fail_with(500)
     counting = CountingAPI(connect(str(server.kubeconfig_path), request_timeout=2))
-    inf = Informer(counting, "services", namespace="default").start()
+    backoff = RecordingBackoff()
+    inf = Informer(counting, "services", namespace="default", backoff=backoff).start()
     try:
-        time.sleep(5)
+        wait_for(lambda: counting.requests >= 4, what="four failed attempts")
+        with counting.lock:
+            requests, times = counting.requests, list(counting.times)
+        delays = list(backoff.delays)
         assert not inf.synced.is_set()
         assert "500" in inf.last_error
-        assert 2 <= counting.requests <= 10, counting.requests
+        # Not a hot loop: every failed attempt was followed by a backoff delay, the delays
+        # double (within the jitter), and no retry came before its delay was over.
+        assert 4 <= requests <= 10, requests
+        assert len(delays) >= requests - 1, (requests, delays)
+        for i, delay in enumerate(delays[:3]):
+            assert 0.1 * 2 ** i <= delay <= 0.3 * 2 ** i, delays
+        for i in range(min(len(times), len(delays) + 1) - 1):
+            assert times[i + 1] - times[i] >= delays[i] * 0.99, (i, times, delays)
         server.clear_fault()
-        assert inf.synced.wait(35)  # the backoff is capped at 30 s
+        assert inf.synced.wait(TIMEOUT + 45)  # the backoff is capped at 30 s (±50 %)
     finally:
         inf.stop()
 
@@ -199,7 +232,7 @@ def test_cluster_informers_track_services_slices_and_nodes(server: APIServer) ->
                                  on_change=lambda kind, typ, obj: seen.append((kind, typ)))
     informers.start()
     try:
-        assert informers.wait_synced(5)
+        assert informers.wait_synced(TIMEOUT)
         kinds = sorted(o["kind"] for o in informers.objects())
         assert kinds == ["EndpointSlice", "Service"], "slices without the service-name label are not watched"
         assert ("Service", "ADDED") in seen and ("EndpointSlice", "ADDED") in seen
@@ -235,7 +268,9 @@ def test_unreachable_server_fails_within_the_request_timeout(server: APIServer, 
         started = time.monotonic()
         with pytest.raises(ClusterError) as err:
             connect(str(bad), request_timeout=1.0).list("services")
-        assert time.monotonic() - started < 4
+        # The request timeout ended the wait (the silent server would hold it forever); the
+        # bound is generous, the message says which timeout it was.
+        assert time.monotonic() - started < TIMEOUT
         assert "did not answer within 1s (--request-timeout)" in str(err.value)
     finally:
         silent.close()

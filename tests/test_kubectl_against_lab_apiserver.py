@@ -7,13 +7,15 @@ the server advertises server-side field validation in /openapi/v3.
 
 from __future__ import annotations
 
-import time
+import logging
+
 import pytest
 import yaml
 from apiserver_fixtures import apiserver, kubectl  # noqa: F401 (fixtures)
 from apiserver_fixtures import NGINX_SERVICE_YAML, Kubectl, endpoint_slice, node, pod
 
 from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
+from waiting import TIMEOUT, wait_for
 
 pytestmark = pytest.mark.kubectl
 
@@ -132,18 +134,24 @@ def test_api_resources_and_version(kubectl: Kubectl) -> None:
     assert kubectl.run("version", "-o", "json").returncode == 0
 
 
-def test_get_svc_watch(kubectl: Kubectl, apiserver: APIServer) -> None:
-    watcher = kubectl.popen("get", "svc", "-w", "--request-timeout=10s")
+def test_get_svc_watch(kubectl: Kubectl, apiserver: APIServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kubectl_proxyctl.lab.apiserver.httpserver")  # its access log
+    watcher = kubectl.popen("get", "svc", "-w", f"--request-timeout={int(TIMEOUT)}s")
+    printed = ""
     try:
-        time.sleep(1.0)
+        # kubectl lists, then watches from the list's resourceVersion: once its watch request
+        # has reached the server, it prints every change made after that.
+        wait_for(lambda: any("watch=true" in r.getMessage() for r in caplog.records), what="kubectl's watch request")
         apply_nginx(kubectl)
         kubectl.run("label", "svc", "nginx", "seen=yes")
         kubectl.run("delete", "svc", "nginx")
-        time.sleep(0.5)
+        assert watcher.stdout is not None
+        for _ in range(4):  # the header and a row for each change (the request timeout bounds the wait)
+            printed += watcher.stdout.readline()
     finally:
         watcher.terminate()
-        out, _ = watcher.communicate(timeout=10)
-    lines = rows(out)
+        out, _ = watcher.communicate(timeout=TIMEOUT)
+    lines = rows(printed + out)
     assert lines[0] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert [line[:5] for line in lines[1:]] == [["nginx", "NodePort", "10.96.0.100", "<none>", "80:30080/TCP"]] * 3
 

@@ -22,6 +22,7 @@ from kubectl_proxyctl.engine.metrics import (
     parse_bind_address,
 )
 from kubectl_proxyctl.errors import ConfigError, ProxyctlError
+from waiting import TIMEOUT as WAIT  # bounds a hung request, never an expected duration
 
 # -- a small parser for the text format 0.0.4 ----------------------------------------------------
 
@@ -79,7 +80,7 @@ def parse(text: str) -> dict[str, Family]:
 
 
 def fetch(address: tuple[str, int], path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=5)
+    conn = http.client.HTTPConnection(address[0], address[1], timeout=WAIT)
     try:
         conn.request("GET", path)
         response = conn.getresponse()

@@ -10,7 +10,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,6 +49,7 @@ from kubectl_proxyctl.remote.probe import (
 )
 from kubectl_proxyctl.system.executor import netns_path, require_binary
 from netns import empty_netns
+from waiting import TIMEOUT, wait_for
 from sshfixtures import SSHCluster, build_ssh_cluster, health_reply, pod_reply, requires_sshd, ssh_skip_reason
 
 NODES = tuple(Node(f"node{i}", f"172.18.0.{i + 1}", f"node{i}") for i in (1, 2, 3))
@@ -349,6 +349,14 @@ while True:
     return proc
 
 
+# Every probe below is answered at once (open, refused, or an ICMP error): the probe timeout
+# only bounds a hang, so it is generous, and so is the deadline of the whole command. The
+# exception is curl (a node without bash): its telnet session to an open port lasts until
+# the timeout, so that run takes the whole timeout whatever happens.
+PROBE_TIMEOUT = 10.0
+CURL_PROBE_TIMEOUT = 3.0
+
+
 @pytest.mark.lab
 def test_driver_runs_under_bash_sh_and_without_bash(driver_netns: str, tmp_path: Path) -> None:
     server = _listen(driver_netns, 30080)
@@ -358,7 +366,8 @@ def test_driver_runs_under_bash_sh_and_without_bash(driver_netns: str, tmp_path:
                  ProbeSpec("e", Mode.UDP, "127.0.0.1", 30081)]
         enter = [require_binary("nsenter"), f"--net={netns_path(driver_netns)}", "--"]
         for shell in ("bash", "sh"):
-            done = subprocess.run(enter + remote_argv(specs, 1.0, shell), capture_output=True, text=True, timeout=10)
+            done = subprocess.run(enter + remote_argv(specs, PROBE_TIMEOUT, shell), capture_output=True, text=True,
+                                  timeout=TIMEOUT)
             got = parse_remote_output(done.stdout, specs)
             assert (done.returncode, got["a"].seen, got["b"].seen) == (0, Seen.OPEN, Seen.CLOSED), shell
             assert (got["c"].http_status, got["c"].backend) == (200, "drv-pod"), shell
@@ -368,8 +377,8 @@ def test_driver_runs_under_bash_sh_and_without_bash(driver_netns: str, tmp_path:
         bin_dir.mkdir()
         for tool in ("curl", "timeout", "od", "head", "tr", "dd"):
             os.symlink(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip(), bin_dir / tool)
-        argv = remote_argv(specs, 1.0, "sh")
-        done = subprocess.run(enter + ["/bin/sh", *argv[1:]], capture_output=True, text=True, timeout=10,
+        argv = remote_argv(specs, CURL_PROBE_TIMEOUT, "sh")
+        done = subprocess.run(enter + ["/bin/sh", *argv[1:]], capture_output=True, text=True, timeout=TIMEOUT,
                               env={"PATH": str(bin_dir)})
         got = parse_remote_output(done.stdout, specs)
         assert (got["a"].seen, got["b"].seen, got["c"].seen, got["d"].seen) == (
@@ -629,6 +638,8 @@ def test_colour_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatc
 
 
 def test_progress_line_appears_only_for_long_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run that ends before PROGRESS_AFTER shows nothing (an hour: never reached here).
+    monkeypatch.setattr(probe_command, "PROGRESS_AFTER", 3600.0)
     quick = io.StringIO()
     with probe_command._ProgressLine(quick) as line:
         line.update(1, 2)
@@ -637,7 +648,7 @@ def test_progress_line_appears_only_for_long_runs(monkeypatch: pytest.MonkeyPatc
     slow = io.StringIO()
     with probe_command._ProgressLine(slow) as line:
         line.update(3, 10)
-        time.sleep(0.1)
+        wait_for(lambda: "\rprobing: 3/10 cells done" in slow.getvalue(), what="the progress line")
     assert "\rprobing: 3/10 cells done" in slow.getvalue() and slow.getvalue().endswith("\r\033[K")
 
 

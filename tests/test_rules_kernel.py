@@ -18,7 +18,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -175,7 +174,10 @@ def test_the_hand_written_nft_ruleset_loads_and_prints_as_stored() -> None:
 def large_dump(cache: pytest.Cache) -> tuple[Path, Path]:
     """(iptables-legacy-save of a 10,000 × 5 cluster, its objects as JSON), made once."""
     sys.path.insert(0, str(ROOT / "bench"))
-    import synth
+    try:
+        import synth
+    finally:  # bench/ (its `common` module, say) must not shadow anything for later tests
+        sys.path.remove(str(ROOT / "bench"))
 
     # Whatever shapes the dump: the synthetic cluster and the code that plans and renders it.
     sources = [ROOT / "bench" / "synth.py", *(ROOT / "kubectl_proxyctl" / p for p in (
@@ -203,16 +205,13 @@ def test_ten_thousand_services(request: pytest.FixtureRequest) -> None:
     assert text.count("\n-A ") > 170000 and "-> " not in text  # large-cluster mode: no SVC/SEP comments
     cmd = [sys.executable, "-m", "kubectl_proxyctl", "explain", "svc/svc-4321", "-n", "bench", "--rules-file",
            str(dump), "--node-ip", "172.18.0.2", "-o", "json"]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    elapsed = time.perf_counter() - started
+    # How fast: bench/bench_explain.py holds the target; here the timeout only bounds a hang.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     (pod,) = [p for e in doc["ports"][0]["entries"] for p in e["paths"] if p["client"] == "pod"]
     assert [round(e["probability"], 6) for e in pod["endpoints"]] == [0.2] * 5
     assert pod["sentence"].endswith("1 of 5 endpoints, 20.0 % each, no SNAT")
-    print(f"\nexplain on a {text.count(chr(10))}-line dump: {elapsed:.2f} s")
-    assert elapsed < 10  # the benchmark (bench/bench_explain.py) holds the real target
 
     done = subprocess.run([sys.executable, "-m", "kubectl_proxyctl", "verify", "svc/svc-4321", "-n", "bench",
                            "--rules-file", str(dump), "--from-file", str(objs), "--node-name", "node1",

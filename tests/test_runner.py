@@ -8,6 +8,7 @@ from typing import Iterator
 import pytest
 
 from kubectl_proxyctl.engine.runner import FakeClock, FullSyncSchedule, Runner
+from waiting import TIMEOUT, wait_for
 
 MIN, MAX, RETRY = 1.0, 60.0, 10.0
 
@@ -33,7 +34,7 @@ class Sync:
 
     def wait_calls(self, n: int) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.calls >= n, 5.0)
+            return self._cond.wait_for(lambda: self.calls >= n, TIMEOUT)
 
 
 @pytest.fixture
@@ -169,7 +170,15 @@ def looping(runner: Runner) -> Iterator[threading.Event]:
 
 def settle(sync: Sync, clock: FakeClock) -> None:
     """Wait (real time, bounded) until the loop has finished the last sync and blocks again."""
-    assert clock.wait_for_waiter(sync.waits_at_last_call)
+    assert clock.wait_for_waiter(sync.waits_at_last_call, timeout=TIMEOUT)
+
+
+def absorbed(clock: FakeClock) -> bool:
+    """The loop blocks on the clock in a wait nobody has woken: it has reacted to every
+    request made so far, and its deadline was computed from the clock's present time (so
+    the next `advance()` counts from there)."""
+    with clock._cond:  # the fake clock's own view of its waiters
+        return any(not event.is_set() for _, event in clock._waiters)
 
 
 def test_loop_coalesces_and_runs_periodically(
@@ -184,6 +193,7 @@ def test_loop_coalesces_and_runs_periodically(
 
     for _ in range(100):  # all inside the cool-down after the first sync
         runner.run()
+    wait_for(lambda: absorbed(clock), what="the loop to take in the requests and block again")
     clock.advance(MIN / 2)
     assert sync.calls == 1
     clock.advance(MIN / 2)

@@ -3,7 +3,8 @@
 Theory of operation: everything in `system/` that runs iptables, iptables-restore, nft or
 conntrack does it through an `Executor`, a one-method protocol (`run(argv, stdin, timeout)
 -> Result`). Production code uses `SubprocessExecutor`; unit tests use `FakeExecutor`,
-which records every call and answers from a script, so adapters are tested without root.
+which records every call and answers from a script (and fails the test on a command it was
+not told about), so adapters are tested without root.
 
 `SubprocessExecutor(netns=NAME)` runs every command inside the named network namespace
 (`/run/netns/NAME`, what `ip netns add` creates) through `nsenter --net=PATH`. Unlike
@@ -143,6 +144,10 @@ class Call:
 Handler = Callable[[tuple[str, ...], str | None], Result | None]
 
 
+class UnscriptedCommand(AssertionError):
+    """A FakeExecutor was asked to run a command no script, handler or default answers."""
+
+
 @dataclass
 class FakeExecutor:
     """A scripted executor for unit tests.
@@ -150,12 +155,16 @@ class FakeExecutor:
     `script(prefix, *results)` queues answers for commands whose argv starts with `prefix`
     (the longest matching prefix wins; the last queued answer repeats). A `handler` sees
     every call first and may answer it (return None to fall through). Binaries in
-    `missing` raise the same ProxyctlError as a missing tool does for real. Unscripted
-    commands get `default`, or an AssertionError when `default` is None.
+    `missing` raise the same ProxyctlError as a missing tool does for real.
+
+    Strict by default: a command neither the handler nor a script answers raises
+    `UnscriptedCommand` (an AssertionError naming the command), so a test states every
+    command the code under test runs. `default=Result(...)` answers every unscripted
+    command instead, for a test about what happens when *everything* fails (or succeeds).
     """
 
     netns: str | None = None
-    default: Result | None = Result(0)
+    default: Result | None = None
     handler: Handler | None = None
     missing: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
@@ -183,5 +192,7 @@ class FakeExecutor:
             queue = self._scripts[max(matches, key=len)]
             return queue.pop(0) if len(queue) > 1 else queue[0]
         if self.default is None:
-            raise AssertionError(f"unscripted command: {' '.join(args)}")
+            raise UnscriptedCommand(
+                f"unscripted command: {' '.join(args)} (FakeExecutor answers only commands it was told "
+                "about: add fake.script([...], Result(...)) or pass default=Result(...))")
         return self.default
