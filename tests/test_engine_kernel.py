@@ -27,6 +27,7 @@ nftables mode deliberately behaves differently, as kube-proxy's does, the test s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -59,6 +60,7 @@ from kubectl_proxyctl.modes.iptables.render import JUMP_RULES
 from kubectl_proxyctl.modes.iptables.writer import OWNED_CHAIN_PREFIXES
 from kubectl_proxyctl.system.sysctl import ROUTE_LOCALNET
 from netns import Topology, build_topology, requires_lab
+from waiting import TIMEOUT, wait_for
 
 pytestmark = [pytest.mark.lab,
               requires_lab("iptables-nft", "iptables-nft-save", "iptables-nft-restore", "nft", "conntrack")]
@@ -102,6 +104,10 @@ STICKY = "10.96.0.17"  # ClusterIP with ClientIP affinity
 UDP1 = "10.96.0.18"  # ClusterIP dns/53 UDP, one endpoint (pod-a, or another one)
 LATE = "10.96.0.19"  # added later, without endpoints
 EXTERNAL_ROUTES = (EXTERNAL_IP, LB_IP, LBFW_IP, LOCAL_LB_IP)
+# A connection the rules answer at once (a pod, or a refusal) gets this long: it only bounds
+# a hang. Connections that must not be answered (dropped, routed nowhere) keep short
+# timeouts: for them the timeout is the observation.
+ANSWERED = 10.0
 
 
 def objects(topo: Topology, *, udp1: str = "pod-a", web: Sequence[str] = ENDPOINT_PODS) -> list[Obj]:
@@ -193,7 +199,7 @@ class Lab:
         return self.topo.tcp_request(role, ip, port, timeout)
 
     def ipt(self, *args: str, table: str = "filter", check: bool = True) -> str:
-        return run_in(self.node, ["iptables", "-w", "5", "-t", table, *args], check=check).stdout
+        return run_in(self.node, ["iptables", "-w", str(int(TIMEOUT)), "-t", table, *args], check=check).stdout
 
     def nft(self, *args: str, check: bool = True, script: str | None = None) -> str:
         """`nft ARGS` in the node namespace, or `nft -f -` with `script`."""
@@ -270,7 +276,7 @@ def lab(request: pytest.FixtureRequest, node_topology: tuple[Topology, str]) -> 
         for proc in lab.processes:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait(timeout=5)
+                proc.wait(timeout=TIMEOUT)
 
 
 # --- reaching the pods ----------------------------------------------------------------------
@@ -303,8 +309,8 @@ def test_node_port_external_ip_and_load_balancer_ip(lab: Lab) -> None:
         # alone), and accepts node ports on the primary node IP only (--nodeport-addresses
         # defaults to `primary`): nothing listens on those ports, so the kernel refuses.
         assert sysctl.get(ROUTE_LOCALNET) == "0"
-        assert lab.tcp("node", "127.0.0.1", NP_PORT, timeout=1.0) == "refused"
-        assert lab.tcp(POD_CLIENT, bridge, NP_PORT, timeout=1.0) == "refused"
+        assert lab.tcp("node", "127.0.0.1", NP_PORT, timeout=ANSWERED) == "refused"
+        assert lab.tcp(POD_CLIENT, bridge, NP_PORT, timeout=ANSWERED) == "refused"
     assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
     assert lab.tcp("node", NODE1_IP, NP_PORT) in ENDPOINT_PODS
     assert lab.tcp(POD_CLIENT, NODE1_IP, NP_PORT) in ENDPOINT_PODS
@@ -319,16 +325,14 @@ def test_node_port_external_ip_and_load_balancer_ip(lab: Lab) -> None:
         lab.once(extra=["--nodeport-addresses", "0.0.0.0/0"])
         assert lab.tcp(POD_CLIENT, bridge, NP_PORT) in ENDPOINT_PODS
         assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
-        assert lab.tcp("node", "127.0.0.1", NP_PORT, timeout=1.0) == "refused"
+        assert lab.tcp("node", "127.0.0.1", NP_PORT, timeout=ANSWERED) == "refused"
         assert sysctl.get(ROUTE_LOCALNET) == "0"
 
 
 def test_thousand_connections_spread_evenly(lab: Lab) -> None:
     lab.once()
-    started = time.perf_counter()
     counts = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 1000)
-    elapsed = time.perf_counter() - started
-    print(f"\n{lab.mode}: 1000 connections to {WEB}:80 in {elapsed:.2f}s: {dict(sorted(counts.items()))}")
+    print(f"\n{lab.mode}: 1000 connections to {WEB}:80: {dict(sorted(counts.items()))}")
     assert sum(counts[p] for p in ENDPOINT_PODS) == 1000, counts
     for pod in ENDPOINT_PODS:
         assert abs(counts[pod] - 1000 / 3) <= 0.15 * 1000 / 3, counts
@@ -351,8 +355,8 @@ def test_wrong_port_of_a_cluster_ip(lab: Lab) -> None:
     if lab.mode == "nftables":
         # kube-proxy's nftables mode rejects traffic to a port a ClusterIP does not serve
         # (cluster-ips-check), TCP and UDP alike.
-        assert lab.tcp(POD_CLIENT, WEB, 8080, timeout=3.0) == "refused"
-        assert lab.tcp("node", WEB, 8080, timeout=3.0) == "refused"
+        assert lab.tcp(POD_CLIENT, WEB, 8080, timeout=ANSWERED) == "refused"
+        assert lab.tcp("node", WEB, 8080, timeout=ANSWERED) == "refused"
         assert lab.topo.udp_request(POD_CLIENT, WEB, 54) == "refused"
     else:
         # iptables mode has no rule for it: the packet is routed like any other, never to a pod.
@@ -411,9 +415,8 @@ def test_service_without_endpoints_is_refused(lab: Lab) -> None:
     if lab.mode == "iptables":  # the localhost node port (nftables mode has none)
         cases.append(("node", "127.0.0.1", EMPTY_PORT))
     for role, ip, port in cases:
-        started = time.perf_counter()
-        answer = lab.tcp(role, ip, port, timeout=3.0)
-        assert answer == "refused", (role, ip, port, answer, time.perf_counter() - started)
+        answer = lab.tcp(role, ip, port, timeout=ANSWERED)
+        assert answer == "refused", (role, ip, port, answer)
 
 
 # --- coexistence, clean-up ------------------------------------------------------------------
@@ -506,8 +509,9 @@ def test_jump_rules_are_not_duplicated_by_repeated_syncs(lab: Lab) -> None:
         assert len(hits) == 1, (jump, hits)
 
 
-def _nft_proxier(lab: Lab, system: Any = None) -> Any:
-    """An nftables proxier in this process, programming the node namespace."""
+def _nft_proxier(lab: Lab, system: Any = None, monotonic: Callable[[], float] = time.monotonic) -> Any:
+    """An nftables proxier in this process, programming the node namespace (its writer's
+    clock is `monotonic`)."""
     from kubectl_proxyctl.plan.planner import ProxyConfig
     from kubectl_proxyctl.engine.proxier import Proxier
     from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
@@ -519,7 +523,8 @@ def _nft_proxier(lab: Lab, system: Any = None) -> Any:
     executor = SubprocessExecutor(netns=lab.node)
     config = ProxyConfig(node_name="node1", cluster_cidrs=(CLUSTER_CIDR,), nodeport_addresses=("primary",),
                          localhost_nodeports=False)
-    return Proxier(config, StateTracker("node1"), NftablesWriter(system or NftSystem(executor=executor)),
+    return Proxier(config, StateTracker("node1"),
+                   NftablesWriter(system or NftSystem(executor=executor), monotonic=monotonic),
                    conntrack=ConntrackSystem(executor=executor))
 
 
@@ -530,7 +535,8 @@ def _feed(proxier: Any, objs: Sequence[Obj], event: str = "ADDED") -> None:
 
 @only("nftables")
 def test_base_chain_rules_are_not_duplicated_and_stale_chains_go(lab: Lab) -> None:
-    from kubectl_proxyctl.modes.nftables.render import BASE_CHAINS, JUMP_CHAINS
+    from kubectl_proxyctl.engine.runner import FakeClock
+    from kubectl_proxyctl.modes.nftables.render import BASE_CHAINS, JUMP_CHAINS, STALE_CHAIN_DELAY
 
     want_base = sorted((name, hook, prio) for name, _, hook, prio in BASE_CHAINS)
     want_jumps = {name: [f"{match + ' ' if match else ''}jump {dst}" for dst, src, match in JUMP_CHAINS if src == name]
@@ -547,8 +553,9 @@ def test_base_chain_rules_are_not_duplicated_and_stale_chains_go(lab: Lab) -> No
     lab.once()  # a new process re-creates the base chains (deleted and added again)
     assert check("after two") == first
 
-    # One process, repeated full and partial syncs.
-    proxier = _nft_proxier(lab)
+    # One process, repeated full and partial syncs; its writer's clock moves when told to.
+    clock = FakeClock()
+    proxier = _nft_proxier(lab, monotonic=clock.monotonic)
     _feed(proxier, objects(lab.topo))
     for _ in range(2):
         proxier.schedule.request()
@@ -557,7 +564,7 @@ def test_base_chain_rules_are_not_duplicated_and_stale_chains_go(lab: Lab) -> No
         assert check("after full syncs in one process") == first
 
     # udp1 moves from pod-a to pod-b: a partial sync flushes pod-a's endpoint chain, and a
-    # sync at least a second later deletes it.
+    # sync at least a second (STALE_CHAIN_DELAY) later deletes it.
     ip = {p.name: p.ip for p in lab.topo.pods}
     old_chain = next(c for c in first if c.startswith("endpoint-") and f"-e2e/udp1/udp/dns__{ip['pod-a']}/" in c)
     proxier.on_event("EndpointSlice", "MODIFIED", endpoint_slice(
@@ -567,7 +574,7 @@ def test_base_chain_rules_are_not_duplicated_and_stale_chains_go(lab: Lab) -> No
     rules = check("after a partial sync")
     assert rules[old_chain] == [], rules[old_chain]  # flushed, not deleted yet
     assert lab.topo.udp_request(POD_CLIENT, UDP1, 53) == "pod-b"
-    time.sleep(1.2)
+    clock.advance(STALE_CHAIN_DELAY)
     later = proxier.sync()
     assert later is not None and not later.error, later
     rules = check("after the stale chain was deleted")
@@ -589,13 +596,45 @@ def _flush_iptables(lab: Lab) -> None:
     assert not any(c.startswith("KUBE-") for c in saved_chains(lab.node, "nat")["nat"])
 
 
-FLUSHES: dict[str, list[tuple[str, Callable[[Lab], Any]]]] = {
-    "iptables": [("iptables -t nat -F and -X", _flush_iptables)],
-    # The engine checks every sync period that its table is there; a table whose rules were
-    # flushed but which still exists is noticed by the hourly rule-count check.
+def _web_chain(lab: Lab) -> str:
+    """The service chain of WEB's http port, read from the node's rules."""
+    if lab.mode == "iptables":
+        for line in lab.ipt("-S", "KUBE-SERVICES", table="nat").splitlines():
+            if f"-d {WEB}/32" in line and "--dport 80 " in line:
+                return line.rsplit(" -j ", 1)[1]
+    else:
+        m = re.search(rf"{re.escape(WEB)} \. tcp \. 80 : goto (\S+)", lab.nft("list", "map", *OUR_TABLE, "service-ips"))
+        if m:
+            return m.group(1).rstrip(",")
+    raise AssertionError(f"no service chain for {WEB}:80 in the node's rules")
+
+
+def _delete_web_element(lab: Lab) -> None:
+    lab.nft("delete", "element", *OUR_TABLE, "service-ips", "{", f"{WEB} . tcp . 80", "}")
+
+
+# (what someone does, how, whether it breaks pod → WEB:80). Each must be noticed at the next
+# sync period and repaired by a full sync.
+TAMPERING: dict[str, list[tuple[str, Callable[[Lab], Any], bool]]] = {
+    "iptables": [
+        ("iptables -t nat -F", lambda lab: lab.ipt("-F", table="nat"), True),
+        ("iptables -t nat -F and -X", _flush_iptables, True),
+        ("iptables -t filter -F", lambda lab: lab.ipt("-F", table="filter"), False),
+        ("a deleted jump nat PREROUTING -> KUBE-SERVICES",
+         lambda lab: lab.ipt("-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
+                             "-j", "KUBE-SERVICES", table="nat"), True),
+        ("a deleted jump nat POSTROUTING -> KUBE-POSTROUTING",
+         lambda lab: lab.ipt("-D", "POSTROUTING", "-m", "comment", "--comment", "kubernetes postrouting rules",
+                             "-j", "KUBE-POSTROUTING", table="nat"), False),
+        ("iptables -t mangle -X KUBE-PROXY-CANARY", lambda lab: lab.ipt("-X", "KUBE-PROXY-CANARY", table="mangle"), False),
+        ("a flushed service chain", lambda lab: lab.ipt("-F", _web_chain(lab), table="nat"), True),
+    ],
     "nftables": [
-        ("nft delete table ip kube-proxy", lambda lab: lab.nft("delete", "table", *OUR_TABLE)),
-        ("nft flush ruleset", lambda lab: lab.nft("flush", "ruleset")),  # every table, ours included
+        ("nft delete table ip kube-proxy", lambda lab: lab.nft("delete", "table", *OUR_TABLE), True),
+        ("nft flush ruleset", lambda lab: lab.nft("flush", "ruleset"), True),  # every table, ours included
+        ("nft flush table ip kube-proxy", lambda lab: lab.nft("flush", "table", *OUR_TABLE), True),
+        ("a deleted service-ips element", _delete_web_element, True),
+        ("a flushed service chain", lambda lab: lab.nft("flush", "chain", *OUR_TABLE, _web_chain(lab)), True),
     ],
 }
 
@@ -606,34 +645,49 @@ def test_long_running_engine_repairs_a_flush_and_survives_sigkill(lab: Lab, tmp_
     assert lab.tcp(POD_CLIENT, WEB, 80, timeout=0.5) not in ENDPOINT_PODS
     log = str(tmp_path / "engine.log")
     proc = lab.start(objects(lab.topo), f"{sync_period:g}s", log)
+
+    def engine_log() -> str:
+        with open(log, encoding="utf-8") as fh:
+            return fh.read()
+
+    def flushes_noticed() -> int:
+        return engine_log().count("someone flushed our rules")
+
+    def serving() -> bool:
+        assert proc.poll() is None, "the engine exited:\n" + engine_log()
+        return lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) in ENDPOINT_PODS
+
+    repaired: dict[str, float] = {}
     try:
-        deadline = time.monotonic() + 10
-        while lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS:
-            assert proc.poll() is None, open(log).read()
-            assert time.monotonic() < deadline, "the engine did not program the node:\n" + open(log).read()
-            time.sleep(0.1)
+        wait_for(serving, TIMEOUT, lambda: "the engine to program the node:\n" + engine_log())
         # The connections tried while there were no rules left conntrack entries without DNAT.
         forget_flows(lab.node, WEB)
 
-        for what, flush in FLUSHES[lab.mode]:
-            noticed = open(log).read().count("someone flushed our rules")
-            flush(lab)
-            flushed = time.monotonic()
-            assert lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS, what
-            while lab.tcp(POD_CLIENT, WEB, 80, timeout=0.3) not in ENDPOINT_PODS:
-                assert proc.poll() is None, open(log).read()
-                assert time.monotonic() - flushed < 2 * sync_period + 1.5, f"not repaired after {what}:\n" + \
-                    open(log).read()
-                time.sleep(0.1)
-            repaired = time.monotonic() - flushed
+        for what, tamper, breaks in TAMPERING[lab.mode]:
+            noticed = flushes_noticed()
+            full_syncs = engine_log().count(" sync full ")
+            started = time.monotonic()
+            tamper(lab)
+            if breaks:  # the tampering broke the service (unless the engine already repaired it)
+                assert not serving() or flushes_noticed() > noticed, what
+            # The engine notices at its next sync period and programs everything again; the
+            # deadline only bounds a hang.
+            wait_for(lambda: flushes_noticed() > noticed, 2 * sync_period + TIMEOUT,
+                     lambda: f"the engine to notice {what}:\n" + engine_log())
+            # The repair is the full sync that follows (the next tampering must not race it).
+            wait_for(lambda: engine_log().count(" sync full ") > full_syncs, TIMEOUT,
+                     lambda: f"the full sync after {what}:\n" + engine_log())
+            wait_for(serving, 2 * sync_period + TIMEOUT, lambda: f"a repair after {what}:\n" + engine_log())
+            repaired[what] = time.monotonic() - started
             forget_flows(lab.node, WEB)  # as above: tried while the rules were gone
-            print(f"\n{lab.mode}: repaired {repaired:.2f}s after {what} (sync period {sync_period:g}s)")
-            assert open(log).read().count("someone flushed our rules") == noticed + 1, open(log).read()
+            assert flushes_noticed() == noticed + 1, engine_log()
             assert lab.tcp("client", NODE1_IP, NP_PORT) in ENDPOINT_PODS
+        print(f"{lab.mode}: repaired after (s, sync period {sync_period:g} s): "
+              + ", ".join(f"{what} {seconds:.1f}" for what, seconds in repaired.items()))
 
         # SIGKILL: no chance to clean anything; the rules keep serving.
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=5)
+        proc.wait(timeout=TIMEOUT)
         assert proc.returncode == -signal.SIGKILL
         spread = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 30)
         assert set(spread) == set(ENDPOINT_PODS), spread
@@ -642,7 +696,7 @@ def test_long_running_engine_repairs_a_flush_and_survives_sigkill(lab: Lab, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=5)
+            proc.wait(timeout=TIMEOUT)
 
 
 # --- UDP conntrack --------------------------------------------------------------------------
@@ -697,7 +751,7 @@ def _old_rules_serve_then_the_retry_applies_the_new_state(lab: Lab, proxier: Any
     assert retry is not None and not retry.error and retry.full, retry
     only_a = tcp_burst(lab.ns(POD_CLIENT), WEB, 80, 20)
     assert only_a == {"pod-a": 20}, only_a
-    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=3.0) == "refused"
+    assert lab.tcp(POD_CLIENT, LATE, 80, timeout=ANSWERED) == "refused"
 
 
 @only("iptables")

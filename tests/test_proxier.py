@@ -79,3 +79,19 @@ def test_stale_chains_found_by_save_are_deleted_on_full_sync(setup: Any) -> None
     assert "-X KUBE-SVC-AAAAAAAAAAAAAAAA" in fake.payloads[0]
     assert "-X KUBE-SEP-BBBBBBBBBBBBBBBB" in fake.payloads[0]
     assert "MY-CHAIN" not in fake.payloads[0]
+
+
+def test_tampering_is_noticed_and_someone_elses_change_costs_one_check(setup: Any, monkeypatch: Any) -> None:
+    proxier, fake = setup
+    proxier.sync()
+    summaries: list[int] = []
+    summary = fake.summary
+    monkeypatch.setattr(fake, "summary", lambda *a: summaries.append(1) or summary(*a))
+    assert proxier.state_missing() == [] and summaries == [1]  # after a full sync: checked once
+    assert proxier.state_missing() == [] and summaries == [1]  # nothing changed: fingerprint only
+    fake.restore("*filter\n:OTHER - [0:0]\n-A OTHER -j ACCEPT\nCOMMIT\n")  # someone else's rules
+    assert proxier.state_missing() == [] and summaries == [1, 1]
+    fake.restore("*nat\n:KUBE-POSTROUTING - [0:0]\nCOMMIT\n")  # declaring a chain flushes it
+    assert proxier.state_missing() == ["the rules of nat KUBE-POSTROUTING"]
+    proxier.schedule.request()
+    assert proxier.sync().full and proxier.state_missing() == []

@@ -151,14 +151,44 @@ def test_delete_stale_chains_now_waits_out_the_delay(setup: Any) -> None:
     assert proxier.writer.delete_stale(wait=wait) == 0
 
 
-def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_by_the_hourly_check(setup: Any) -> None:
+def test_no_periodic_full_sync_but_a_flushed_table_is_noticed_at_the_next_check(setup: Any) -> None:
     proxier, fake, clock, _ = setup
     proxier.sync()
     clock.now += 10 * 3600
     assert proxier.schedule.due() is False
+    assert proxier.state_missing() == []  # the hourly listing finds everything in place
     fake.masquerading_rules = 0  # `nft flush table ip kube-proxy`: chains empty, sets still there
-    assert proxier.state_missing() == ["the rules of table ip kube-proxy"]
-    assert proxier.state_missing() == []  # counted at most once per DEEP_CHECK_PERIOD
+    missing = proxier.state_missing()
+    assert len(missing) == 1 and missing[0].startswith("the rules of ") and "table ip kube-proxy" in missing[0]
+    assert "rules changed" in missing[0], missing
+    proxier.schedule.request()
+    assert proxier.sync().full and proxier.state_missing() == []
+
+
+def test_the_check_lists_the_table_only_when_the_generation_moved(setup: Any, monkeypatch: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    listings: list[int] = []
+    summary = fake.summary
+    monkeypatch.setattr(fake, "summary", lambda: listings.append(1) or summary())
+    assert proxier.state_missing() == [] and listings == [1]  # after a full transaction: listed once
+    assert proxier.state_missing() == [] and listings == [1]  # nothing changed: no listing
+    fake.run("add table inet other\n")  # another program's transaction
+    assert proxier.state_missing() == [] and listings == [1, 1]  # listed once more, ours intact
+    assert proxier.state_missing() == [] and listings == [1, 1]  # and not again
+
+
+@pytest.mark.parametrize("tamper,what", [
+    (lambda fake: setattr(fake, "masquerading_rules", None), "table ip kube-proxy"),
+    (lambda fake: fake.run("flush chain ip kube-proxy services\n"), "rules changed"),
+    (lambda fake: fake.run("delete element ip kube-proxy service-ips { 10.96.0.1 . tcp . 80 }\n"), "elements of service-ips"),
+])
+def test_every_kind_of_tampering_is_noticed(setup: Any, tamper: Any, what: str) -> None:
+    proxier, fake, _, _ = setup
+    proxier.sync()
+    tamper(fake)
+    missing = proxier.state_missing()
+    assert missing and what in " ".join(missing), missing
 
 
 # --- the adapter ------------------------------------------------------------------------------

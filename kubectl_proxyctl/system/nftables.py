@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
@@ -54,6 +55,14 @@ def family_word(family: IPFamily) -> str:
 
 
 KUBE_PROXY_TABLE = "kube-proxy"  # the one table kube-proxy's nftables mode owns, per family
+
+
+@dataclass
+class NftSummary:
+    """Chain → number of rules, and set or map → number of elements, of one table."""
+
+    rules: dict[str, int] = field(default_factory=dict)
+    elements: dict[str, int] = field(default_factory=dict)
 
 
 class NftSystem:
@@ -140,6 +149,40 @@ class NftSystem:
         except ValueError:
             return None
         return sum(1 for item in data.get("nftables") or [] if "rule" in item)
+
+    # tamper detection --------------------------------------------------------------
+
+    def generation(self) -> int:
+        """The namespace's nf_tables ruleset generation: changes with any commit, read at a cost
+        independent of the table's size."""
+        from kubectl_proxyctl.system.generation import nft_generation
+
+        return nft_generation(getattr(self.executor, "netns", None))
+
+    def summary(self) -> "NftSummary | None":
+        """Our table's chains with their rule counts and its sets and maps with their element
+        counts; None when the table does not exist. Costs a whole-table listing."""
+        result = self.executor.run(["nft", "-j", "list", "table", self.fam, self.table], timeout=300.0)
+        if not result.ok:
+            if "No such file" in result.stderr or "does not exist" in result.stderr:
+                return None
+            raise ProxyctlError(f"nft list table {self.fam} {self.table} failed: {result.stderr.strip()}")
+        try:
+            items = json.loads(result.stdout or "{}").get("nftables") or []
+        except ValueError as exc:
+            raise ProxyctlError(f"nft -j list table: unreadable output ({exc})") from exc
+        out = NftSummary()
+        for item in items:
+            if "chain" in item:
+                out.rules.setdefault(str(item["chain"].get("name")), 0)
+            elif "rule" in item:
+                chain = str(item["rule"].get("chain"))
+                out.rules[chain] = out.rules.get(chain, 0) + 1
+            else:
+                for kind in ("set", "map"):
+                    if kind in item:
+                        out.elements[str(item[kind].get("name"))] = len(item[kind].get("elem") or ())
+        return out
 
     def list_table(self) -> str:
         """`nft -j list table` of our table (JSON text), for inspection tools and tests."""

@@ -7,19 +7,34 @@
   chains of deleted Services are removed with `-X` in the same payload.
 * `iptables-restore` commits table by table, so a failure in `nat` may follow a committed
   `filter`: after a failure the last good full payload is restored again.
-* Someone flushed our rules when a canary chain is gone; the engine then syncs everything.
+* **Tamper detection** (`state_missing`, every sync period): first a fingerprint of the
+  tables that costs the same at any size (`IptablesSystem.fingerprint`: legacy tables' entry
+  counts and sizes, or the nf_tables generation); only when it moved since our last write, a
+  precise check of one save per table: the canary chains, every jump from a built-in chain,
+  the fixed chains (KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FORWARD not empty) and every
+  service chain we wrote (present, not empty). `iptables -F` (per table), `-X`, deleted jump
+  rules and flushed or deleted chains all show; any loss makes the next sync a full one.
+  Changes by others that left ours intact only cost that one check. The precise check also
+  runs hourly, whatever the fingerprint says.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
+from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
 from kubectl_proxyctl.modes.iptables.naming import is_service_chain
-from kubectl_proxyctl.modes.iptables.render import RenderedRules, render
-from kubectl_proxyctl.model import IPFamily
+from kubectl_proxyctl.modes.iptables.render import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    RenderedRules,
+    render,
+)
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 
 log = logging.getLogger(__name__)
@@ -44,16 +59,30 @@ class IptablesWriter:
 
     mode = Mode.IPTABLES
 
+    # The precise tamper check runs at least this often, whatever the fingerprint says.
+    DEEP_CHECK_PERIOD = 3600.0
+    CANARY_TABLES = ("mangle", "nat", "filter")
+    # Fixed chains that are never empty in our layout.
+    NEVER_EMPTY = (("nat", KUBE_POSTROUTING), ("nat", KUBE_MARK_MASQ), ("filter", KUBE_FORWARD))
+
     def __init__(self, system: Any, *, random_fully: bool = True, large_cluster: bool | None = None,
-                 full_sync_period: float = FULL_SYNC_PERIOD) -> None:
+                 full_sync_period: float = FULL_SYNC_PERIOD,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.system = system
         self.random_fully = random_fully
         self.large_cluster = large_cluster
         self.full_sync_period = full_sync_period
+        self.monotonic = monotonic
         self.payload = ""  # the last good full payload: the rollback point
         self.service_chains: frozenset[str] = frozenset()  # our service chains in the kernel
+        self._jumps: tuple[tuple[str, str, str], ...] = ()  # (table, built-in chain, target) ensured
+        self._fingerprint: object = None  # the tables' fingerprint after our last write or check
+        self._last_deep_check = monotonic()
 
     def sync(self, plan: NodePlan, full: bool, changed: frozenset[str] | set[str]) -> Written:
+        # A change by someone else since our last write or check must still be checked, even
+        # though this write moves the fingerprint again.
+        unchecked = self._fingerprint is None or self._read_fingerprint() != self._fingerprint
         if full:
             rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
                               existing_nat_chains=self._existing_nat_chains())
@@ -65,7 +94,12 @@ class IptablesWriter:
             self.system.ensure_jumps(_system_jumps(rendered))
             self.system.ensure_canaries()
             self.payload = rendered.text  # partial syncs after it are redone by the next full sync
+            self._jumps = tuple((j.table, j.chain, j.target) for j in rendered.jump_rules)
         self.service_chains = rendered.service_chains
+        # The next check looks at the rules themselves after a full sync (it takes long enough
+        # for someone to change something meanwhile; full syncs are rare), and after a partial
+        # one when someone else changed something before it (None forces that check).
+        self._fingerprint = None if full or unchecked else self._read_fingerprint()
         return Written(full, rendered.filter_rules + rendered.nat_rules, rendered)
 
     def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
@@ -79,11 +113,42 @@ class IptablesWriter:
                 log.error("restoring the last good rules failed too: %s", again)
 
     def state_missing(self) -> list[str]:
-        try:
-            return [f"canary chain KUBE-PROXY-CANARY in {table}" for table in self.system.missing_canaries()]
-        except ProxyctlError as exc:
-            log.warning("cannot check the canary chains: %s", exc)
+        """What of our rules is gone (see the module docstring); [] when all is there."""
+        fingerprint = self._read_fingerprint()
+        now = self.monotonic()
+        log.debug("tamper check: fingerprint %s, after our last write or check %s", fingerprint, self._fingerprint)
+        if (fingerprint is not None and self._fingerprint is not None and fingerprint == self._fingerprint
+                and now - self._last_deep_check < self.DEEP_CHECK_PERIOD):
             return []
+        try:
+            missing = self._missing()
+        except ProxyctlError as exc:
+            log.warning("cannot check our iptables rules: %s", exc)
+            return []
+        self._last_deep_check = now
+        if not missing:
+            self._fingerprint = fingerprint  # someone else's change: ours are intact
+        return missing
+
+    def _read_fingerprint(self) -> object:
+        try:
+            return self.system.fingerprint()
+        except ProxyctlError as exc:
+            log.debug("cannot read the tables' fingerprint (%s): checking the rules themselves", exc)
+            return None
+
+    def _missing(self) -> list[str]:
+        summary = self.system.summary(self.CANARY_TABLES)
+        rules = summary.rules
+        missing = [f"canary chain KUBE-PROXY-CANARY in {table}" for table in self.CANARY_TABLES
+                   if (table, CANARY_CHAIN) not in rules]
+        missing += [f"the jump from {table} {chain} to {target}" for table, chain, target in self._jumps
+                    if target not in summary.builtin_targets.get((table, chain), ())]
+        missing += [f"the rules of {table} {chain}" for table, chain in self.NEVER_EMPTY if not rules.get((table, chain))]
+        gone = sorted(c for c in self.service_chains if not rules.get(("nat", c)))
+        if gone:
+            missing.append(f"{len(gone)} service chains or their rules (e.g. nat {gone[0]})")
+        return missing
 
     def delete_stale(self) -> int:
         return 0  # nothing waits: the sync deleted its stale chains
@@ -114,6 +179,9 @@ class IptablesWriter:
                 if is_service_chain(name):
                     chains.add(name)
         return chains
+
+
+CANARY_CHAIN = "KUBE-PROXY-CANARY"
 
 
 def _system_jumps(rendered: RenderedRules) -> list[Any]:

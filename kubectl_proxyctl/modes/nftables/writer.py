@@ -7,7 +7,12 @@ small transaction at the start of a later sync without pending changes, at least
 after they were flushed. Unlike iptables mode there is no hourly full sync (as in
 kube-proxy's nftables mode: a full transaction into a populated 10,000-service table takes
 minutes, and partial transactions keep the table exact); tampering is caught by
-`state_missing()` instead. A failed transaction changes nothing in the kernel (nft batches are
+`state_missing()` instead: every sync period it reads the namespace's nf_tables generation
+(one netlink request, at any table size); only when that moved since our last transaction, it
+lists our table and compares every chain's rule count and every set's and map's element count
+with what we wrote. `nft flush table`, `nft delete table`, a deleted or flushed chain, a
+deleted map element all show, and make the next sync a full one; other software's
+transactions cost that one listing. The listing also runs hourly, whatever the generation. A failed transaction changes nothing in the kernel (nft batches are
 atomic), so there is nothing to roll back: the next sync is a full one.
 """
 
@@ -18,10 +23,9 @@ import time
 from typing import Any, Callable
 
 from kubectl_proxyctl.errors import ProxyctlError
+from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
 from kubectl_proxyctl.modes.nftables.render import (
-    CLUSTER_IPS,
-    MASQUERADING,
     STALE_CHAIN_DELAY,
     TABLE,
     RenderedNft,
@@ -30,7 +34,6 @@ from kubectl_proxyctl.modes.nftables.render import (
     render,
     stale_deletion,
 )
-from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,8 @@ class NftablesWriter:
     # Stale chains are deleted by a sync without pending changes (the periodic ones), so the
     # extra transaction never delays a change; at the latest after this many seconds.
     STALE_CHAIN_MAX_AGE = 30.0
-    # How often the cheap "table still there" check also counts the rules of one fixed chain,
-    # which notices a table whose chains were flushed; nft 1.0.x loads the whole table for
-    # it (seconds at 10,000 services), so it is not done every sync period.
+    # The table listing runs at least this often, whatever the generation says (nft 1.0.x needs
+    # seconds for it at 10,000 services, so it is not done every sync period).
     DEEP_CHECK_PERIOD = 3600.0
 
     def __init__(self, system: Any, *, service_cidrs: tuple[str, ...] = (),
@@ -63,8 +65,13 @@ class NftablesWriter:
         self.state: Any = None  # render.NftState after the last transaction
         self._recreated_base_chains = False
         self._last_deep_check = monotonic()
+        self._generation: int | None = None  # the ruleset generation after our last write or check
+        self._fixed_rules: dict[str, int] = {}  # fixed chain → its rules, from the last full transaction
 
     def sync(self, plan: NodePlan, full: bool, changed: frozenset[str] | set[str]) -> Written:
+        # A transaction by someone else since our last write or check must still be checked,
+        # even though this one moves the generation again.
+        unchecked = self._generation is None or self._read_generation() != self._generation
         now = self.monotonic()
         if full:
             affinity = {s for s in self.system.sets() if is_affinity_set(s)}
@@ -75,6 +82,12 @@ class NftablesWriter:
         self.system.run(rendered.text)
         self.state = rendered.state
         self._recreated_base_chains = True
+        if not rendered.partial:
+            self._fixed_rules = _fixed_rule_counts(rendered.text, rendered.state)
+        # The next check lists the table after a full transaction (it takes long enough for
+        # someone to change something meanwhile; full ones are rare), and after a partial one
+        # when someone else committed before it (None forces the listing).
+        self._generation = None if not rendered.partial or unchecked else self._read_generation()
         return Written(not rendered.partial, rendered.rules_written, rendered)
 
     def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
@@ -98,20 +111,51 @@ class NftablesWriter:
         pass  # an nft transaction is atomic: nothing was half-written
 
     def state_missing(self) -> list[str]:
-        """Our table gone (`nft flush ruleset`, `nft delete table`)? Checked through one small
-        set, which costs the same at any table size. Once per DEEP_CHECK_PERIOD the rules of
-        the `masquerading` chain are counted too, which notices `nft flush table`."""
+        """What of our table is gone (see the module docstring); [] when all is there."""
+        generation = self._read_generation()
+        now = self.monotonic()
+        if (generation is not None and self._generation is not None and generation == self._generation
+                and now - self._last_deep_check < self.DEEP_CHECK_PERIOD):
+            return []
         try:
-            if not self.system.set_present(CLUSTER_IPS):
-                return [f"table {self.system.fam} {TABLE}"]
-            now = self.monotonic()
-            if now - self._last_deep_check >= self.DEEP_CHECK_PERIOD:
-                self._last_deep_check = now
-                if not self.system.chain_rule_count(MASQUERADING):
-                    return [f"the rules of table {self.system.fam} {TABLE}"]
+            summary = self.system.summary()
         except ProxyctlError as exc:
             log.warning("cannot check our nftables table: %s", exc)
-        return []
+            return []
+        self._last_deep_check = now
+        missing = self._missing(summary)
+        if not missing:
+            self._generation = generation  # someone else's transaction: ours is intact
+        return missing
+
+    def _read_generation(self) -> int | None:
+        try:
+            return int(self.system.generation())
+        except ProxyctlError as exc:
+            log.debug("cannot read the nf_tables generation (%s): listing the table instead", exc)
+            return None
+
+    def _missing(self, summary: Any) -> list[str]:
+        title = f"{self.system.fam} {TABLE}"
+        if summary is None:
+            return [f"table {title}"]
+        if self.state is None:
+            return []
+        want: dict[str, int] = dict(self._fixed_rules)
+        for out in self.state.services.values():
+            for chain, rules in out.chains:
+                want[chain] = len(rules)
+        differ = sorted(c for c, n in want.items() if summary.rules.get(c) != n)
+        missing = []
+        if differ:
+            gone = [c for c in differ if c not in summary.rules]
+            what = f"{len(gone)} chains deleted" if gone else "rules changed"
+            missing.append(f"the rules of {len(differ)} chains of table {title} ({what}; e.g. {differ[0]})")
+        elements = {c: len(store) for c, store in self.state.elements.items()}
+        short = sorted(c for c, n in elements.items() if summary.elements.get(c, 0) != n)
+        if short:
+            missing.append(f"elements of {', '.join(short)} in table {title}")
+        return missing
 
     def delete_stale(self, wait: Callable[[float], None] = time.sleep) -> int:
         """Delete every stale chain now, waiting out STALE_CHAIN_DELAY first if needed (for
@@ -168,3 +212,21 @@ def cleanup(family: IPFamily) -> tuple[bool, str]:
         log.info("%s nftables: nothing to clean (%s)", family, exc)
         deleted = False
     return deleted, f"deleted table {TABLE}" if deleted else f"no table {TABLE}"
+
+
+def _fixed_rule_counts(text: str, state: Any) -> dict[str, int]:
+    """Chain → rules written, for the chains of a full transaction that are not a service's."""
+    per_service = {c for out in state.services.values() for c, _ in out.chains}
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("add chain "):
+            chain = line.split(" ", 5)[4]
+            if chain not in per_service:
+                counts.setdefault(chain, 0)
+        elif line.startswith("add rule "):
+            chain = line.split(" ", 5)[4]
+            if chain not in per_service:
+                counts[chain] = counts.get(chain, 0) + 1
+        elif line.startswith("delete chain "):  # a first transaction's old-layout base chains
+            counts.pop(line.split(" ", 5)[4], None)
+    return counts
