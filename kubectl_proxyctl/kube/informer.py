@@ -11,9 +11,13 @@ Theory of operation (after client-go's reflector and kopf's watcher):
 3. A stream that ends cleanly (server `timeoutSeconds`, restart) is re-watched at once from the
    last resourceVersion. A 410 Gone / Expired (in the stream or as the HTTP status) means our
    resourceVersion is too old: relist (step 1) immediately.
-4. Any other failure (unreachable, 5xx, broken stream) waits with jittered exponential backoff
-   (0.2 s doubling to 30 s, ±50 %), reset after a watch that delivered events; then it
-   re-watches, or relists when no list has succeeded yet.
+4. A server that cannot be reached (connection refused or timed out, a stream broken off) is
+   tried again every second (±25 %): a connection attempt costs a server that is down
+   nothing, and when it comes back every informer resumes within about a second instead of
+   after a backoff that grew during the outage. A server that answers with an error (5xx,
+   403...) is backed off from with jittered exponential backoff (0.2 s doubling to 30 s,
+   ±50 %), reset after a watch that delivered events. Then it re-watches, or relists when no
+   list has succeeded yet (a 410 on the re-watch relists too).
 
 The store keeps plain dicts keyed by `namespace/name`. It is guarded by a lock; readers get a
 consistent copy with `items()`.
@@ -69,6 +73,10 @@ class Backoff:
         self._current = self.initial
 
 
+UNREACHABLE_RETRY = 1.0  # seconds between attempts while the server cannot be reached
+UNREACHABLE_JITTER = 0.25
+
+
 class Informer:
     """One resource kind: list, watch, relist on 410, back off on errors."""
 
@@ -83,6 +91,9 @@ class Informer:
         self.namespace, self.label_selector = namespace, label_selector
         self.watch_timeout, self.page_size = watch_timeout, page_size
         self.backoff = backoff or Backoff()
+        self.unreachable_retry = UNREACHABLE_RETRY
+        self._rng = random.Random()
+        self._outage = False  # the server could not be reached at the last attempt
         self.kind = kind
         self.resource_version = ""
         self.synced = threading.Event()
@@ -176,7 +187,7 @@ class Informer:
                 if need_list:
                     self.relist()
                     need_list = False
-                    self.healthy.set()
+                    self._reached()
                 got_events = False
                 for event in self.api.watch(
                     self.resource, self.resource_version, namespace=self.namespace,
@@ -186,7 +197,7 @@ class Informer:
                         return
                     self._apply(event)
                     got_events = True
-                    self.healthy.set()
+                    self._reached()
                 if got_events:
                     self.backoff.reset()
                 self.last_error = ""
@@ -202,8 +213,15 @@ class Informer:
                     continue
                 self.healthy.clear()
                 self.last_error = str(exc)
-                delay = self.backoff.next()
-                log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
+                if exc.status is None:  # not reached: try again soon, it costs the server nothing
+                    delay = self.unreachable_retry * self._rng.uniform(1 - UNREACHABLE_JITTER, 1 + UNREACHABLE_JITTER)
+                    # one warning per outage, then quieter: the retries are frequent
+                    log.log(logging.INFO if self._outage else logging.WARNING,
+                            "%s: %s; retrying every %.0fs", self.resource, exc, self.unreachable_retry)
+                    self._outage = True
+                else:
+                    delay = self.backoff.next()
+                    log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
                 self.stopped.wait(delay)
             except Exception as exc:  # a bug in a handler must not kill the watch silently
                 if self.stopped.is_set():
@@ -213,6 +231,12 @@ class Informer:
                 delay = self.backoff.next()
                 log.exception("%s: unexpected error; retrying in %.1fs", self.resource, delay)
                 self.stopped.wait(delay)
+
+    def _reached(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.info("%s: the API server answers again", self.resource)
+        self.healthy.set()
 
     def start(self) -> "Informer":
         self._thread = threading.Thread(target=self.run, name=f"informer-{self.resource}", daemon=True)
