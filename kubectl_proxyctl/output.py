@@ -24,7 +24,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+    """`json.dumps(data, indent=2)` and a newline. Built from batches of the encoder's pieces:
+    json.dumps keeps every piece (millions of small strings for a big cluster, several
+    times the size of the text) until it joins them."""
+    parts: list[str] = []
+    batch: list[str] = []
+    for piece in json.JSONEncoder(indent=2).iterencode(data):
+        batch.append(piece)
+        if len(batch) >= 4096:
+            parts.append("".join(batch))
+            batch.clear()
+    parts.append("".join(batch))
+    parts.append("\n")
+    return "".join(parts)
 
 
 def to_yaml(data: Any) -> str:

@@ -47,7 +47,7 @@ HTTP = ServicePortName("default", "web", "http", Protocol.TCP)
 
 SERVICE_CASES = [
     ("headless is not proxied", svc(clusterIP="None"), False, "headless"),
-    ("empty clusterIP is not proxied", svc(clusterIP=""), False, "headless"),
+    ("empty clusterIP is not proxied", svc(clusterIP=""), False, "no cluster IP allocated yet"),
     ("ExternalName is not proxied", svc(type="ExternalName", externalName="example.org"), False, "ExternalName"),
     ("service-proxy-name label is not proxied",
      svc(labels={"service.kubernetes.io/service-proxy-name": "other"}), False, "another proxy"),

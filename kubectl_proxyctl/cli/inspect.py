@@ -64,10 +64,12 @@ def node_options(f: F) -> F:
         cidrs: list[str] = []
         for value in kwargs.pop("cluster_cidr"):
             cidrs += [c.strip() for c in value.split(",") if c.strip()]
+        node_name = kwargs.pop("node_name")
         node = NodeOptions(
             rules_files=tuple(kwargs.pop("rules_files")),
             node=kwargs.pop("node_host"),
-            node_name=kwargs.pop("node_name"),
+            # Node names are lower-case; kube-proxy lower-cases --hostname-override too
+            node_name=node_name.strip().lower() if node_name is not None else None,
             node_ips=tuple(kwargs.pop("node_ips")),
             cluster_cidrs=tuple(cidrs),
             proxy_mode=kwargs.pop("proxy_mode"),
@@ -100,7 +102,9 @@ def node_options(f: F) -> F:
                      help="Collect the rules from NODE over SSH (the ssh config applies) instead of this host."),
         click.option("--node-name", metavar="NAME",
                      help="The Node the rules belong to (decides which endpoints are local; default for "
-                     "live rules: $NODE_NAME or the hostname; with --node: NODE)."),
+                     "live rules: $NODE_NAME or the hostname, else the Node with one of this host's "
+                     "addresses; with --node: NODE). Checked against the cluster's Nodes (the API, or "
+                     "--from-file when it holds Nodes)."),
         click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
                      help="The node's address(es), for NodePort paths (repeatable; default: the Node "
                      "object's addresses, else the live node's)."),
@@ -136,8 +140,13 @@ def _validate(node: NodeOptions) -> None:
 
     from kubectl_proxyctl.errors import ConfigError
 
+    from kubectl_proxyctl.kube.convert import is_dns_subdomain
+
     if node.rules_files and node.node:
         raise click.UsageError("--rules-file and --node exclude each other")
+    if node.node_name is not None and not is_dns_subdomain(node.node_name):
+        raise ConfigError(f"--node-name: {node.node_name!r} is not a valid node name (a DNS subdomain: "
+                          "lower-case letters, digits, '-' and '.', at most 253 characters)")
     for ip in node.node_ips:
         try:
             ipaddress.ip_address(ip)
@@ -210,6 +219,27 @@ def node_name_for(node: NodeOptions) -> str | None:
     return None
 
 
+def node_origin(node: NodeOptions) -> str:
+    """Where node_name_for's answer comes from (for resolve_node and its messages)."""
+    if node.node_name:
+        return "--node-name"
+    return "--node" if node.node else "hostname"
+
+
+def resolve_node_name(cluster: ClusterOptions, node: NodeOptions, state: "ClusterState | None",
+                      addresses: Sequence[str]) -> str | None:
+    """The name of the Node the rules belong to, checked against the cluster's Nodes.
+
+    Checked against the API's Nodes, or the --from-file objects when they hold Nodes; with
+    no cluster objects at all (--rules-file alone) there is nothing to check against."""
+    name = node_name_for(node)
+    if name is None or state is None or (cluster.from_file and not state.nodes):
+        return name
+    from kubectl_proxyctl.inspect.nodeinfo import resolve_node
+
+    return resolve_node(state.nodes, name, node_origin(node), addresses)
+
+
 def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "Mode":
     from kubectl_proxyctl.errors import NotFoundError
     from kubectl_proxyctl.modes.base import Mode
@@ -255,24 +285,30 @@ def load_cluster_state(cluster: ClusterOptions, node: NodeOptions, namespace: st
 def _state_of_one_service(path: str, namespace: str, service: str) -> "ClusterState":
     """One Service, its EndpointSlices and the Nodes from a file: what the API would answer
     for it, without converting every other object of a big snapshot."""
-    from kubectl_proxyctl.kube.convert import LABEL_SERVICE_NAME, state_from_objects
-    from kubectl_proxyctl.kube.snapshot import load_objects
+    from kubectl_proxyctl.kube.convert import LABEL_SERVICE_NAME
+    from kubectl_proxyctl.kube.snapshot import state_from_file
 
     def wanted(obj: dict[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
+        meta = obj.get("metadata")
         kind = obj.get("kind")
         if kind == "Node":
             return True
-        if meta.get("namespace", "default") != namespace:
+        if not isinstance(meta, dict) or (meta.get("namespace") or "default") != namespace:
             return False
         if kind == "Service":
             return bool(meta.get("name") == service)
-        if kind == "EndpointSlice":
-            return bool((meta.get("labels") or {}).get(LABEL_SERVICE_NAME) == service)
+        labels = meta.get("labels")
+        if kind == "EndpointSlice" and isinstance(labels, dict):
+            return bool(labels.get(LABEL_SERVICE_NAME) == service)
         return False
 
-    objects = [o for o in load_objects(path) if isinstance(o, dict) and wanted(o)]
-    return state_from_objects(objects, lambda message: click.echo(f"warning: {message}", err=True))
+    from kubectl_proxyctl.kube.source import CappedWarnings
+
+    warn = CappedWarnings()
+    try:
+        return state_from_file(path, warn, wanted)  # type: ignore[no-any-return]
+    finally:
+        warn.close()
 
 
 def selector_for(target: str, cluster: ClusterOptions) -> "ServiceSelector":
@@ -283,7 +319,9 @@ def selector_for(target: str, cluster: ClusterOptions) -> "ServiceSelector":
 
 
 def context_for(graph: "RuleGraph", state: "ClusterState | None", node: NodeOptions,
-                addresses: Sequence[str]) -> "NodeContext":
+                addresses: Sequence[str], name: str | None = None) -> "NodeContext":
+    """What is known about the node; `name` is the resolved node name (resolve_node_name),
+    else the one the flags or the host give."""
     from kubectl_proxyctl.inspect.nodeinfo import node_context
 
-    return node_context(graph, state, node_name_for(node), node.node_ips, node.cluster_cidrs, addresses)
+    return node_context(graph, state, name or node_name_for(node), node.node_ips, node.cluster_cidrs, addresses)

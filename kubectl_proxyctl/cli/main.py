@@ -14,8 +14,8 @@ import click
 
 from kubectl_proxyctl import __version__
 from kubectl_proxyctl.cli.lazy import LazyGroup
-from kubectl_proxyctl.cli.options import SETTINGS, common_options
-from kubectl_proxyctl.errors import ExitStatus, ProxyctlError
+from kubectl_proxyctl.cli.options import SETTINGS, common_options, quiet_libraries
+from kubectl_proxyctl.errors import ApplyError, ExitStatus, ProxyctlError
 
 CONTEXT_SETTINGS = {
     "help_option_names": ["-h", "--help"],
@@ -74,6 +74,7 @@ def cli() -> None:
 def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
     """Run the CLI and return its exit code (never raises for user errors)."""
     completing = COMPLETE_VAR in os.environ
+    quiet_libraries()
     if prog_name is None:
         prog_name = "kubectl-proxyctl" if completing else "kubectl proxyctl"
     try:
@@ -86,7 +87,7 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {_one_line(err)}", err=True)
         return int(err.exit_status)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -109,6 +110,16 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
             raise
         click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
         return 70
+
+
+def _one_line(err: ProxyctlError) -> str:
+    """Errors are one line: control characters that reached a message from the input
+    (a name, a file's text) are shown escaped. An ApplyError alone shows the failing lines
+    of the payload under its first line."""
+    text = str(err)
+    if isinstance(err, ApplyError) or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main() -> None:

@@ -42,6 +42,34 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if SETTINGS.verbosity >= 3 else logging.WARNING)
 
 
+class _OwnWarningsOnly(logging.Handler):
+    """Without -v: our own warnings on stderr (as Python's last-resort handler prints them);
+    libraries (the kubernetes client's `logging.error`, urllib3, paramiko) stay quiet."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "kubectl_proxyctl" or record.name.startswith("kubectl_proxyctl."):
+            import sys
+
+            try:
+                sys.stderr.write(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+
+
+def quiet_libraries() -> None:
+    """Before -v is parsed: keep library log records from reaching the user.
+
+    Only when nothing configured logging yet (a CLI process; under pytest or an embedding
+    program the root logger already has handlers). `configure_logging` (-v, --debug, `run`)
+    replaces this handler."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(_OwnWarningsOnly())
+
+
 def _set_verbosity(ctx: click.Context, _param: click.Parameter, value: int) -> None:
     if value:
         SETTINGS.verbosity = max(SETTINGS.verbosity, value)
@@ -107,12 +135,24 @@ class ClusterOptions:
 
     @property
     def namespace(self) -> str:
-        """`-n`, else the kubeconfig context's namespace, else `default`."""
-        if self.namespace_flag:
-            return self.namespace_flag
-        from kubectl_proxyctl.kube.kubeconfig import context_namespace
+        """`-n`, else the kubeconfig context's namespace, else `default` (ConfigError when it
+        is not a valid namespace name: a DNS label)."""
+        from kubectl_proxyctl.errors import ConfigError
 
-        return context_namespace(self.kubeconfig, self.context) or "default"
+        if self.namespace_flag:
+            name, where = self.namespace_flag, "-n/--namespace"
+        else:
+            from kubectl_proxyctl.kube.kubeconfig import context_namespace
+
+            name = context_namespace(self.kubeconfig, self.context) or "default"
+            where = "the kubeconfig context's namespace"
+        if len(name) > 63 or not _DNS_LABEL.match(name):
+            raise ConfigError(f"{where}: {name!r} is not a valid namespace name (a DNS label: lower-case "
+                              "letters, digits and '-', at most 63 characters)")
+        return name
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
 def _complete_namespaces(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:

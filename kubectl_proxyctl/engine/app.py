@@ -87,9 +87,26 @@ class EngineFlags:
         writer_module = _writer_module(str(flags["mode"]))
         if writer_module is not None and not np_addresses:
             np_addresses = writer_module.DEFAULT_NODEPORT_ADDRESSES  # nftables: the node's primary IP only
-        node_name = str(flags["node_name"] or default_node()).strip().lower()
+        from kubectl_proxyctl.kube.convert import is_dns_subdomain
+
+        given = str(flags["node_name"] or "").strip().lower()
+        node_name = given or str(default_node()).strip().lower()
         if not node_name:
             raise ConfigError("cannot tell this node's name: pass --node-name")
+        if not is_dns_subdomain(node_name):
+            what = f"--node-name {given!r}" if given else f"this host's name {node_name!r}"
+            raise ConfigError(f"{what} is not a valid node name (a DNS subdomain: lower-case letters, "
+                              "digits, '-' and '.', at most 253 characters)"
+                              + ("" if given else "; pass --node-name"))
+        from kubectl_proxyctl.engine.metrics import parse_bind_address
+
+        for flag in ("healthz_bind_address", "metrics_bind_address"):
+            address = str(flags[flag] or "")
+            if address not in ("", "0"):
+                try:
+                    parse_bind_address(address)
+                except ConfigError as exc:
+                    raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         config = ProxyConfig(
             node_name=node_name,
             family=IPFamily(str(flags["ip_family"])),

@@ -482,7 +482,7 @@ App = Callable[[str, str], HTTPResponse]  # (method, path without query) -> resp
 def parse_bind_address(address: str) -> tuple[str, int]:
     """`ip:port` / `[ip6]:port` / `:port` into (host, port); ConfigError when malformed."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ConfigError(f"invalid bind address {address!r}: want IP:port")
     port = int(port_text)
     if port > 65535:

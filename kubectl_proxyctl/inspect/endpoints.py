@@ -46,6 +46,7 @@ class Problem:
     service: str  # ns/name
     severity: str  # "error" | "warning" | "info"
     message: str
+    port: tuple[str, str] | None = None  # (port name, protocol) of a port's problem; None: the service's
 
     def as_dict(self) -> dict[str, str]:
         return {"service": self.service, "severity": self.severity, "message": self.message}
@@ -126,8 +127,46 @@ def problems(state: ClusterState, services: list[Service]) -> list[Problem]:
             out.append(Problem(key, "error", f"no EndpointSlices for this service: does selector "
                                f"{_selector_text(svc)} match any pod?"))
         for sp in svc.ports:
-            out.extend(Problem(key, sev, msg) for sev, msg in _port_problems(state, svc, sp, pods))
+            port = (sp.name.port, sp.protocol.value)
+            out.extend(Problem(key, sev, msg, port) for sev, msg in _port_problems(state, svc, sp, pods))
     return out
+
+
+def machine_records(services: list[Service], recs: list[EndpointRecord], found: list[Problem]) -> list[dict[str, Any]]:
+    """The `-o json|yaml` records: problems go into the records they concern.
+
+    A record gets a `problems` list (severity, message) when its service, or its port, has
+    any; a service without ports gets one record of its own (port fields null) to carry them.
+    """
+    by_service: dict[str, list[Problem]] = {}
+    for p in found:
+        by_service.setdefault(p.service, []).append(p)
+    out: list[dict[str, Any]] = []
+    for r in recs:
+        row = r.as_dict()
+        mine = [p for p in by_service.get(f"{r.namespace}/{r.service}", ())
+                if p.port is None or p.port == (r.port_name, r.protocol)]
+        if mine:
+            row["problems"] = [{"severity": p.severity, "message": p.message} for p in mine]
+        out.append(row)
+    for svc in services:
+        if not svc.ports and by_service.get(svc.key):
+            row = EndpointRecord(svc.namespace, svc.name, None, None, 0, None).as_dict()  # type: ignore[arg-type]
+            row["problems"] = [{"severity": p.severity, "message": p.message} for p in by_service[svc.key]]
+            out.append(row)
+    return out
+
+
+def summary(found: list[Problem]) -> str:
+    """One line for stderr under machine output: how many problems, of which kinds."""
+    counts: dict[str, int] = {}
+    for p in found:
+        counts[p.severity] = counts.get(p.severity, 0) + 1
+    services = len({p.service for p in found})
+    kinds = ", ".join(f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}"
+                      for sev in ("error", "warning", "info") if (n := counts.get(sev)))
+    return (f"{len(found)} problem(s) in {services} service(s) ({kinds}): see the \"problems\" "
+            "of the records")
 
 
 def select_services(state: ClusterState, namespace: str | None, name: str | None) -> list[Service]:

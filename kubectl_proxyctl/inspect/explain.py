@@ -278,7 +278,7 @@ class Request:
 def _wanted(p: PortFacts, ports: Sequence[str]) -> bool:
     if not ports:
         return True
-    return any(w == p.name or (w.isdigit() and p.port == int(w)) or w.lower() == p.name.lower() for w in ports)
+    return any(w == p.name or (w.isdecimal() and p.port == int(w)) or w.lower() == p.name.lower() for w in ports)
 
 
 def explain(
@@ -551,7 +551,7 @@ def render_dot(ex: Explanation, graph: RuleGraph, state: ClusterState | None = N
     edges = chain_edges(graph, ex.mode, selector, state)
     lines = [f"digraph {_dot_id(ex.service)} {{", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
     for node in dict.fromkeys(n for e in edges for n in (e.src, e.dst)):
-        shape = "ellipse" if node[:1].isdigit() or node.startswith("[") else "box"
+        shape = "ellipse" if node[:1].isdecimal() or node.startswith("[") else "box"
         lines.append(f"  {_dot_id(node)} [shape={shape}];")
     for e in edges:
         attrs = [f"label={_dot_id(e.label)}"] if e.label else []

@@ -25,11 +25,12 @@ looked at.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from kubectl_proxyctl.errors import ConfigError, RulesetParseError
 from kubectl_proxyctl.modes import reader
@@ -45,7 +46,7 @@ from kubectl_proxyctl.modes.ipvs.parse import (
     parse_ipset,
     parse_ipvsadm,
 )
-from kubectl_proxyctl.modes.nftables.parse import NftRuleset, NftTable, parse_nft_json
+from kubectl_proxyctl.modes.nftables.parse import NftRuleset, NftTable, parse_nft_doc
 
 
 @dataclass(frozen=True)
@@ -151,32 +152,38 @@ def _backend_of_header(line: str) -> str:
 
 @dataclass
 class _Collected:
-    iptables: dict[str, list[str]] = field(default_factory=dict)  # backend → table blocks
+    iptables: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # backend → table block spans
     iptables_order: list[str] = field(default_factory=list)
-    nft: list[str] = field(default_factory=list)
+    nft: list[object] = field(default_factory=list)  # decoded `nft -j` documents
     ipvs: list[str] = field(default_factory=list)
     ipset: list[str] = field(default_factory=list)
 
 
+_NON_SPACE = re.compile(r"\S")
+
+
 def _classify(text: str, source: str, out: _Collected) -> None:
-    stripped = text.strip()
-    if not stripped:
+    first = _NON_SPACE.search(text)
+    if first is None:
         return
-    if stripped.startswith("{"):
+    if first.group() == "{":
         try:
-            doc = json.loads(stripped)
+            doc = json.loads(text)  # JSON allows the whitespace around it: no stripped copy
         except ValueError:
-            doc = None
+            try:
+                doc = json.loads(text.strip())  # whitespace JSON does not allow (form feeds)
+            except ValueError:
+                doc = None
         if isinstance(doc, dict) and "nftables" in doc:
-            out.nft.append(stripped)
+            out.nft.append(doc)
             return
+        del doc
     backend = ""
     seen: dict[str, set[str]] = {}
     pos = 0
     for start, stop in table_blocks(text):
         backend = _classify_lines(text[pos:start], source, out, backend, _line_of(text, pos))
-        block = text[start:stop]
-        name = block.split("\n", 1)[0][1:].strip()
+        name = text[start + 1:text.find("\n", start)].strip()
         key = backend
         if name in seen.setdefault(key, set()):
             # A second dump of the same backend without a header: keep it apart.
@@ -186,9 +193,22 @@ def _classify(text: str, source: str, out: _Collected) -> None:
         if key not in out.iptables:
             out.iptables[key] = []
             out.iptables_order.append(key)
-        out.iptables[key].append(block)
+        out.iptables[key].append((start, stop))
         pos = stop
     _classify_lines(text[pos:], source, out, backend, _line_of(text, pos))
+
+
+def _blocks_in_place(text: str, spans: list[tuple[int, int]]) -> str:
+    """The table blocks at `spans`, each on the lines it has in `text` (blank lines between),
+    so that rule line numbers are the file's."""
+    parts: list[str] = []
+    pos = 0
+    for start, stop in spans:
+        parts.append("\n" * text.count("\n", pos, start))
+        parts.append(text[start:stop])
+        pos = stop
+    parts.append("\n")
+    return "".join(parts)
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -215,7 +235,7 @@ def _classify_lines(chunk: str, source: str, out: _Collected, backend: str, firs
                 raise RulesetParseError("a line starting with '{' that is not JSON", first + offset, source) from None
             if not (isinstance(doc, dict) and "nftables" in doc):
                 raise RulesetParseError("JSON that is not `nft -j` output", first + offset, source)
-            out.nft.append(line)
+            out.nft.append(doc)
         elif looks_like_ipset(line):
             ipset.append(line)
         elif looks_like_ipvsadm(line):
@@ -237,7 +257,21 @@ def _classify_lines(chunk: str, source: str, out: _Collected, backend: str, firs
 
 
 def load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str] = (), backend_in_use: str = "") -> RuleGraph:
-    """Parse (source name, text) pairs of any supported format into one RuleGraph."""
+    """Parse (source name, text) pairs of any supported format into one RuleGraph.
+
+    Each text is let go once it is parsed (an iterator of texts is read one at a time), but
+    for iptables text, which the lazy rulesets read from: a text that is one iptables dump
+    (and comments) is parsed where it is, without a copy."""
+    enabled = gc.isenabled()
+    gc.disable()  # decoding 50 MB of nft JSON makes millions of containers and no cycles
+    try:
+        return _load_texts(texts, notes, backend_in_use)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_in_use: str) -> RuleGraph:
     dumps: list[IptablesDump] = []
     nft_tables: list[NftTable] = []
     ipvs_services: list[VirtualService] = []
@@ -247,11 +281,15 @@ def load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str] = (), back
         sources.append(source)
         found = _Collected()
         _classify(text, source, found)
+        alone = len(found.iptables_order) == 1 and not (found.nft or found.ipvs or found.ipset)
         for key in found.iptables_order:
-            ruleset = parse("\n".join(found.iptables[key]) + "\n", source, lazy=True)
+            spans = found.iptables[key]
+            ruleset = parse(text if alone else _blocks_in_place(text, spans), source, lazy=True)
             dumps.append(IptablesDump(ruleset, key.split("#")[0], source))
-        for doc in found.nft:
-            nft_tables.extend(parse_nft_json(doc, source).tables)
+        del text
+        docs, found.nft = found.nft, []
+        while docs:
+            nft_tables.extend(parse_nft_doc(docs.pop(0), source).tables)
         for chunk in found.ipvs:
             ipvs_services.extend(parse_ipvsadm(chunk, source).services)
         for chunk in found.ipset:
@@ -268,15 +306,37 @@ def load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str] = (), back
 
 
 def load_files(paths: Iterable[str]) -> RuleGraph:
-    """Read `--rules-file` paths ('-' = stdin)."""
-    texts: list[tuple[str, str]] = []
+    """Read `--rules-file` paths ('-' = stdin), one at a time."""
+    return load_texts(_read_files(list(paths)))
+
+
+def _read_files(paths: list[str]) -> Iterator[tuple[str, str]]:
+    # no local holds a text while the caller parses it: each is let go with the caller's
     for path in paths:
         if path == "-":
-            texts.append(("<stdin>", sys.stdin.read()))
-            continue
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                texts.append((path, fh.read()))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return load_texts(texts)
+            yield "<stdin>", _read_stdin()
+        else:
+            yield path, _as_text(_read_bytes(path))
+
+
+def _read_stdin() -> str:
+    # read like a file: bytes that are not UTF-8 become U+FFFD, never surrogates
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read().decode("utf-8", "replace") if stream is not None else sys.stdin.read()
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _as_text(data: bytes) -> str:
+    """What `open(path, encoding="utf-8", errors="replace").read()` gives: undecodable bytes
+    as U+FFFD, and universal newlines (a 50 MB text decoded at once, not in chunks joined)."""
+    text = data.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text

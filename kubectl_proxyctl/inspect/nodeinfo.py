@@ -13,10 +13,11 @@ from the benchmarking range (198.18.0.0/15) is used and the explanation says so.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
+from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.inspect.graph import RuleGraph
-from kubectl_proxyctl.model import ClusterState
+from kubectl_proxyctl.model import ClusterState, NodeInfo
 from kubectl_proxyctl.modes.nodecontext import (  # noqa: F401 (re-exported for the commands)
     EXTERNAL_CLIENT_IP,
     EXTERNAL_CLIENT_IP_V6,
@@ -96,3 +97,45 @@ def node_context(
         cidrs_from=cidrs_from,
         pod_cidrs=pod_cidrs,
     )
+
+
+NODES_LISTED = 5  # Node names an "unknown node" error lists before "and N more"
+
+
+def node_list_text(nodes: Iterable[str]) -> str:
+    """`a, b, c, d, e and 7 more`: enough to spot a typo without flooding the line."""
+    names = sorted(nodes)
+    if not names:
+        return "the cluster has no Nodes"
+    shown = ", ".join(names[:NODES_LISTED])
+    rest = len(names) - NODES_LISTED
+    return f"nodes: {shown}" + (f" and {rest} more" if rest > 0 else "")
+
+
+def resolve_node(
+    nodes: Mapping[str, NodeInfo], name: str, origin: str, addresses: Iterable[str] = (),
+) -> str:
+    """The Node the rules belong to, checked against the cluster's Nodes.
+
+    `origin` says where `name` came from: "--node-name" must name a Node; "--node" (an SSH
+    host) and "hostname" (the live host's $NODE_NAME or hostname) may also match a Node by
+    address — the Node whose Hostname or IP addresses include the SSH host, or one of the
+    addresses this host has — because host names and Node names often differ (a lab node's
+    namespace shares the machine's hostname). An unknown node is a ConfigError listing the
+    cluster's Nodes.
+    """
+    if name in nodes:
+        return name
+    if origin != "--node-name":
+        wanted = {name, *(a for a in addresses if a and not a.startswith("127.") and a != "::1")}
+        matches = sorted(n.name for n in nodes.values() if any(a in wanted for _, a in n.addresses))
+        if len(matches) == 1:
+            return matches[0]
+    source = {"--node-name": "--node-name", "--node": "the --node host",
+              "hostname": "this host's name ($NODE_NAME or the hostname)"}.get(origin, origin)
+    return _unknown(nodes, name, source)
+
+
+def _unknown(nodes: Mapping[str, NodeInfo], name: str, source: str) -> str:
+    hint = "pass --node-name with one of them" if nodes else "check --from-file / the context"
+    raise ConfigError(f"node {name!r} ({source}) is not a Node of the cluster ({node_list_text(nodes)}); {hint}")

@@ -113,8 +113,8 @@ class KubeAPI:
             resp = self._rest.request(
                 method, url, headers=headers, body=body, _request_timeout=self._timeout(read_timeout)
             )
-        except ApiException as exc:  # TLS failures surface this way
-            raise ClusterError(f"cannot talk to the API server at {self.host}: {exc.reason}") from exc
+        except ApiException as exc:  # TLS failures surface this way ("SSLError\n[SSL: ...] ...")
+            raise ClusterError(self._failure(str(exc.reason))) from exc
         except urllib3.exceptions.MaxRetryError as exc:
             raise ClusterError(self._unreachable(exc.reason)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -136,15 +136,32 @@ class KubeAPI:
             raise ClusterError(f"the API server at {self.host} sent a response that is not JSON") from exc
 
     def _unreachable(self, reason: object) -> str:
-        text = str(reason)
+        text = " ".join(str(reason).split())  # one line, whatever the library wrote
         if "timed out" in text.lower() or "timeout" in type(reason).__name__.lower():
             return (f"the API server at {self.host} did not answer within "
                     f"{self.request_timeout:g}s (--request-timeout)")
         if "refused" in text.lower():
             return f"cannot reach the API server at {self.host}: connection refused"
-        if "certificate" in text.lower() or "ssl" in text.lower():
-            return f"TLS with the API server at {self.host} failed: {text}"
-        return f"cannot reach the API server at {self.host}: {text}"
+        return self._failure(text, "cannot reach")
+
+    def _failure(self, text: str, verb: str = "cannot talk to") -> str:
+        """One line for a transport failure; TLS verification failures say what failed."""
+        flat = " ".join(text.split())
+        low = flat.lower()
+        if "certificate has expired" in low:
+            return (f"TLS with the API server at {self.host} failed: its certificate has expired "
+                    "(certificate verification failed)")
+        if "not yet valid" in low:
+            return (f"TLS with the API server at {self.host} failed: its certificate is not valid yet "
+                    "(certificate verification failed; check this machine's clock)")
+        if "certificate verify failed" in low:
+            detail = flat[low.index("certificate verify failed") + len("certificate verify failed"):]
+            detail = detail.lstrip(": ").split(" (_ssl.c")[0].strip()
+            return (f"TLS with the API server at {self.host} failed: certificate verification failed"
+                    + (f" ({detail})" if detail else ""))
+        if "certificate" in low or "ssl" in low:
+            return f"TLS with the API server at {self.host} failed: {flat}"
+        return f"{verb} the API server at {self.host}: {flat}"
 
     def _raise_for_status(self, status: int, body: bytes, path: str) -> None:
         message = _status_message(status, body)
@@ -234,10 +251,55 @@ class KubeAPI:
                     pass
 
 
+class _CaptureLogs(logging.Handler):
+    """Collects the records the kubernetes client logs while loading a kubeconfig: its exec
+    plugin support reports failures with `logging.error(...)` on the root logger and goes on
+    without credentials. We turn them into one error instead (and -v still shows them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            try:
+                self.messages.append(" ".join(record.getMessage().split()))
+            except Exception:  # a bad format string must not hide the real problem
+                self.messages.append(str(record.msg))
+
+    def __enter__(self) -> "_CaptureLogs":
+        # With a handler on the root logger, `logging.error()` no longer calls basicConfig
+        # (which would print "ERROR:root:..."); handlers configured by -v still print.
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        logging.getLogger().removeHandler(self)
+
+
+def _exec_command(user: Mapping[str, Any] | None) -> str | None:
+    spec = user.get("exec") if user else None
+    return spec.get("command") if isinstance(spec, dict) else None
+
+
+def _find_plugin(command: str, kubeconfig_dir: str) -> bool:
+    """Whether an exec plugin command can be started (PATH, or relative to the kubeconfig)."""
+    import shutil
+
+    if os.sep in command:
+        path = command if os.path.isabs(command) else os.path.join(kubeconfig_dir, command)
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    return shutil.which(command) is not None
+
+
 def connect(
     kubeconfig: str | None = None, context: str | None = None, request_timeout: float = 30.0
 ) -> KubeAPI:
-    """Configure a client like kubectl: explicit flags, then in-cluster, then kubeconfig."""
+    """Configure a client like kubectl: explicit flags, then in-cluster, then kubeconfig.
+
+    Every problem with the kubeconfig (unreadable, invalid YAML, wrong field types, unknown
+    context, an exec credential plugin that cannot run) is a ConfigError naming it; the
+    client library's own complaints never reach the user unlogged."""
     from kubernetes import config as kconfig
     from kubernetes.client import Configuration
 
@@ -248,7 +310,7 @@ def connect(
             return KubeAPI(cfg, request_timeout, f"in-cluster service account ({cfg.host})")
         except kconfig.ConfigException as exc:
             log.debug("not using in-cluster config: %s", exc)
-    from kubectl_proxyctl.kube.kubeconfig import kubeconfig_paths
+    from kubectl_proxyctl.kube.kubeconfig import find, kubeconfig_paths, load_merged
 
     paths = kubeconfig_paths(kubeconfig)
     existing = [p for p in paths if os.path.exists(p)]
@@ -256,16 +318,45 @@ def connect(
         raise ConfigError(
             f"no kubeconfig found ({os.pathsep.join(paths)}); pass --kubeconfig, set KUBECONFIG, "
             "or use --from-file")
+    where = os.pathsep.join(existing)
+    merged = load_merged(kubeconfig)  # ConfigError for unreadable files, bad YAML, wrong types
+    name = context or merged.get("current-context")
+    if not name:
+        raise ConfigError(f"kubeconfig {where}: no current-context; pass --context")
+    ctx = find(merged, "contexts", name)
+    if ctx is None:
+        known = sorted(str(c.get("name")) for c in merged.get("contexts", []))
+        raise ConfigError(f"kubeconfig {where}: context {name!r} not found"
+                          + (f" (contexts: {', '.join(known[:5])}{', …' if len(known) > 5 else ''})"
+                             if known else " (it defines no contexts)"))
+    user = find(merged, "users", ctx.get("user")) if ctx.get("user") else None
+    plugin = _exec_command(user)
+    if plugin and not _find_plugin(plugin, os.path.dirname(os.path.abspath(existing[0]))):
+        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {plugin!r} of user "
+                          f"{ctx.get('user')!r} (context {name!r}) cannot be run: not found"
+                          + ("" if os.sep in plugin else " on PATH"))
+    with _CaptureLogs() as captured:
+        try:
+            kconfig.load_kube_config(
+                config_file=where, context=context, client_configuration=cfg, persist_config=False,
+            )
+        except kconfig.ConfigException as exc:
+            raise ConfigError(f"kubeconfig {where}: {' '.join(str(exc).split())}") from exc
+        except Exception as exc:  # the client library's internals: a kubeconfig it cannot use
+            raise ConfigError(f"kubeconfig {where} is not usable (context {name!r}): "
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from exc
+    for message in captured.messages:
+        log.debug("kubernetes client: %s", message)
+    if plugin and captured.messages:
+        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {plugin!r} of user "
+                          f"{ctx.get('user')!r} (context {name!r}) failed: {captured.messages[0][:200]}")
+    host = str(cfg.host or "")
+    if not host.startswith(("http://", "https://")):
+        raise ConfigError(f"kubeconfig {where}: context {name!r}: server {host!r} is not an http(s) URL")
     try:
-        kconfig.load_kube_config(
-            config_file=os.pathsep.join(existing), context=context, client_configuration=cfg,
-            persist_config=False,
-        )
-    except kconfig.ConfigException as exc:
-        raise ConfigError(f"kubeconfig: {exc}") from exc
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"kubeconfig {os.pathsep.join(existing)} is not usable: {exc}") from exc
-    return KubeAPI(cfg, request_timeout, f"context {context or 'current-context'} ({cfg.host})")
+        return KubeAPI(cfg, request_timeout, f"context {name} ({cfg.host})")
+    except (OSError, ValueError, TypeError) as exc:  # e.g. certificate files it cannot load
+        raise ConfigError(f"kubeconfig {where}: context {name!r}: {' '.join(str(exc).split())[:200]}") from exc
 
 
 def list_names(options: Any, resource: str, namespace: str | None = None) -> list[str]:

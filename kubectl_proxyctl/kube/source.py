@@ -20,24 +20,55 @@ log = logging.getLogger(__name__)
 def _warn_stderr(message: str) -> None:
     import click
 
-    click.echo(f"warning: {message}", err=True)
+    from kubectl_proxyctl.kube.convert import printable
+
+    click.echo(f"warning: {printable(message)}", err=True)  # one line, whatever the objects hold
+
+
+class CappedWarnings:
+    """Conversion warnings on stderr: the first `limit`, then one line counting the rest
+    (a file of thousands of odd objects must not bury the output)."""
+
+    def __init__(self, limit: int = 20, say: Callable[[str], None] = _warn_stderr) -> None:
+        self.limit = limit
+        self.say = say
+        self.count = 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            self.say(message)
+
+    def close(self) -> None:
+        if self.count > self.limit:
+            self.say(f"... and {self.count - self.limit} more warnings like these")
+        self.count = 0
 
 
 def load_state(
     options: Any, *, namespace: str | None, service: str | None = None,
     include_pods: bool = True, include_nodes: bool = True,
-    warn: Callable[[str], None] = _warn_stderr,
+    warn: Callable[[str], None] | None = None,
 ) -> ClusterState:
     """Read what the command needs. `namespace=None` means all namespaces.
 
     `options` is a cli.options.ClusterOptions. With `service`, a missing Service raises
     NotFoundError.
     """
-    if options.from_file:
-        from kubectl_proxyctl.kube.snapshot import load_objects
+    capped = CappedWarnings() if warn is None else None
+    try:
+        return _load_state(options, namespace, service, include_pods, include_nodes, warn or capped)  # type: ignore[arg-type]
+    finally:
+        if capped is not None:
+            capped.close()
 
-        objects = load_objects(options.from_file)
-        return state_from_objects(objects, warn)
+
+def _load_state(options: Any, namespace: str | None, service: str | None, include_pods: bool,
+                include_nodes: bool, warn: Callable[[str], None]) -> ClusterState:
+    if options.from_file:
+        from kubectl_proxyctl.kube.snapshot import state_from_file
+
+        return state_from_file(options.from_file, warn)  # converted as parsed: no tree of the whole file
 
     from kubectl_proxyctl.kube.client import connect
 

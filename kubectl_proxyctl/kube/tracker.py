@@ -24,6 +24,7 @@ from kubectl_proxyctl.kube.convert import (
     convert_node,
     convert_service,
     merge_endpoints,
+    printable,
     slice_endpoints,
     slice_ignore_reason,
 )
@@ -89,7 +90,18 @@ class StateTracker:
         rv = str(_meta(obj).get("resourceVersion", ""))
         if (what, rv) not in self._warned:
             self._warned.add((what, rv))
-            self._warn(f"skipping invalid {what}: {exc}")
+            self._warn(printable(f"skipping invalid {what}: {exc}"))
+
+    def _note(self, what: str, obj: JSON) -> Callable[[str], None]:
+        """A `warn` for conversion notes (legacy address text), said once per resourceVersion."""
+        rv = str(_meta(obj).get("resourceVersion", ""))
+
+        def note(message: str) -> None:
+            if (f"note {what}", rv) not in self._warned:
+                self._warned.add((f"note {what}", rv))
+                self._warn(message)
+
+        return note
 
     def apply(self, kind: str, event: str, obj: JSON) -> None:
         """Record one informer event (ADDED / MODIFIED / DELETED; others are ignored)."""
@@ -111,7 +123,7 @@ class StateTracker:
             self._services.pop(key, None)
             return
         try:
-            self._services[key] = convert_service(obj)
+            self._services[key] = convert_service(obj, self._note(f"Service {key}", obj))
         except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
             self._report(f"Service {key}", obj, exc)
             self._services.pop(key, None)
@@ -133,7 +145,7 @@ class StateTracker:
         if slice_ignore_reason(obj):
             return
         try:
-            ns, svc, pairs = slice_endpoints(obj)
+            ns, svc, pairs = slice_endpoints(obj, self._note(f"EndpointSlice {key}", obj))
         except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
             self._report(f"EndpointSlice {key}", obj, exc)
             return
@@ -148,7 +160,7 @@ class StateTracker:
             self._nodes.pop(name, None)
         else:
             try:
-                self._nodes[name] = convert_node(obj)
+                self._nodes[name] = convert_node(obj, self._note(f"Node {name}", obj))
             except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
                 self._report(f"Node {name}", obj, exc)
                 return

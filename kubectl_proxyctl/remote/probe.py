@@ -103,7 +103,7 @@ def validate_address(text: str, what: str = "address") -> str:
 
 def validate_port(value: int | str, what: str = "port") -> int:
     text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 65535:
+    if not text.isascii() or not text.isdecimal() or not 0 < int(text) <= 65535:
         raise ConfigError(f"{what} {value!r} is not a port number (1-65535)")
     return int(text)
 
@@ -249,7 +249,7 @@ def parse_remote_output(stdout: str, specs: Sequence[ProbeSpec]) -> dict[str, Ob
 
 def _latency(tool: str, text: str) -> float | None:
     try:
-        if tool == "bash" and text.isdigit():
+        if tool == "bash" and text.isdecimal():
             return int(text) / 1000.0
         if tool == "curl":
             value = float(text)

@@ -118,7 +118,7 @@ def _split_hop(text: str) -> tuple[str | None, str, int | None]:
     else:
         host, port_text = text, ""
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        if not port_text.isdecimal() or not 0 < int(port_text) <= 65535:
             raise ConfigError(f"jump host port {port_text!r} is not a port number")
         port = int(port_text)
     return user, validate_host(host, "jump host"), port
@@ -220,7 +220,7 @@ def _host_config(alias: str, values: dict[str, list[str]]) -> HostConfig:
         return got[0] if got else default
 
     hostname = one("hostname", alias)
-    port = int(one("port", "22")) if one("port", "22").isdigit() else 22
+    port = int(one("port", "22")) if one("port", "22").isdecimal() else 22
     user = one("user") or getpass.getuser()
 
     def files(key: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
       kubectl proxyctl dump svc/web --node node1 --from-file cluster.yaml -o raw
     """
     from kubectl_proxyctl import output as out
-    from kubectl_proxyctl.cli.inspect import load_cluster_state, proxy_mode, read_rules, selector_for
+    from kubectl_proxyctl.cli.inspect import load_cluster_state, proxy_mode, read_rules, resolve_node_name, selector_for
     from kubectl_proxyctl.errors import NotFoundError
     from kubectl_proxyctl.inspect import dump as view
 
@@ -47,6 +47,7 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     namespace = selector.namespace if selector else None
     state, _ = load_cluster_state(cluster, node, namespace, selector.name if selector else None, required=False) \
         if (cluster.from_file or mode.value == "ipvs") else (None, None)
+    resolve_node_name(cluster, node, state, addresses)  # the rules are this node's: is it a Node?
     node_ips = node.node_ips or tuple(addresses)
     lines = view.dump_lines(graph, mode, state, node_ips, selector)
     if selector is not None and not view.records(lines):

@@ -52,9 +52,10 @@ def endpoints(cluster: ClusterOptions, output: str, target: str | None) -> None:
     found = view.problems(state, services)
 
     if output in ("json", "yaml"):
-        click.echo(out.render([r.as_dict() for r in recs], output), nl=False)
-        for p in found:
-            click.echo(f"{p.severity}: {p.service}: {p.message}", err=True)
+        # problems belong in the machine output; stderr gets one summary line at most
+        click.echo(out.render(view.machine_records(services, recs, found), output), nl=False)
+        if found:
+            click.echo(f"warning: {view.summary(found)}", err=True)
         return
     if not services:
         where = "any namespace" if namespace is None else f"namespace {namespace}"

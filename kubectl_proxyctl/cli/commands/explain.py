@@ -63,7 +63,14 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     import ipaddress
 
     from kubectl_proxyctl import output as out
-    from kubectl_proxyctl.cli.inspect import context_for, load_cluster_state, proxy_mode, read_rules, selector_for
+    from kubectl_proxyctl.cli.inspect import (
+        context_for,
+        load_cluster_state,
+        proxy_mode,
+        read_rules,
+        resolve_node_name,
+        selector_for,
+    )
     from kubectl_proxyctl.errors import ConfigError
     from kubectl_proxyctl.inspect import explain as view
     from kubectl_proxyctl.inspect.explain import Problem
@@ -79,7 +86,7 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     graph, addresses = read_rules(node)
     mode = proxy_mode(graph, node)
     state, why = load_cluster_state(cluster, node, selector.namespace, selector.name, required=False)
-    context = context_for(graph, state, node, addresses)
+    context = context_for(graph, state, node, addresses, resolve_node_name(cluster, node, state, addresses))
     request = view.Request(selector, tuple(ports), tuple(dict.fromkeys(clients)) or CLIENT_KINDS, source)
     explanation = view.explain(graph, mode, request, context, state)
     if why:

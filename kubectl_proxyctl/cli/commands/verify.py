@@ -49,7 +49,14 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
       kubectl proxyctl verify --rules-file node1.iptables --from-file cluster.yaml --node-name node1
     """
     from kubectl_proxyctl import output as out
-    from kubectl_proxyctl.cli.inspect import context_for, load_cluster_state, proxy_mode, read_rules, selector_for
+    from kubectl_proxyctl.cli.inspect import (
+        context_for,
+        load_cluster_state,
+        proxy_mode,
+        read_rules,
+        resolve_node_name,
+        selector_for,
+    )
     from kubectl_proxyctl.errors import ConfigError, NotFoundError
     from kubectl_proxyctl.inspect import verify as check
 
@@ -66,7 +73,8 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     assert state is not None
     if selector is not None and selector.key not in state.services:
         raise NotFoundError(f'service "{selector.name}" not found in namespace "{selector.namespace}"')
-    context = context_for(graph, state, node, addresses)
+    name = resolve_node_name(cluster, node, state, addresses)
+    context = context_for(graph, state, node, addresses, name)
     report = check.verify(graph, mode, state, context, selector)
 
     if output in ("json", "yaml"):

@@ -32,7 +32,6 @@ after the cut).
 
 from __future__ import annotations
 
-import bisect
 import functools
 import ipaddress
 import re
@@ -416,10 +415,25 @@ def _is_number(word: str) -> bool:
 
 def parse_rule_args(table: str, chain: str, args: Sequence[str], text: str = "", line: int = 0) -> Rule:
     """Structure one rule's argv (what follows `-A CHAIN`)."""
-    matches: list[Match] = []
+    return _build_rule(table, chain, args, _rule_plan(args), text, line, None)
+
+
+# A rule's plan: how its words become matches, read once per shape of rule (`_Shared`).
+# (module, option, first word, word count, negated) per match; modules; the target's word
+# (-1: none); (option, first word, word count, negated) per target option; goto.
+# The last element: (position, word) of each module name and lower-cased protocol the plan
+# read, which a rule of the same shape must have for the plan to be its own.
+_Plan = tuple[tuple[tuple[str, str, int, int, bool], ...], tuple[str, ...], int,
+              tuple[tuple[str, int, int, bool], ...], bool, tuple[tuple[int, str], ...]]
+
+
+def _rule_plan(args: Sequence[str]) -> _Plan:
+    """parse_rule_args's reading of `args`, as word positions (ValueError when it is no rule)."""
+    matches: list[tuple[str, str, int, int, bool]] = []
     modules: list[str] = []
-    target = ""
-    target_options: list[Match] = []
+    target = -1
+    target_options: list[tuple[str, int, int, bool]] = []
+    checks: list[tuple[int, str]] = []
     goto = False
     module: str | None = None
     protocol = ""
@@ -438,13 +452,14 @@ def parse_rule_args(table: str, chain: str, args: Sequence[str], text: str = "",
                 raise ValueError(f"{word} needs a module name")
             module = args[i]
             modules.append(module)
+            checks.append((i, module))
             in_target = False
             i += 1
             continue
         if word in ("-j", "--jump", "-g", "--goto"):
             if i >= n:
                 raise ValueError(f"{word} needs a target")
-            target = args[i]
+            target = i
             goto = word in ("-g", "--goto")
             in_target = True
             i += 1
@@ -452,42 +467,127 @@ def parse_rule_args(table: str, chain: str, args: Sequence[str], text: str = "",
         basic = _BASIC_OPTIONS.get(word)
         if basic is not None and not in_target:
             if basic == "-f":
-                matches.append(Match("", "-f", (), negate))
+                matches.append(("", "-f", i, 0, negate))
             else:
                 if i >= n:
                     raise ValueError(f"{word} needs a value")
-                value = args[i]
-                i += 1
                 if basic == "-p":
-                    protocol = value.lower()
-                matches.append(Match("", basic, (value,), negate))
+                    protocol = args[i].lower()
+                    checks.append((-1 - i, protocol))  # negative: compared lower-cased
+                matches.append(("", basic, i, 1, negate))
+                i += 1
             negate = False
             continue
         if not word.startswith("-"):
             raise ValueError(f"unexpected word {word!r}")
         option = _OPTION_ALIASES.get(word, word)
         count = _arity(option, args, i)
-        values = tuple(args[i : i + count])
-        i += count
         if in_target:
-            target_options.append(Match(target, option, values, negate))
+            target_options.append((option, i, count, negate))
         else:
             owner = module
             if option in _PORT_OPTIONS and (owner is None or owner not in _PROTOCOL_MODULES):
                 owner = protocol or owner or ""
-            matches.append(Match(owner or "", option, values, negate))
+            matches.append((owner or "", option, i, count, negate))
+        i += count
         negate = False
+    return tuple(matches), tuple(modules), target, tuple(target_options), goto, tuple(checks)
+
+
+def _fits(plan: _Plan, args: Sequence[str]) -> bool:
+    """Whether `plan` (read from a rule of the same shape) reads `args` too: the same module
+    names and protocols where it found them."""
+    for i, word in plan[5]:
+        if (args[i] if i >= 0 else args[-1 - i].lower()) != word:
+            return False
+    return True
+
+
+def _build_rule(table: str, chain: str, args: Sequence[str], plan: _Plan, text: str, line: int,
+                shared: "_Shared | None") -> Rule:
+    match_plan, modules, target_at, option_plan, goto, _ = plan
+    target = args[target_at] if target_at >= 0 else ""
+    if shared is None:
+        matches = tuple(Match(module, option, tuple(args[i:i + count]), neg)
+                        for module, option, i, count, neg in match_plan)
+        options = tuple(Match(target, option, tuple(args[i:i + count]), neg) for option, i, count, neg in option_plan)
+    else:
+        match = shared.match
+        matches = tuple(match(module, option, tuple(args[i:i + count]), neg)
+                        for module, option, i, count, neg in match_plan)
+        options = tuple(match(target, option, tuple(args[i:i + count]), neg) for option, i, count, neg in option_plan)
     return Rule(
         table=table,
         chain=chain,
-        matches=tuple(matches),
-        modules=tuple(modules),
+        matches=matches,
+        modules=modules,
         target=target,
-        target_options=tuple(target_options),
+        target_options=options,
         goto=goto,
         text=text if text else " ".join(quote(a) for a in args),
         line=line,
     )
+
+
+# Words after which the next word decides how a rule reads (a module, a protocol).
+_KEEP_NEXT = frozenset({"-m", "--match", "-p", "--protocol"})
+# A value word after the first (not an option, not `!`), in text with single spaces and no
+# quotes or escapes (what iptables-save prints): a rule's shape has "\0" in its place.
+_VALUE_WORD = re.compile(r" [^-! ][^ ]*")
+
+
+class _Shared:
+    """What the rules of one big table share: equal Matches are one object (a 500,000-rule
+    dump holds a few distinct `-p tcp`, not 500,000), and a rule's plan is read once per
+    shape (the words that decide it, with addresses, chain names and numbers left out)."""
+
+    __slots__ = ("words", "matches", "plans")
+
+    def __init__(self) -> None:
+        self.words: dict[str, str] = {}  # chain names (targets are chain names too)
+        self.matches: dict[tuple[str, str, tuple[str, ...], bool], Match] = {}
+        self.plans: dict[object, _Plan] = {}
+
+    def rule(self, table: str, chain: str, rest: str, line: int) -> Rule:
+        """parse_rule_args(table, chain, split_line(rest), rest, line), sharing what it can."""
+        if '"' in rest or "\\" in rest or "'" in rest or "\t" in rest or "  " in rest:
+            args: tuple[str, ...] = tuple(split_line(rest))
+            shape: object = tuple(w if (w[:1] == "-" or w == "!" or prev in _KEEP_NEXT) else None
+                                  for prev, w in zip(("",) + args, args))
+        else:
+            # the options and `!` as they are, the other words as "\0": module names and
+            # protocols too, which `_fits` compares
+            args = tuple(rest.split())
+            shape = _VALUE_WORD.sub(" \0", rest)
+        plan = self.plans.get(shape)
+        if plan is None or not _fits(plan, args):
+            plan = _rule_plan(args)
+            self.plans.setdefault(shape, plan)
+        match_plan, modules, target_at, option_plan, goto, _ = plan
+        matches = self.matches
+        found: list[Match] = []
+        for module, option, i, count, neg in match_plan:
+            key = (module, option, args[i:i + count], neg)
+            m = matches.get(key)
+            if m is None:
+                m = matches[key] = Match(*key)
+            found.append(m)
+        target = ""
+        options: tuple[Match, ...] = ()
+        if target_at >= 0:
+            target = args[target_at]
+            target = self.words.get(target, target)
+            if option_plan:
+                opts: list[Match] = []
+                for option, i, count, neg in option_plan:
+                    key = (target, option, args[i:i + count], neg)
+                    m = matches.get(key)
+                    if m is None:
+                        m = matches[key] = Match(*key)
+                    opts.append(m)
+                options = tuple(opts)
+        return Rule(table, chain, tuple(found), modules, target, options, goto, rest or " ".join(map(quote, args)),
+                    line)
 
 
 # --- whole text ------------------------------------------------------------------------
@@ -518,66 +618,74 @@ class _TableBuilder:
         return Table(self.name, chains, tuple(self.deleted))
 
 
-class _LineNumbers:
-    """Line numbers of positions in a big text, counted from the nearest known position."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.positions = [0]
-        self.numbers = [1]
-
-    _SPACING = 1 << 16  # a checkpoint per 64 KiB at most: a lookup counts at most that far
-
-    def line_of(self, pos: int) -> int:
-        i = bisect.bisect_right(self.positions, pos) - 1
-        number = self.numbers[i] + self.text.count("\n", self.positions[i], pos)
-        if pos - self.positions[i] > self._SPACING:
-            self.positions.insert(i + 1, pos)
-            self.numbers.insert(i + 1, number)
-        return number
-
-
 class _LazyChains(Mapping[str, Chain]):
     """A table's chains whose rules are parsed when a chain is first looked at.
 
     Holds each chain's policy and where its `-A` lines are in the text (one span per run of
-    consecutive lines: iptables-save prints a chain's rules together); a malformed rule raises
-    RulesetParseError when its chain is read."""
+    consecutive lines, with the line number of its first line: iptables-save prints a chain's
+    rules together); a malformed rule raises RulesetParseError when its chain is read. A
+    chain read in full keeps its rules (the raw lines and single rules read before are
+    dropped then); the rules of one table share equal words and Matches (`_Shared`)."""
 
-    def __init__(self, table: str, source: str, text: str, numbers: _LineNumbers) -> None:
+    def __init__(self, table: str, source: str, text: str, shared: "_Shared | None" = None) -> None:
         self.table = table
         self.source = source
         self.text = text
-        self.numbers = numbers
         self.policies: dict[str, str] = {}
-        self.spans: dict[str, list[tuple[int, int]]] = {}
+        self.spans: dict[str, list[tuple[int, int, int]]] = {}  # (start, end, first line number)
         self._raw: dict[str, list[tuple[int, str]]] = {}
         self._built: dict[str, Chain] = {}
-        self._rules: dict[tuple[str, int], Rule] = {}
+        self._rules: dict[str, dict[int, Rule]] = {}
+        self._shared = shared if shared is not None else _Shared()
 
     def __getitem__(self, name: str) -> Chain:
         chain = self._built.get(name)
         if chain is None:
             policy = self.policies[name]  # KeyError for an unknown chain, as a dict would
-            lines = self.raw_lines(name)
-            chain = Chain(name, policy, tuple(self.rule(name, i) for i in range(len(lines))))
+            if name in self._rules:
+                lines = self.raw_lines(name)
+                rules = tuple(self.rule(name, i) for i in range(len(lines)))
+            else:
+                rules = self._parse_all(name)
+            chain = Chain(name, policy, rules)
             self._built[name] = chain
+            self._raw.pop(name, None)
+            self._rules.pop(name, None)
         return chain
+
+    def _parse_all(self, name: str) -> tuple[Rule, ...]:
+        """Every rule of a chain none of whose rules was read yet, straight from the text."""
+        parse_one = self._shared.rule
+        table, text, skip = self.table, self.text, len(name) + 4  # "-A " + name + " "
+        out: list[Rule] = []
+        number = 0
+        try:
+            for start, end, first in self.spans.get(name, ()):
+                for number, line in enumerate(text[start:end].split("\n"), first):
+                    out.append(parse_one(table, name, line[skip:], number))
+        except ValueError as exc:
+            raise RulesetParseError(f"bad rule: {exc}", number, self.source) from None
+        return tuple(out)
 
     def is_built(self, name: str) -> bool:
         return name in self._built
 
     def rule(self, name: str, index: int) -> Rule:
         """The chain's rule at `index` (0-based), parsed once."""
-        key = (name, index)
-        rule = self._rules.get(key)
+        built = self._built.get(name)
+        if built is not None:
+            return built.rules[index]
+        done = self._rules.get(name)
+        if done is None:
+            done = self._rules[name] = {}
+        rule = done.get(index)
         if rule is None:
             number, rest = self.raw_lines(name)[index]
             try:
-                rule = parse_rule_args(self.table, name, split_line(rest), rest, number)
+                rule = self._shared.rule(self.table, name, rest, number)
             except ValueError as exc:
                 raise RulesetParseError(f"bad rule: {exc}", number, self.source) from None
-            self._rules[key] = rule
+            done[index] = rule
         return rule
 
     def __iter__(self) -> Iterator[str]:
@@ -591,13 +699,16 @@ class _LazyChains(Mapping[str, Chain]):
 
     def raw_lines(self, name: str) -> list[tuple[int, str]]:
         """(line number, text after `-A CHAIN `) of a chain's rules, unparsed."""
+        built = self._built.get(name)
+        if built is not None:
+            return [(r.line, r.text) for r in built.rules]
         found = self._raw.get(name)
         if found is None:
             found = []
             skip = len(name) + 4  # "-A " + name + " "
-            for start, end in self.spans.get(name, ()):
-                first = self.numbers.line_of(start)
-                found += [(first + i, line[skip:]) for i, line in enumerate(self.text[start:end].split("\n"))]
+            text = self.text
+            for start, end, first in self.spans.get(name, ()):
+                found += [(first + i, line[skip:]) for i, line in enumerate(text[start:end].split("\n"))]
             self._raw[name] = found
         return found
 
@@ -717,9 +828,10 @@ def _parse_lazy(text: str, source: str) -> Ruleset | None:
     Every line is accounted for: a table must be its chain lines, then runs of `-A CHAIN
     ...` lines that `_RULE_RUN` finds back to back up to COMMIT (regular expressions and
     str methods only, so a 230,000-line dump is cut up in a few tenths of a second)."""
-    numbers = _LineNumbers(text)
     tables: dict[str, _LazyChains] = {}
+    shared = _Shared()
     pos = 0
+    counted, line = 0, 1  # line is the number of the line at position `counted`
     for start, stop in table_blocks(text):
         if text[pos:start].strip() and any(
             ln.strip() and not ln.lstrip().startswith("#") for ln in text[pos:start].splitlines()
@@ -731,7 +843,7 @@ def _parse_lazy(text: str, source: str) -> Ruleset | None:
         if not name or name in tables:
             return None
         body, commit = head_end + 1, stop - len("COMMIT")
-        chains = _LazyChains(name, source, text, numbers)
+        chains = _LazyChains(name, source, text, shared)
         # iptables-save prints every chain line first, then the rules, chain by chain.
         first_rule = text.find("\n-A ", body - 1, commit)
         rules_start = commit if first_rule < 0 else first_rule + 1
@@ -739,7 +851,7 @@ def _parse_lazy(text: str, source: str) -> Ruleset | None:
         if len(declared) != text.count("\n", body, rules_start):
             return None  # something else than chain lines before the first rule
         for chain, policy in declared:
-            chains.policies[chain] = policy or "-"
+            chains.policies[shared.words.setdefault(chain, chain)] = policy or "-"
         if len(chains.policies) != len(declared):
             return None  # a chain declared twice (restore input): the full parser flushes it
         builtin = BUILTIN_CHAINS.get(name, ())
@@ -750,14 +862,16 @@ def _parse_lazy(text: str, source: str) -> Ruleset | None:
             if begin != expected:
                 return None  # a line between runs that is not `-A CHAIN ...`
             expected = finish + 1
-            chain = m.group(1)
+            chain = shared.words.setdefault(m.group(1), m.group(1))
             if chain not in policies:
                 policies[chain] = "ACCEPT" if chain in builtin else "-"
+            line += text.count("\n", counted, begin)
+            counted = begin
             found = spans.get(chain)
             if found is None:
-                spans[chain] = [(begin, finish)]
+                spans[chain] = [(begin, finish, line)]
             else:
-                found.append((begin, finish))
+                found.append((begin, finish, line))
         if expected != commit:
             return None
         tables[name] = chains
@@ -825,7 +939,7 @@ def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:
         elif command in ("-I", "--insert"):
             args = words[2:]
             position = 1
-            if args and args[0].isdigit():
+            if args and args[0].isdecimal():
                 position = int(args[0])
                 args = args[1:]
             try:
@@ -849,7 +963,7 @@ def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:
         elif command in ("-D", "--delete"):
             rules = current.ensure(chain)
             args = words[2:]
-            if len(args) == 1 and args[0].isdigit():
+            if len(args) == 1 and args[0].isdecimal():
                 idx = int(args[0]) - 1
                 if 0 <= idx < len(rules):
                     rules.pop(idx)

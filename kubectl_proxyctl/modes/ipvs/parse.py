@@ -196,7 +196,7 @@ def _parse_save_line(words: Sequence[str], number: int) -> tuple[VirtualService,
             scheduler = words[i + 1]
             i += 2
         elif w in ("-p", "--persistent"):
-            if i + 1 < len(words) and words[i + 1].isdigit():
+            if i + 1 < len(words) and words[i + 1].isdecimal():
                 persistent = int(words[i + 1])
                 i += 2
             else:
@@ -235,7 +235,7 @@ def _parse_list_service(words: Sequence[str], number: int) -> VirtualService:
     persistent = None
     if "persistent" in words:
         i = words.index("persistent")
-        persistent = int(words[i + 1]) if i + 1 < len(words) and words[i + 1].isdigit() else 300
+        persistent = int(words[i + 1]) if i + 1 < len(words) and words[i + 1].isdecimal() else 300
     return VirtualService(protocol, address, port, scheduler, persistent, fwmark, (), number)
 
 

@@ -132,7 +132,10 @@ def _priority(value: Any) -> int | None:
         for name, base in _PRIORITY_NAMES.items():
             if text.startswith(name):
                 rest = text[len(name):]
-                return base + (int(rest) if rest else 0)
+                try:
+                    return base + (int(rest) if rest else 0)
+                except ValueError:
+                    return None
         try:
             return int(text)
         except ValueError:
@@ -147,12 +150,213 @@ def _elements(raw: Any) -> tuple[NftElement, ...]:
         if isinstance(item, list) and len(item) == 2:
             item, value = item
         comment = ""
-        if isinstance(item, dict) and "elem" in item:
+        if isinstance(item, dict) and isinstance(item.get("elem"), dict):
             inner = item["elem"]
             comment = str(inner.get("comment", ""))
             item = inner.get("val")
         out.append(NftElement(item, value, comment))
     return tuple(out)
+
+
+# --- the shapes of nft's JSON (libnftables-json(5)) that the readers rely on -----------------
+
+class _Shape(ValueError):
+    pass
+
+
+def _want(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Shape(what)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fields(x: Any, name: str, strings: tuple[str, ...] = (), ints: tuple[str, ...] = (),
+            exprs: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    _want(isinstance(x, dict), f'"{name}" takes an object')
+    for key in required:
+        _want(key in x, f'"{name}" has no "{key}"')
+    for key in strings:
+        _want(key not in x or isinstance(x[key], str), f'"{name}.{key}" is not a string')
+    for key in ints:
+        _want(key not in x or _is_int(x[key]), f'"{name}.{key}" is not a number')
+    for key in exprs:
+        if key in x:
+            _check_expr(x[key])
+
+
+def _check_expr(e: Any, depth: int = 0) -> None:
+    """An expression: a literal, a list of expressions, or a one-key object nft knows."""
+    _want(depth < 64, "expressions nested too deeply")
+    if e is None or isinstance(e, (str, int, float, bool)):
+        return
+    if isinstance(e, list):
+        for item in e:
+            _check_expr(item, depth + 1)
+        return
+    _want(isinstance(e, dict) and len(e) == 1, f"an expression is not a one-key object: {str(e)[:40]!r}")
+    k, x = next(iter(e.items()))
+    if k in ("concat", "range", "&", "|", "^", "<<", ">>"):
+        _want(isinstance(x, list), f'"{k}" takes a list')
+        _want(k == "concat" or len(x) == 2, f'"{k}" takes two operands')
+        for item in x:
+            _check_expr(item, depth + 1)
+    elif k == "set":
+        _check_expr(x, depth + 1)
+    elif k in ("map", "vmap"):
+        _fields(x, k, required=("key", "data"))
+        _check_expr(x["key"], depth + 1)
+        _check_expr(x["data"], depth + 1)
+    elif k == "prefix":
+        _fields(x, k, ints=("len",), required=("addr", "len"))
+        _want(isinstance(x["addr"], str), '"prefix.addr" is not a string')
+    elif k == "payload":
+        _fields(x, k, strings=("protocol", "field", "base"), ints=("offset", "len"))
+        _want("field" in x if "protocol" in x else True, '"payload" has a protocol but no field')
+    elif k in ("meta", "ct", "rt", "socket", "osf"):
+        _fields(x, k, strings=("key", "dir", "family"), required=("key",))
+    elif k == "fib":
+        _fields(x, k, strings=("result",))
+        flags = x.get("flags")
+        _want(flags is None or isinstance(flags, str) or
+              (isinstance(flags, list) and all(isinstance(f, str) for f in flags)), '"fib.flags" are not strings')
+    elif k == "numgen":
+        _fields(x, k, strings=("mode",), ints=("mod", "offset"))
+    elif k == "elem":
+        _fields(x, k, strings=("comment",), required=("val",))
+        _check_expr(x["val"], depth + 1)
+    elif k in ("jump", "goto"):
+        _fields(x, k, strings=("target",), required=("target",))
+    elif k in ("jhash", "symhash"):
+        _fields(x, k, ints=("mod", "offset", "seed"), exprs=("expr",))
+
+
+_ADDRESS_TYPES = ("ipv4_addr", "ipv6_addr", "ifname", "string")
+_NUMBER_TYPES = ("inet_service", "mark", "integer", "ct_state", "fib_addrtype")
+
+
+def _check_key_part(value: Any, typ: str) -> None:
+    """One part of a set element's key, against its declared type (nft -j writes addresses
+    as strings, ports and marks as numbers, intervals as prefix/range objects)."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("prefix", "range"):
+        return  # an interval (checked as an expression)
+    if typ in _ADDRESS_TYPES:
+        _want(isinstance(value, str), f"an element's {typ} is not a string: {str(value)[:40]!r}")
+    elif typ in _NUMBER_TYPES:
+        _want(_is_int(value) or (isinstance(value, str) and value.isascii() and value.isdecimal()),
+              f"an element's {typ} is not a number: {str(value)[:40]!r}")
+    elif typ == "inet_proto":
+        _want(isinstance(value, str) or _is_int(value), f"an element's {typ} is not a protocol: {str(value)[:40]!r}")
+
+
+def _check_elements(elements: list[Any], types: tuple[str, ...], data_type: str | None) -> None:
+    for item in elements:
+        value = None
+        if isinstance(item, list):
+            _want(len(item) == 2 and data_type is not None, "a set element is a list but the set is no map")
+            item, value = item
+        if isinstance(item, dict) and "elem" in item:
+            _fields(item["elem"], "elem", strings=("comment",), required=("val",))
+            item = item["elem"]["val"]
+        parts = item["concat"] if isinstance(item, dict) and "concat" in item else [item]
+        if len(types) > 1 or isinstance(item, dict) and "concat" in item:
+            _want(isinstance(parts, list) and len(parts) == len(types),
+                  f"an element does not have the {len(types)} parts of its type")
+        for part, typ in zip(parts, types):
+            _check_key_part(part, typ)
+        if data_type == "verdict" and value is not None:
+            _want(isinstance(value, dict) and len(value) == 1, f"a map verdict is not an object: {str(value)[:40]!r}")
+
+
+def _check_statement(stmt: Any) -> None:
+    _want(isinstance(stmt, dict) and len(stmt) == 1, f"not a one-key object: {str(stmt)[:40]!r}")
+    k, x = next(iter(stmt.items()))
+    if k == "match":
+        _fields(x, k, strings=("op",), exprs=("left", "right"), required=("left", "right"))
+    elif k in ("jump", "goto"):
+        _fields(x, k, strings=("target",), required=("target",))
+    elif k in ("vmap", "map"):
+        _fields(x, k, exprs=("key", "data"), required=("key", "data"))
+    elif k == "mangle":
+        _fields(x, k, exprs=("key", "value"), required=("key", "value"))
+    elif k in ("dnat", "snat", "redirect"):
+        if x is not None:
+            _fields(x, k, strings=("family",), exprs=("addr", "port"))
+            flags = x.get("flags")
+            _want(flags is None or isinstance(flags, str) or
+                  (isinstance(flags, list) and all(isinstance(f, str) for f in flags)), f'"{k}.flags" are not strings')
+    elif k in ("masquerade", "reject", "counter", "log", "limit", "quota"):
+        _want(x is None or isinstance(x, (dict, str)), f'"{k}" takes an object')
+        if isinstance(x, dict) and k == "reject":
+            _fields(x, k, strings=("type",), exprs=("expr",))
+        if isinstance(x, dict) and k == "masquerade":
+            flags = x.get("flags")
+            _want(flags is None or isinstance(flags, str) or
+                  (isinstance(flags, list) and all(isinstance(f, str) for f in flags)),
+                  '"masquerade.flags" are not strings')
+    elif k == "set":
+        _fields(x, k, strings=("op", "set"), exprs=("elem",), required=("elem",))
+
+
+def _check_shape(kind: str, obj: Mapping[str, Any], index: int, source: str) -> None:
+    """What the reader relies on, checked once here: names are strings, a rule's `expr` is a
+    list of statements (one-key objects), a set's `elem` is a list. `nft -j` always writes
+    these; anything else is not its output (a hand edit, or another tool's JSON)."""
+    def bad(what: str) -> RulesetParseError:
+        label = obj.get("name") if kind != "rule" else obj.get("chain")
+        where = f"{kind} {label!r}" if isinstance(label, str) else kind
+        return RulesetParseError(f"not nft JSON: item {index} ({where}): {what}", None, source)
+
+    for key in ("family", "table", "name", "chain", "comment"):
+        if key in obj and not isinstance(obj[key], str):
+            raise bad(f'"{key}" is not a string: {str(obj[key])[:40]!r}')
+    if kind in ("chain", "set", "map") and not obj.get("name"):
+        raise bad('no "name"')
+    if kind == "rule":
+        expr = obj.get("expr")
+        if expr is not None and not isinstance(expr, list):
+            raise bad(f'"expr" is not a list of statements: {str(expr)[:40]!r}')
+        for n, stmt in enumerate(expr or []):
+            try:
+                _check_statement(stmt)
+            except _Shape as exc:
+                raise bad(f'statement {n} of "expr": {exc}') from None
+            except RecursionError:
+                raise bad(f'statement {n} of "expr" is nested too deeply') from None
+    if kind in ("set", "map"):
+        typ = obj.get("type")
+        if typ is not None and not isinstance(typ, str) and not (
+                isinstance(typ, list) and all(isinstance(t, str) for t in typ)):
+            raise bad(f'"type" is neither a string nor a list of strings: {str(typ)[:40]!r}')
+        flags = obj.get("flags")
+        if flags is not None and not isinstance(flags, str) and not (
+                isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise bad(f'"flags" are not strings: {str(flags)[:40]!r}')
+        for key in ("map", "policy"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise bad(f'"{key}" is not a string: {str(obj[key])[:40]!r}')
+        timeout = obj.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise bad(f'"timeout" is not a number: {str(timeout)[:40]!r}')
+        elem = obj.get("elem")
+        if elem is not None and not isinstance(elem, list):
+            raise bad(f'"elem" is not a list: {str(elem)[:40]!r}')
+        try:
+            _check_expr(elem)
+            types = tuple(typ) if isinstance(typ, list) else (typ,) if isinstance(typ, str) else ()
+            if elem and types:
+                _check_elements(elem, types, obj.get("map") if kind == "map" else None)
+        except _Shape as exc:
+            raise bad(f'"elem": {exc}') from None
+    if kind == "chain":
+        for key in ("type", "hook", "policy"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise bad(f'"{key}" is not a string: {str(obj[key])[:40]!r}')
+        prio = obj.get("prio")
+        if prio is not None and not isinstance(prio, str) and not _is_int(prio):
+            raise bad(f'"prio" is neither a number nor a name: {str(prio)[:40]!r}')
 
 
 def parse_nft_json(text: str, source: str = "<input>") -> NftRuleset:
@@ -161,6 +365,12 @@ def parse_nft_json(text: str, source: str = "<input>") -> NftRuleset:
         doc = json.loads(text)
     except ValueError as exc:
         raise RulesetParseError(f"not nft JSON: {exc}", None, source) from None
+    return parse_nft_doc(doc, source)
+
+
+def parse_nft_doc(doc: Any, source: str = "<input>") -> NftRuleset:
+    """parse_nft_json for a document already decoded (a reader that had to decode the text
+    to tell what it is need not decode 50 MB twice)."""
     items = doc.get("nftables") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise RulesetParseError('not nft JSON: no top-level "nftables" list', None, source)
@@ -174,14 +384,15 @@ def parse_nft_json(text: str, source: str = "<input>") -> NftRuleset:
         tables.setdefault(key, {"comment": ""})
         return key
 
-    for item in items:
+    for index, item in enumerate(items):
         if not isinstance(item, dict) or len(item) != 1:
             raise RulesetParseError(f"not nft JSON: unexpected item {str(item)[:60]!r}", None, source)
         kind, obj = next(iter(item.items()))
         if kind == "metainfo":
             continue
         if not isinstance(obj, dict):
-            raise RulesetParseError(f"not nft JSON: {kind} is not an object", None, source)
+            raise RulesetParseError(f"not nft JSON: {kind!r} is not an object", None, source)
+        _check_shape(kind, obj, index, source)
         if kind == "table":
             key = (str(obj.get("family", "")), str(obj.get("name", "")))
             tables.setdefault(key, {})["comment"] = str(obj.get("comment", ""))
@@ -383,7 +594,7 @@ _PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:*-]+$")
 
 def _address(token: str) -> str | None:
     """The compressed form of an address or prefix token; None when it is neither."""
-    if not token or not (token[0].isdigit() or token[0] in "abcdefABCDEF:[") or token.count("/") > 1:
+    if not token or not (token[0].isdecimal() or token[0] in "abcdefABCDEF:[") or token.count("/") > 1:
         return None
     try:
         net = ipaddress.ip_network(token, strict=False)
@@ -403,7 +614,7 @@ def _endpoint(token: str) -> str | None:
         host, sep, port = token.rpartition(":")
         if not sep or ":" in host:
             return None
-    if not port.isdigit():
+    if not port.isdecimal():
         return None
     try:
         ip = ipaddress.ip_address(host)
