@@ -6,17 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from clihelpers import cli
 
-from kubectl_proxyctl.cli.main import run
 
 DATA = Path(__file__).parent / "data"
 SMALL = str(DATA / "small-cluster.yaml")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args), prog_name="kubectl proxyctl")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_table_for_one_service(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clihelpers import cli
 
-from kubectl_proxyctl.cli.main import run
 
 DATA = Path(__file__).parent / "data" / "rules"
 SIX_OBJECTS = str(Path(__file__).parent / "golden" / "upstream-six-services" / "objects.yaml")
@@ -23,12 +23,6 @@ NFT_SAVE = str(DATA / "six-services.nft-save.txt")
 LEGACY_SAVE = str(DATA / "six-services.legacy-save.txt")
 NFT_JSON = str(DATA / "kube-proxy.nft.json")
 NODE = ["--node-name", "test-node", "--node-ip", "192.168.0.2"]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args), prog_name="kubectl proxyctl")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def explain_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:

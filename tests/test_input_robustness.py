@@ -23,19 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from clihelpers import cli
 import yaml
 
-from kubectl_proxyctl.cli.main import run
 from kubectl_proxyctl.kube.convert import state_from_objects
 
 DATA = Path(__file__).parent / "data"
 SMALL = str(DATA / "small-cluster.yaml")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args), prog_name="kubectl proxyctl")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def proxyctl(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,

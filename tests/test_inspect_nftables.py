@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from clihelpers import cli
 import yaml
 
 from enginehelpers import engine_argv, run_in
 from kubectl_proxyctl.modes.nftables.render import RenderedNft, render
-from kubectl_proxyctl.cli.main import run
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
@@ -135,12 +135,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         for name, script in scripts.items():
             files[name] = lab.write(f"{name}.json", load(ns, script))
         yield lab
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args), prog_name="kubectl proxyctl")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *args: str, codes: tuple[int, ...] = (0,)) -> Any:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from clihelpers import cli
 import yaml
 
-from kubectl_proxyctl.cli.main import run
 from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.inspect.graph import load_files
 from kubectl_proxyctl.inspect.nodeinfo import resolve_node
@@ -27,12 +27,6 @@ RULES = Path(__file__).parent / "data" / "rules"
 SIX_OBJECTS = str(Path(__file__).parent / "golden" / "upstream-six-services" / "objects.yaml")
 NFT_SAVE = str(RULES / "six-services.nft-save.txt")
 NODE_IP = "192.168.0.2"  # test-node's InternalIP in SIX_OBJECTS
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args), prog_name="kubectl proxyctl")
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:
