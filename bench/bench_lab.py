@@ -4,13 +4,17 @@
 
 Prints, against targets:
 
-* `lab up` of a 3-node lab, wall time (target <= 15 s);
+* `lab up` of a 3-node lab, wall time (target <= 15 s), and `lab up` again of the running
+  lab, which changes nothing (target <= 10 s);
 * data-plane latency of 50 changes, from the API write until traffic proves the change on
   every node (p50 and p99, target <= 2 s each): 25 new Services (until an HTTP request to
   the new ClusterIP succeeds from each node's namespace) and 25 selector switches (until
   the newly selected pod answers on each node);
-* a 10-node lab with 100 pods: the sum of the RSS of every lab process (daemon, engines,
-  sshd, pod servers), target <= 3 GiB; with the time to start it and to make all pods Ready.
+* a 10-node lab with 100 pods: the sum of the RSS of every lab process (daemon, control
+  plane, engines, sshd, pod servers), target <= 3 GiB; with the time to start it and to make
+  all pods Ready;
+* the tests' own namespace harness (tests/netns.py): building a node with 3 pods and a
+  client, target <= 2 s (the kernel tests build many).
 
 Each lab gets a unique name and a temporary state directory, and is removed at the end.
 """
@@ -31,6 +35,7 @@ from common import report
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from labfixtures import Lab, http_request, lab_skip_reason, running_lab, wait_for  # noqa: E402
+from netns import build_topology  # noqa: E402
 
 from kubectl_proxyctl.lab.dataplane import topology  # noqa: E402
 
@@ -104,9 +109,10 @@ def change_latencies(lab: Lab) -> tuple[list[float], list[float]]:
 
 
 def lab_rss_bytes(lab: Lab) -> tuple[int, int]:
-    """(sum of RSS, number of processes) over the daemon and every process in the lab's namespaces."""
+    """(sum of RSS, number of processes) over the daemon, the control plane and every process in
+    the lab's namespaces."""
     by_ns = topology.pids_in_netns(topology.lab_namespaces(lab.spec))
-    pids = {pid for pids in by_ns.values() for pid in pids} | {lab.supervisor_pid()}
+    pids = {pid for pids in by_ns.values() for pid in pids} | {lab.supervisor_pid(), lab.control_plane_pid()}
     total = 0
     for pid in pids:
         try:
@@ -128,6 +134,9 @@ def main() -> int:
         started = time.monotonic()
         with running_lab(Path(tmp) / "small", nodes=3) as lab:
             ok &= report("lab up, 3 nodes (s)", time.monotonic() - started, 15.0)
+            started = time.monotonic()
+            lab.cli("up", "--nodes", "3")
+            ok &= report("lab up again, 3 nodes already up (s)", time.monotonic() - started, 10.0)
             new_services, switches = change_latencies(lab)
             both = new_services + switches
             for label, values in (("new Service", new_services), ("selector switch", switches)):
@@ -152,6 +161,13 @@ def main() -> int:
             started = time.monotonic()
             lab.cli("down")
             print(f"  lab down (10 nodes, 100 pods): {time.monotonic() - started:.1f}s")
+
+    started = time.monotonic()
+    topo = build_topology(pods=3, client=True)
+    try:
+        ok &= report("tests/netns.py: a node, 3 pods and a client (s)", time.monotonic() - started, 2.0)
+    finally:
+        topo.close()
     return 0 if ok else 1
 
 

@@ -11,7 +11,17 @@ the end. `Lab` wraps what a test does with it:
   namespace (a socket opened there by this process), answered by the lab's echo server
   with the pod's name and the client address it saw; `Load` sends them at a steady rate
   from a thread and counts what failed;
-* `leftovers(lab)`: every namespace, link, process and file of the lab still around.
+* `leftovers(lab)`: every namespace, link, process and file of the lab still around;
+* `api_server_down(lab)`: the API server (the control-plane process) killed and kept down
+  for a block, then started again by the supervisor; `kill_daemons(lab)`: the supervisor and
+  the control plane both killed (nothing restarts them until `lab up`);
+* `node_rules(lab, node)`: a node's NAT rules as its engine's mode writes them (and
+  `programmed(lab, node, ip)`: do they mention a Service's IP?), and
+  `engine_resources(pid)`: an engine's RSS and open file descriptors;
+* `LabSlot`: the one lab a test module keeps up for its tests, brought up again when a test
+  needs another shape or left it without a daemon, and handed over for good to a test that
+  breaks it (so the module's tests pass in any order);
+* `wait_for` (from waiting.py): poll until what a test waits for has happened.
 
 `lab_skip_reason(mode)` says why a machine cannot run a lab in that mode (not root, a tool
 missing, another lab holding 172.18.0.1 or port 6443).
@@ -22,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -35,10 +47,14 @@ from typing import Any, Callable, Iterator
 
 from kubectl_proxyctl.lab.dataplane import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
-from kubectl_proxyctl.lab.supervisor import KUBECONFIG, PID_FILE, LabAPI, load_spec, read_ref
+from kubectl_proxyctl.lab.supervisor import (
+    CONTROL_PLANE_PID, KUBECONFIG, PID_FILE, LabAPI, control_plane_running, find_daemons, load_spec, read_ref,
+)
 from kubectl_proxyctl.system.netns import socket_in_netns
+from kubectl_proxyctl.system.processes import ProcessRef
 
 from netns import lab_skip_reason as _tools_skip_reason
+from waiting import wait_for  # noqa: F401 (re-exported: the lab tests and bench/bench_lab.py wait with it)
 
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "kubectl")
 MODE_TOOLS = {"iptables": (), "nftables": ("nft",)}
@@ -167,18 +183,6 @@ class Load:
         return [a.error for _, a in self.answers if not a.ok]
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `check` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
-
 # --- the lab ---------------------------------------------------------------------------------
 
 
@@ -246,6 +250,46 @@ class Lab:
         assert ref is not None, "the lab daemon is not running"
         return ref.pid
 
+    def supervisor_running(self) -> bool:
+        """Is the lab daemon alive? A killed one, even a zombie, is not."""
+        return read_ref(self.state_root / self.name / PID_FILE) is not None
+
+    def control_plane_pid(self) -> int:
+        """The pid of the control plane: the API server's process (with the controllers)."""
+        ref = read_ref(self.state_root / self.name / CONTROL_PLANE_PID)
+        assert ref is not None, "the control plane (the API server's process) is not running"
+        return ref.pid
+
+    def control_plane_running(self) -> bool:
+        return (read_ref(self.state_root / self.name / CONTROL_PLANE_PID) is not None
+                and control_plane_running(self.bare_spec))
+
+    def api_answers(self) -> bool:
+        """Does the API server answer (a list of Services)?"""
+        try:
+            LabAPI(self.spec, timeout=1.0).request("GET", "/api/v1/namespaces/default/services")
+        except Exception:  # unreachable, credentials being written, 5xx: not yet
+            return False
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """`lab status -o json` (whatever its exit code)."""
+        return json.loads(self.cli("status", "-o", "json", check=False).stdout)
+
+    def daemon_pids(self) -> dict[str, list[int]]:
+        """Every supervisor and control plane of this lab, found by command line."""
+        found: dict[str, list[int]] = {"supervise": [], "control-plane": []}
+        for ref in find_daemons(self.name):
+            argv = Path(f"/proc/{ref.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            found["supervise" if "supervise" in argv else "control-plane"].append(ref.pid)
+        return found
+
+    def engine_pids(self) -> dict[str, int]:
+        """Node name -> the pid of its engine, from the daemon's records."""
+        run = self.state_root / self.name / "run"
+        return {path.stem.removeprefix("engine-"): int(json.loads(path.read_text())["pid"])
+                for path in sorted(run.glob("engine-*.json"))}
+
     def ready_endpoints(self, service: str, namespace: str = "default") -> set[str]:
         slices = self.api.list(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
                                f"?labelSelector=kubernetes.io/service-name%3D{service}")
@@ -254,6 +298,59 @@ class Lab:
 
     def pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+
+def _gone(pid: int) -> bool:
+    return ProcessRef.of(pid) is None  # no such process, or a zombie
+
+
+@contextlib.contextmanager
+def api_server_down(lab: Lab) -> Iterator[None]:
+    """The API server's process (the control plane) killed (SIGKILL) and kept down for the
+    block: its supervisor is paused (SIGSTOP) meanwhile. At the end the supervisor resumes,
+    sees the control plane gone and starts it again (wait for `lab.api_answers()`)."""
+    supervisor = lab.supervisor_pid()
+    control_plane = lab.control_plane_pid()
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        os.kill(control_plane, signal.SIGKILL)
+        wait_for(lambda: _gone(control_plane), 30, "the killed control plane to be gone")
+        yield
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+
+
+def kill_daemons(lab: Lab) -> None:
+    """Kill the supervisor and the control plane together (each would restart the other):
+    the lab keeps its engines, sshd and pods, and has no API until `lab up`."""
+    supervisor = lab.supervisor_pid()
+    control_plane = lab.control_plane_pid()
+    os.kill(control_plane, signal.SIGSTOP)  # so it cannot start a supervisor in between
+    os.kill(supervisor, signal.SIGKILL)
+    os.kill(control_plane, signal.SIGKILL)
+    wait_for(lambda: _gone(supervisor) and _gone(control_plane), 30, "the killed daemons to be gone")
+
+
+def node_rules(lab: Lab, node: str) -> str:
+    """The NAT rules of `node` as its engine writes them (`iptables-save -t nat`, or the
+    kube-proxy table in nftables mode); empty when they cannot be read."""
+    argv = (["nft", "list", "table", "ip", "kube-proxy"] if lab.mode == "nftables"
+            else ["iptables-save", "-t", "nat"])
+    done = subprocess.run(["nsenter", f"--net={topology.netns_path(lab.spec.node_ns(node))}", "--", *argv],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return done.stdout
+
+
+def programmed(lab: Lab, node: str, ip: str) -> bool:
+    """Does `node`'s rule set mention `ip` (as a whole address: 10.96.0.1 is not 10.96.0.10)?"""
+    return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d.])", node_rules(lab, node)) is not None
+
+
+def engine_resources(pid: int) -> tuple[int, int]:
+    """(RSS in kB from /proc/PID/status VmRSS, open file descriptors in /proc/PID/fd)."""
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def leftovers(lab: Lab) -> dict[str, list[str]]:
@@ -285,3 +382,45 @@ def running_lab(state_root: Path, nodes: int = 3, up_timeout: float = 120.0, mod
         yield lab
     finally:
         lab.cli("down", check=False)
+
+
+class LabSlot:
+    """The one lab a test module keeps up, shared by its tests.
+
+    Labs share 172.18.0.1 and port 6443, so at most one runs at a time. `get(nodes, mode)`
+    gives the running lab when it has that shape and its daemon is alive, else takes the
+    running one down and brings up a new one (its state in a fresh directory from
+    `state_dir()`): so a test gets the lab it needs whatever ran before it. A test that
+    breaks its lab (kills its daemons, takes it down) uses `take()`: the lab leaves the slot,
+    is never given to another test, and goes down when the test ends. `release()` takes the
+    running lab down (for a test that builds labs of its own).
+    """
+
+    def __init__(self, state_dir: Callable[[], Path]) -> None:
+        self._state_dir = state_dir
+        self._lab: Lab | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def get(self, nodes: int, mode: str = "iptables") -> Lab:
+        lab = self._lab
+        if (lab is not None and (lab.nodes, lab.mode) == (nodes, mode) and lab.supervisor_running()
+                and lab.control_plane_running()):
+            return lab
+        self.release()
+        stack = contextlib.ExitStack()
+        self._lab = stack.enter_context(running_lab(self._state_dir(), nodes=nodes, mode=mode))
+        self._stack = stack
+        return self._lab
+
+    @contextlib.contextmanager
+    def take(self, nodes: int, mode: str = "iptables") -> Iterator[Lab]:
+        lab = self.get(nodes, mode)
+        stack, self._lab, self._stack = self._stack, None, None
+        assert stack is not None
+        with stack:
+            yield lab
+
+    def release(self) -> None:
+        stack, self._lab, self._stack = self._stack, None, None
+        if stack is not None:
+            stack.close()

@@ -1,15 +1,24 @@
 """The lab end to end: `lab up`, kubectl, real traffic through every node's engine, `lab down`.
 
-One lab (4 nodes, so that one node runs none of the three nginx pods) serves the module; it
-is brought up through the CLI with its state in a temporary directory and removed at the
-end whatever happens. Traffic is real: HTTP requests from the client's or a pod's network
-namespace, answered by the lab's echo servers with their pod name. The next tests crash the
-daemon and check that `lab down` leaves nothing behind, for a running, a crashed and a
-half-built lab.
+Labs are brought up through the CLI with their state in a temporary directory and removed
+whatever happens. Only one lab runs at a time on a machine, so the module keeps one up in a
+`LabSlot` and its tests share it: a 4-node iptables lab (one node runs none of the three
+nginx pods), or, for `TestNftablesLab`, a 3-node lab with its engines in nftables mode.
+Traffic is real: HTTP requests from the client's or a pod's network namespace, answered by
+the lab's echo servers with their pod name.
 
-`TestNftablesLab` comes last (only one lab runs at a time on a machine): a 3-node lab with
-its engines in nftables mode, through the same core checks (NodePorts on every node, a
-ClusterIP across nodes, a LoadBalancer IP, what kubectl and the inspectors see).
+Every test starts from a known state, whatever ran before it (the tests pass in any order):
+
+* `lab` is the shared lab of the right shape, brought up again if a test left it without a
+  daemon; `nginx` makes sure the demo Service and its three pods are there as
+  `NGINX_DEMO` has them, ready and in every node's rules (it puts them back after a test
+  replaced pods), and says which node runs each;
+* what a test adds (a probe pod, a LoadBalancer Service) it removes, and what it breaks
+  on purpose (readiness, an engine, a pod server) it waits to see repaired;
+* a test that breaks its lab (kills the daemon or its API server, takes the lab down) is
+  marked `@breaks_lab`: it gets a lab no other test will use, which goes down afterwards;
+* the tests of `lab down` on a running and a half-built lab build their own, once the
+  shared one is down.
 """
 
 from __future__ import annotations
@@ -20,24 +29,32 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-from kubectl_proxyctl.lab.dataplane import topology
+from kubectl_proxyctl.lab.dataplane import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
-from kubectl_proxyctl.lab.supervisor import engine_health
+from kubectl_proxyctl.lab.supervisor import LOG_FILE, engine_health
 
 from labfixtures import (
-    NGINX_DEMO, NGINX_PODS, Lab, Load, http_request, lab_skip_reason, leftovers, proxyctl, running_lab,
-    spread, udp_request, wait_for,
+    NGINX_DEMO, NGINX_PODS, Lab, LabSlot, Load, api_server_down, http_request, kill_daemons, lab_skip_reason,
+    leftovers, programmed, proxyctl, running_lab, spread, udp_request, wait_for,
 )
+from waiting import TIMEOUT
+
+F = TypeVar("F", bound=Callable[..., object])
 
 SKIP = lab_skip_reason()
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 NODES = 4
+NFT_NODES = 3
 NODE_PORT = 30080
+LOAD_RATE = 20  # new connections per second from `Load`
+OUTAGE = 30 * LOAD_RATE  # connections served while the API server is down: 30 s of traffic
+SHORT_OUTAGE = 3 * LOAD_RATE  # the same for the repeated outages of the API server's process: 3 s
+OUTAGE_CYCLES = 2  # bench/bench_outage.py runs 10 outages of 30 s
 LB_SERVICE = """
 apiVersion: v1
 kind: Service
@@ -67,9 +84,42 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(tmp_path_factory.mktemp("labstate"), nodes=NODES) as running:
-        yield running
+def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSlot]:
+    slot = LabSlot(lambda: tmp_path_factory.mktemp("labstate"))
+    try:
+        yield slot
+    finally:
+        slot.release()
+
+
+def breaks_lab(test: F) -> F:
+    """Mark a test that breaks its lab (kills the daemon, takes the lab down): its `lab` is
+    one no other test will use."""
+    test.breaks_lab = True  # type: ignore[attr-defined]
+    return test
+
+
+@pytest.fixture
+def lab(labs: LabSlot, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    if getattr(request.function, "breaks_lab", False):
+        with labs.take(NODES) as own:
+            yield own
+    else:
+        yield labs.get(NODES)
+
+
+@pytest.fixture
+def nginx(lab: Lab) -> dict[str, str]:
+    return nginx_in_place(lab)
+
+
+@pytest.fixture
+def no_shared_lab(labs: LabSlot) -> None:
+    """For a test that builds labs of its own: the shared one goes down first."""
+    labs.release()
+
+
+NGINX_SELECTOR = "/api/v1/namespaces/default/pods?labelSelector=app%3Dnginx"
 
 
 def deploy_nginx(lab: Lab) -> dict[str, str]:
@@ -77,14 +127,36 @@ def deploy_nginx(lab: Lab) -> dict[str, str]:
     name -> node."""
     lab.kubectl("apply", "-f", str(NGINX_DEMO))
     wait_for(lambda: len(lab.ready_endpoints("nginx")) == 3, 60, "3 ready nginx endpoints")
-    for node in lab.spec.nodes:  # and in every node's rules
-        wait_for(lambda: set(spread(lab.spec.client_ns, node.ip, NODE_PORT, 15)[0]) == set(NGINX_PODS), 15,
-                 f"the 3 endpoints on {node.name}")
+    in_every_nodes_rules(lab)
     return {name: lab.pod(name)["spec"]["nodeName"] for name in NGINX_PODS}
 
 
-@pytest.fixture(scope="module")
-def nginx(lab: Lab) -> dict[str, str]:
+def in_every_nodes_rules(lab: Lab) -> None:
+    for node in lab.spec.nodes:
+        wait_for(lambda: set(spread(lab.spec.client_ns, node.ip, NODE_PORT, 15)[0]) == set(NGINX_PODS), TIMEOUT,
+                 f"the 3 endpoints on {node.name}")
+
+
+def nginx_in_place(lab: Lab) -> dict[str, str]:
+    """The known state of the nginx demo: its Service, and exactly its three pods, ready,
+    their endpoints in every node's rules. Deployed on a new lab, left alone when it is
+    there, put back when a test changed it; returns pod name -> node."""
+    pods = {p["metadata"]["name"]: p for p in lab.api.list(NGINX_SELECTOR)}
+    ips = {(p.get("status") or {}).get("podIP") for p in pods.values()}
+    if (set(pods) == set(NGINX_PODS) and not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
+            and lab.ready_endpoints("nginx") == ips):
+        in_every_nodes_rules(lab)
+        return {name: pod["spec"]["nodeName"] for name, pod in pods.items()}
+    # Pods that are not the demo's (replacements) or on their way out go; the demo's are
+    # made ready again and the missing ones applied again.
+    going = sorted(name for name, pod in pods.items()
+                   if name not in NGINX_PODS or pod["metadata"].get("deletionTimestamp"))
+    if going:
+        lab.kubectl("delete", "pod", *going, "--grace-period=0", "--force", "--wait=false")
+        wait_for(lambda: not {p["metadata"]["name"] for p in lab.api.list(NGINX_SELECTOR)} & set(going), TIMEOUT,
+                 f"{', '.join(going)} to be removed")
+    for name in set(pods) & set(NGINX_PODS) - set(going):
+        lab.cli("set-ready", name, "true")
     return deploy_nginx(lab)
 
 
@@ -92,13 +164,21 @@ def load_balancer_ip(lab: Lab) -> str:
     """Create the nginx-lb Service; its LoadBalancer IP once every node programmed it."""
     lab.kubectl("apply", "-f", "-", stdin=LB_SERVICE)
     svc = wait_for(lambda: (lab.kubectl_json("get", "svc", "nginx-lb").get("status") or {})
-                   .get("loadBalancer", {}).get("ingress"), 30, "a LoadBalancer IP")
+                   .get("loadBalancer", {}).get("ingress"), TIMEOUT, "a LoadBalancer IP")
     lb_ip = str(svc[0]["ip"])
     assert lb_ip.startswith("172.18.255.")
     for node in lab.spec.nodes:  # the client's ECMP route may pick any node
-        wait_for(lambda: http_request(lab.spec.node_ns(node), lb_ip, 8080, timeout=0.5).ok, 10,
+        wait_for(lambda: http_request(lab.spec.node_ns(node), lb_ip, 8080, timeout=0.5).ok, TIMEOUT,
                  f"the LB IP to be programmed on {node.name}")
     return lb_ip
+
+
+def without_load_balancer(lab: Lab) -> None:
+    lab.kubectl("delete", "svc", "nginx-lb", "--ignore-not-found")
+
+
+def delete_pod(lab: Lab, name: str) -> None:
+    lab.kubectl("delete", "pod", name, "--grace-period=0", "--force", "--ignore-not-found")
 
 
 def cluster_ip(lab: Lab, service: str) -> str:
@@ -107,11 +187,12 @@ def cluster_ip(lab: Lab, service: str) -> str:
 
 def test_up_again_changes_nothing_and_status_reports_healthy_engines(lab: Lab) -> None:
     pid = lab.supervisor_pid()
-    started = time.monotonic()
+    engines = lab.engine_pids()
+    assert sorted(engines) == [n.name for n in lab.spec.nodes], engines
     again = lab.cli("up", "--nodes", str(NODES))
-    assert time.monotonic() - started < 10
     assert "is up" in again.stdout
     assert lab.supervisor_pid() == pid
+    assert lab.engine_pids() == engines, "`lab up` of a running lab must not start anything again"
     status = lab.cli("status").stdout
     for node in lab.spec.nodes:
         row = next(line for line in status.splitlines() if line.startswith(node.name + " "))
@@ -133,15 +214,18 @@ def test_cluster_ip_works_across_nodes_from_a_pod(lab: Lab, nginx: dict[str, str
     assert free, f"every node runs nginx: {nginx}"
     created = lab.cli("run", "probe", "--node", free[0], "--labels", "app=probe").stdout
     probe = created.split()[0].removeprefix("pod/")
-    probe_ip = lab.pod(probe)["status"]["podIP"]
-    ip = cluster_ip(lab, "nginx")
-    answers = [http_request(lab.spec.pod_ns("default", probe), ip, 80) for _ in range(60)]
-    assert [a.error for a in answers if not a.ok] == []
-    assert {a.pod for a in answers} == set(NGINX_PODS)
-    assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
-    # and from the root namespace (kubectl's side), through node1, to the service and a pod
-    assert http_request(None, ip, 80).pod in NGINX_PODS
-    assert http_request(None, probe_ip, 80).client_ip == lab.spec.host_ip
+    try:
+        probe_ip = lab.pod(probe)["status"]["podIP"]
+        ip = cluster_ip(lab, "nginx")
+        answers = [http_request(lab.spec.pod_ns("default", probe), ip, 80) for _ in range(60)]
+        assert [a.error for a in answers if not a.ok] == []
+        assert {a.pod for a in answers} == set(NGINX_PODS)
+        assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
+        # and from the root namespace (kubectl's side), through node1, to the service and a pod
+        assert http_request(None, ip, 80).pod in NGINX_PODS
+        assert http_request(None, probe_ip, 80).client_ip == lab.spec.host_ip
+    finally:
+        delete_pod(lab, probe)
 
 
 def test_a_pod_reaches_itself_through_its_service(lab: Lab, nginx: dict[str, str]) -> None:
@@ -157,10 +241,13 @@ def test_a_pod_reaches_itself_through_its_service(lab: Lab, nginx: dict[str, str
 
 
 def test_load_balancer_ip_from_the_client(lab: Lab, nginx: dict[str, str]) -> None:
-    lb_ip = load_balancer_ip(lab)
-    pods, errors = spread(lab.spec.client_ns, lb_ip, 8080, 100)
-    assert errors == []
-    assert set(pods) == set(NGINX_PODS)
+    try:
+        lb_ip = load_balancer_ip(lab)
+        pods, errors = spread(lab.spec.client_ns, lb_ip, 8080, 100)
+        assert errors == []
+        assert set(pods) == set(NGINX_PODS)
+    finally:
+        without_load_balancer(lab)
 
 
 def test_kubectl_shows_what_a_real_cluster_would(lab: Lab, nginx: dict[str, str]) -> None:
@@ -204,42 +291,46 @@ def test_exec_and_set_ready(lab: Lab, nginx: dict[str, str]) -> None:
     victim_ip = lab.pod(victim)["status"]["podIP"]
     lab.cli("set-ready", victim, "false")
     try:
-        wait_for(lambda: victim_ip not in lab.ready_endpoints("nginx"), 10, "the endpoint to become unready")
+        wait_for(lambda: victim_ip not in lab.ready_endpoints("nginx"), TIMEOUT, "the endpoint to become unready")
         node = lab.spec.nodes[0]
-        wait_for(lambda: victim not in spread(lab.spec.client_ns, node.ip, NODE_PORT, 30)[0], 10,
+        wait_for(lambda: victim not in spread(lab.spec.client_ns, node.ip, NODE_PORT, 30)[0], TIMEOUT,
                  "traffic to avoid the unready pod")
     finally:
         lab.cli("set-ready", victim, "true")
-    wait_for(lambda: victim_ip in lab.ready_endpoints("nginx"), 10, "the endpoint to be ready again")
+    wait_for(lambda: victim_ip in lab.ready_endpoints("nginx"), TIMEOUT, "the endpoint to be ready again")
 
 
 def test_a_dead_engine_or_pod_server_is_started_again(lab: Lab, nginx: dict[str, str]) -> None:
     record = lab.state_root / lab.name / "run" / "engine-node2.json"
     engine = json.loads(record.read_text())["pid"]
     os.kill(engine, signal.SIGKILL)
-    wait_for(lambda: json.loads(record.read_text())["pid"] != engine, 10, "a new engine on node2")
-    wait_for(lambda: engine_health(lab.spec.node("node2"))[0], 15, "the new engine to be healthy")
+    wait_for(lambda: json.loads(record.read_text())["pid"] != engine, TIMEOUT, "a new engine on node2")
+    wait_for(lambda: engine_health(lab.spec.node("node2"))[0], TIMEOUT, "the new engine to be healthy")
 
     pod_record = lab.state_root / lab.name / "pods" / f"{lab.spec.pod_ns('default', NGINX_PODS[2])}.json"
     server = json.loads(pod_record.read_text())["pid"]
     os.kill(server, signal.SIGKILL)
-    wait_for(lambda: json.loads(pod_record.read_text())["pid"] != server, 10, "a new pod server")
+    wait_for(lambda: json.loads(pod_record.read_text())["pid"] != server, TIMEOUT, "a new pod server")
     pod_ip = lab.pod(NGINX_PODS[2])["status"]["podIP"]
     node_ns = lab.spec.node_ns(nginx[NGINX_PODS[2]])
-    wait_for(lambda: http_request(node_ns, pod_ip, 80).pod == NGINX_PODS[2], 10, "the pod to answer again")
+    wait_for(lambda: http_request(node_ns, pod_ip, 80).pod == NGINX_PODS[2], TIMEOUT, "the pod to answer again")
 
 
 def test_rolling_replacement_under_load_loses_nothing(lab: Lab, nginx: dict[str, str]) -> None:
+    # The replacements stay behind: the `nginx` fixture of the next test puts the demo pods back.
     node = lab.spec.nodes[0]
-    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=20).start()
+    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=LOAD_RATE).start()
     replaced = []
     try:
         for old in NGINX_PODS:
             new = lab.cli("run", "nginx", "--labels", "app=nginx", "--port", "http=80").stdout.split()[0]
             replaced.append(new.removeprefix("pod/"))
             lab.kubectl("delete", "pod", old, "--grace-period=2", "--wait=false")
-            wait_for(lambda: lab.kubectl("get", "pod", old, check=False).returncode != 0, 20, f"{old} to be removed")
-        time.sleep(1)
+            wait_for(lambda: lab.kubectl("get", "pod", old, check=False).returncode != 0, TIMEOUT,
+                     f"{old} to be removed")
+        # Traffic after the last old pod is gone: 20 more connections (the last 10 are checked).
+        after = len(load.answers)
+        wait_for(lambda: len(load.answers) >= after + 2 * 10, TIMEOUT, "20 connections after the last removal")
     finally:
         load.stop()
     assert load.failures == [], f"{len(load.failures)} of {len(load.answers)} failed: {load.failures[:5]}"
@@ -247,21 +338,29 @@ def test_rolling_replacement_under_load_loses_nothing(lab: Lab, nginx: dict[str,
     late = {a.pod for t, a in load.answers[-10:]}
     assert late <= set(replaced), f"old pods still answer at the end: {late}"
     ip = cluster_ip(lab, "nginx")
-    wait_for(lambda: len(lab.ready_endpoints("nginx")) == 3, 10, "3 endpoints")
+    wait_for(lambda: len(lab.ready_endpoints("nginx")) == 3, TIMEOUT, "3 endpoints")
     assert {a.pod for a in (http_request(lab.spec.node_ns(node), ip, 80) for _ in range(30))} == set(replaced)
 
 
+@breaks_lab
 def test_api_server_down_for_30s_then_back(lab: Lab, nginx: dict[str, str]) -> None:
     node = lab.spec.nodes[1]
-    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=20).start()
+    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=LOAD_RATE).start()
+    engines = lab.engine_pids()
     try:
-        os.kill(lab.supervisor_pid(), signal.SIGKILL)
-        time.sleep(30)
+        kill_daemons(lab)  # the daemon and its API server: each would start the other again
+        wait_for(lambda: not lab.supervisor_running(), TIMEOUT, "the killed daemon (and its API server) to be gone")
+        # The outage lasts while 30 s worth of connections are served by the rules the
+        # engines keep (counted, so a slow machine gets the same outage, only longer).
+        down = len(load.answers)
+        wait_for(lambda: len(load.answers) >= down + OUTAGE, 4 * 30, f"{OUTAGE} connections while the API is down",
+                 interval=0.5)
         lab.cli("up", "--nodes", str(NODES))
+        assert lab.engine_pids() == engines, "`lab up` after a crash must adopt the engines, not start others"
         lab.kubectl("apply", "-f", "-", stdin=AFTER_RESTART)
         ip = cluster_ip(lab, "after-restart")
-        for each in lab.spec.nodes:  # the engines' informers retry with backoff (up to 45s)
-            wait_for(lambda: http_request(lab.spec.node_ns(each), ip, 80, timeout=0.5).ok, 60,
+        for each in lab.spec.nodes:  # the engines' informers retry every second (the deadline bounds a hang)
+            wait_for(lambda: http_request(lab.spec.node_ns(each), ip, 80, timeout=0.5).ok, 45 + 2 * TIMEOUT,
                      f"the new Service on {each.name}", interval=0.5)
     finally:
         load.stop()
@@ -269,17 +368,128 @@ def test_api_server_down_for_30s_then_back(lab: Lab, nginx: dict[str, str]) -> N
     assert len(load.answers) > 500
 
 
+@breaks_lab
 def test_down_after_the_daemon_was_killed_leaves_nothing(lab: Lab) -> None:
     assert any(leftovers(lab).values())
-    os.kill(lab.supervisor_pid(), signal.SIGKILL)
-    time.sleep(0.5)
+    kill_daemons(lab)
+    wait_for(lambda: not lab.supervisor_running(), TIMEOUT, "the killed daemon to be gone")
     done = lab.cli("down")
     assert "removed" in done.stdout
     assert leftovers(lab) == {"namespaces": [], "links": [], "processes": [], "files": []}
     assert "nothing to remove" in lab.cli("down").stdout
 
 
-def test_down_of_a_running_lab_and_of_a_half_built_one(tmp_path: Path) -> None:
+def test_status_json_reports_every_component(lab: Lab, nginx: dict[str, str]) -> None:
+    report = lab.status()
+    assert (report["name"], report["mode"]) == (lab.name, "iptables")
+    assert report["supervisor"] == {"pid": lab.supervisor_pid(), "alive": True}
+    api = report["apiserver"]
+    assert api["pid"] == lab.control_plane_pid() and api["alive"] and api["answers"], api
+    assert api["error"] is None and int(api["resourceVersion"]) > 0 and api["url"] == lab.spec.api_url
+    for part in ("controllers", "podRuntime"):  # they live in the API server's process
+        assert report[part] == {"pid": api["pid"], "alive": True, "process": "control-plane"}
+    engines = lab.engine_pids()
+    assert [n["name"] for n in report["nodes"]] == [n.name for n in lab.spec.nodes]
+    for node in report["nodes"]:
+        assert node["engine"] == {"pid": engines[node["name"]], "alive": True, "health": "healthy"}, node
+        if sshd.sshd_available():
+            assert node["sshd"]["alive"] and isinstance(node["sshd"]["pid"], int) and node["sshd"]["port"] == "up"
+    pods = {p["name"]: p for p in report["pods"]}
+    for name, node_name in nginx.items():
+        pod = pods[name]
+        assert (pod["node"], pod["ready"], pod["status"], pod["alive"]) == (node_name, True, "Running", True), pod
+        assert isinstance(pod["pid"], int) and pod["ip"] == lab.pod(name)["status"]["podIP"]
+    (svc,) = [s for s in report["services"] if (s["namespace"], s["name"]) == ("default", "nginx")]
+    assert svc["type"] == "NodePort" and svc["endpoints"] == {"ready": 3, "total": 3}
+    assert svc["ports"][0]["nodePort"] == NODE_PORT and svc["clusterIP"] == cluster_ip(lab, "nginx")
+    table = lab.cli("status").stdout  # the tables stay
+    assert f"daemon running (pid {lab.supervisor_pid()}); API server running (pid {api['pid']}, answers)" in table
+    assert "nginx" in table and "3/3 ready" in table
+
+
+def test_run_with_an_invalid_name_is_a_usage_error(lab: Lab) -> None:
+    done = lab.cli("run", "x;y", check=False)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert '"x;y-' in done.stderr and "Invalid value" in done.stderr, done.stderr  # the server's message
+    assert not [p for p in lab.api.list("/api/v1/pods") if p["metadata"]["name"].startswith("x;y")]
+
+
+@breaks_lab
+def test_a_killed_api_server_or_daemon_is_started_again_by_the_other(lab: Lab, nginx: dict[str, str]) -> None:
+    engines = lab.engine_pids()
+    svc = lab.kubectl_json("get", "svc", "nginx")
+    ips = {lab.pod(name)["status"]["podIP"] for name in NGINX_PODS}
+    rv = int(lab.status()["apiserver"]["resourceVersion"])
+
+    # The API server's process is killed: the supervisor starts it again, with every object.
+    control_plane = lab.control_plane_pid()
+    killed = time.monotonic()
+    os.kill(control_plane, signal.SIGKILL)
+    wait_for(lambda: lab.control_plane_running() and lab.control_plane_pid() != control_plane and lab.api_answers(),
+             TIMEOUT, "the supervisor to start the API server again")
+    print(f"the API server answered again {time.monotonic() - killed:.2f}s after it was killed")
+    again = lab.kubectl_json("get", "svc", "nginx")
+    assert {k: again["metadata"][k] for k in ("uid", "resourceVersion", "creationTimestamp")} == \
+        {k: svc["metadata"][k] for k in ("uid", "resourceVersion", "creationTimestamp")}
+    assert again["spec"] == svc["spec"]
+    assert int(lab.status()["apiserver"]["resourceVersion"]) >= rv
+    assert lab.ready_endpoints("nginx") == ips
+
+    # The supervisor is killed: the control plane starts a new one, which adopts everything.
+    supervisor, control_plane = lab.supervisor_pid(), lab.control_plane_pid()
+    log = lab.state_root / lab.name / LOG_FILE
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: lab.supervisor_running() and lab.supervisor_pid() != supervisor, TIMEOUT,
+             "the control plane to start a new supervisor")
+    wait_for(lambda: f"adopted control-plane (pid {control_plane})" in log.read_text(), TIMEOUT,
+             "the new supervisor to adopt the control plane")
+    assert lab.control_plane_pid() == control_plane and lab.engine_pids() == engines
+    assert lab.daemon_pids() == {"supervise": [lab.supervisor_pid()], "control-plane": [control_plane]}
+    report = lab.status()
+    assert all(n["engine"]["alive"] and n["engine"]["health"] == "healthy" for n in report["nodes"]), report["nodes"]
+    lab.cli("up", *lab.up_args)  # changes nothing
+    assert lab.daemon_pids() == {"supervise": [lab.supervisor_pid()], "control-plane": [control_plane]}
+    assert lab.engine_pids() == engines
+
+
+@breaks_lab
+def test_api_server_outages_lose_no_request_and_new_services_reach_every_node(
+        lab: Lab, nginx: dict[str, str]) -> None:
+    """The API server's process killed and kept down 3 s, twice; traffic to nginx never
+    fails, and a Service created right after each restart reaches every node's rules
+    (bench/bench_outage.py measures how fast, over 10 outages of 30 s)."""
+    node = lab.spec.nodes[2]
+    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=LOAD_RATE).start()
+    uid = lab.kubectl_json("get", "svc", "nginx")["metadata"]["uid"]
+    figures = []
+    try:
+        for cycle in range(OUTAGE_CYCLES):
+            with api_server_down(lab):
+                assert not lab.api_answers()
+                down = len(load.answers)
+                wait_for(lambda: len(load.answers) >= down + SHORT_OUTAGE, 4 * 3,
+                         f"{SHORT_OUTAGE} connections while the API is down", interval=0.2)
+            wait_for(lab.api_answers, TIMEOUT, "the supervisor to start the API server again")
+            created = time.monotonic()
+            body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"outage-{cycle}"},
+                    "spec": {"selector": {"app": "nginx"}, "ports": [{"port": 80, "targetPort": "http"}]}}
+            ip = lab.api.request("POST", "/api/v1/namespaces/default/services", body)["spec"]["clusterIP"]
+            for each in lab.spec.nodes:  # the deadline only bounds a hang
+                wait_for(lambda: programmed(lab, each.name, ip), 45 + TIMEOUT,
+                         f"outage-{cycle} ({ip}) in {each.name}'s rules", interval=0.02)
+            figures.append(time.monotonic() - created)
+            assert lab.kubectl_json("get", "svc", "nginx")["metadata"]["uid"] == uid
+    finally:
+        load.stop()
+    print(f"created right after the restart -> in every node's rules: {', '.join(f'{f:.2f}s' for f in figures)}")
+    assert load.failures == [], f"{len(load.failures)} of {len(load.answers)} failed: {load.failures[:5]}"
+    assert len(load.answers) > OUTAGE_CYCLES * SHORT_OUTAGE
+    ip = cluster_ip(lab, f"outage-{OUTAGE_CYCLES - 1}")
+    assert http_request(lab.spec.node_ns(node), ip, 80).pod in NGINX_PODS
+
+
+def test_down_of_a_running_lab_and_of_a_half_built_one(no_shared_lab: None, tmp_path: Path) -> None:
     with running_lab(tmp_path, nodes=1) as small:
         small.cli("run", "web", "--port", "80", "--port", "53/udp")
         dns = small.cli("run", "dns", "--port", "5353/udp").stdout.split()[0].removeprefix("pod/")
@@ -320,20 +530,21 @@ def in_netns(netns: str, *argv: str) -> str:
                           capture_output=True, text=True, timeout=30, check=True).stdout
 
 
+@pytest.fixture
+def nft_lab(labs: LabSlot) -> Lab:
+    return labs.get(NFT_NODES, "nftables")
+
+
+@pytest.fixture
+def nft_nginx(nft_lab: Lab) -> dict[str, str]:
+    return nginx_in_place(nft_lab)
+
+
 @pytest.mark.skipif(NFT_SKIP is not None, reason=NFT_SKIP or "")
 class TestNftablesLab:
     """A lab whose engines run in nftables mode. NodePorts answer on each node's IP only
     (kube-proxy's nftables default, `--nodeport-addresses primary`): the address the client,
     the README and `probe` use, so everything below is what the iptables lab does."""
-
-    @pytest.fixture(scope="class")
-    def nft_lab(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-        with running_lab(tmp_path_factory.mktemp("nftlabstate"), nodes=3, mode="nftables") as running:
-            yield running
-
-    @pytest.fixture(scope="class")
-    def nft_nginx(self, nft_lab: Lab) -> dict[str, str]:
-        return deploy_nginx(nft_lab)
 
     def test_up_status_and_the_nodes_rules(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
         again = nft_lab.cli("up", *nft_lab.up_args)
@@ -370,20 +581,26 @@ class TestNftablesLab:
         node = nft_lab.spec.nodes[0].name
         created = nft_lab.cli("run", "probe", "--node", node, "--labels", "app=probe").stdout
         probe = created.split()[0].removeprefix("pod/")
-        probe_ip = nft_lab.pod(probe)["status"]["podIP"]
-        ip = cluster_ip(nft_lab, "nginx")
-        answers = [http_request(nft_lab.spec.pod_ns("default", probe), ip, 80) for _ in range(45)]
-        assert [a.error for a in answers if not a.ok] == []
-        assert {a.pod for a in answers} == set(NGINX_PODS)
-        assert {nft_nginx[a.pod] for a in answers} - {node}, f"no answer from another node than {node}"
-        assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
-        assert http_request(None, ip, 80).pod in NGINX_PODS  # from the root namespace, through node1
+        try:
+            probe_ip = nft_lab.pod(probe)["status"]["podIP"]
+            ip = cluster_ip(nft_lab, "nginx")
+            answers = [http_request(nft_lab.spec.pod_ns("default", probe), ip, 80) for _ in range(45)]
+            assert [a.error for a in answers if not a.ok] == []
+            assert {a.pod for a in answers} == set(NGINX_PODS)
+            assert {nft_nginx[a.pod] for a in answers} - {node}, f"no answer from another node than {node}"
+            assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
+            assert http_request(None, ip, 80).pod in NGINX_PODS  # from the root namespace, through node1
+        finally:
+            delete_pod(nft_lab, probe)
 
     def test_load_balancer_ip_from_the_client(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
-        lb_ip = load_balancer_ip(nft_lab)
-        pods, errors = spread(nft_lab.spec.client_ns, lb_ip, 8080, 60)
-        assert errors == []
-        assert set(pods) == set(NGINX_PODS)
+        try:
+            lb_ip = load_balancer_ip(nft_lab)
+            pods, errors = spread(nft_lab.spec.client_ns, lb_ip, 8080, 60)
+            assert errors == []
+            assert set(pods) == set(NGINX_PODS)
+        finally:
+            without_load_balancer(nft_lab)
 
     def test_kubectl_and_the_inspectors(self, nft_lab: Lab, nft_nginx: dict[str, str]) -> None:
         table = nft_lab.kubectl("get", "svc", "nginx").stdout

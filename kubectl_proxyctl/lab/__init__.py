@@ -8,8 +8,10 @@ It reads as three parts, each a package, plus what holds them together:
   port allocation, scheduling, graceful pod deletion, EndpointSlices and Endpoints);
 * `dataplane/`: what runs on the "machines": the network of namespaces, bridges and veths
   (`topology`), the pod runtime and its echo servers, and sshd on every node;
-* `spec.py` (the lab's shape: names, addresses, ranges) and `supervisor.py` (the daemon that
-  runs the three parts, and `lab up`/`lab down`).
+* `spec.py` (the lab's shape: names, addresses, ranges), `controlplane.py` (the process that
+  serves the API: the API server, the controllers and the pod runtime) and `supervisor.py`
+  (the daemon that runs the control plane, the engines and sshd, restarted by the control
+  plane in turn; `lab up`/`lab down` and `lab status`).
 
 Dependencies point one way: `controllers` use `apiserver`, `dataplane` uses both, and
 `apiserver` knows neither. Kernel work (netlink, namespaces, processes) goes through

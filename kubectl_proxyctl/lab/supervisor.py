@@ -1,34 +1,53 @@
-"""The lab daemon and the lab's state directory: starting, adopting, watching, removing.
+"""The lab's daemons and its state directory: starting, adopting, watching, removing.
 
 Theory of operation
 -------------------
 `lab up` builds the network (`topology.up`), records the lab's shape in
 `<state>/lab.json`, and starts `kubectl-proxyctl lab supervise` in a new session, detached,
-logging to `<state>/supervisor.log`. That daemon (`Supervisor.run`) holds an exclusive lock
-on `<state>/supervisor.lock` for its life (so there is never more than one per lab, and
-a crashed one is recognised at once) and runs, in one process:
+logging to `<state>/supervisor.log`. Two long-lived processes then run the lab, and each
+one restarts the other:
 
-* the lab API server (state in `<state>/api`, HTTPS on 172.18.0.1:6443 only: the root
-  namespace's end of the lab's veth, so the root namespace and every node reach it and no
-  other network does) and writes `<state>/kubeconfig` and `<state>/kubeconfig-nodes` (both
-  https://172.18.0.1:6443);
-* the lab controllers (nodes, IP allocation, scheduling, EndpointSlices and Endpoints);
-* the pod runtime (`runtime.PodRuntime`);
-* one engine per node (`ip netns exec <lab>-nodeN kubectl-proxyctl run --node-name nodeN
-  --mode MODE …`) and one sshd per node, as child processes with their logs in
-  `<state>/logs` and their identity (pid + start time + argv) in `<state>/run/*.json`. A
-  process that exits is started again, with a growing delay when it keeps failing.
+* the **supervisor** (`Supervisor.run`, `lab supervise`) holds an exclusive lock on
+  `<state>/supervisor.lock` for its life (never two per lab; a dead one is recognised at
+  once) and starts, watches and restarts, as child processes with their logs in
+  `<state>/logs` and their identity (pid + start time + argv) in `<state>/run/*.json`:
+  the **control plane** (`lab control-plane`, see `controlplane.py`), one engine per node
+  (`ip netns exec <lab>-nodeN kubectl-proxyctl run --node-name nodeN --mode MODE …`) and one
+  sshd per node. It checks them every 0.2 s: a process that exits is started again at
+  once, then with a growing delay while it keeps failing soon after its start;
+* the **control plane** holds `<state>/control-plane.lock` and runs the lab API server
+  (objects and the resourceVersion counter in sqlite under `<state>/api`, HTTPS on
+  172.18.0.1:6443 only: the root namespace's end of the lab's veth, so the root namespace
+  and every node reach it and no other network does), the controllers (nodes, IP and port
+  allocation, scheduling, graceful deletion, EndpointSlices and Endpoints) and the pod
+  runtime. The controllers live in the API server's process because allocation happens in
+  its admission, inside each write, as kube-apiserver allocates ClusterIPs and NodePorts.
+  It writes `<state>/kubeconfig` and `<state>/kubeconfig-nodes` (both
+  https://172.18.0.1:6443) and watches the supervisor: when nobody holds the supervisor's
+  lock it starts a new supervisor (checked every 0.2 s).
 
-Engines, sshd and pod servers run in sessions of their own and do not depend on the daemon:
-when it crashes (or is killed), Services keep working with the rules already programmed.
-A new daemon (`lab up` again) adopts every process whose record still matches and restarts
-the API server from its journal; the engines' informers reconnect by themselves.
+So a killed API server is started again by the supervisor, and a killed supervisor by the
+control plane, each within about a second: the new control plane reloads every object and
+the resourceVersion counter from sqlite, so the engines' informers (which retry every
+second while the server is away) resume their watches, or relist when their resourceVersion
+predates the restart, and converge; the new supervisor adopts every process whose record
+still matches (or, when a record was lost, the one running that command line), so nothing
+runs twice. Engines, sshd and pod servers run in sessions of their own and depend on
+neither daemon: while either is down, Services keep working with the rules already
+programmed. When both are killed at once, `lab up` starts the supervisor again, which
+adopts what still runs (engines, sshd, pods) and starts the control plane.
+
+SIGTERM makes the control plane stop cleanly (and its supervisor starts it again); a
+supervisor that gets SIGTERM exits and leaves the lab running (its control plane starts a
+new one), unless the lab is being removed: then it stops what it runs first.
 
 `down(spec)` works from names and records only, so it also cleans a half-built or crashed
-lab: it stops the daemon (found by its pid file or its command line; SIGTERM, then
-SIGKILL), every recorded process, every process in a namespace of the lab, removes the
-namespaces and links (`topology.teardown`), and the files of the state directory it knows
-(never anything else).
+lab: it first writes `<state>/stopping`, which stops both daemons from restarting anything
+(a daemon that starts while it exists exits at once), then stops the daemons (found by
+their pid files and by their command lines; SIGTERM, then SIGKILL), every recorded process,
+every process in a namespace of the lab, removes the namespaces and links
+(`topology.teardown`), and the files of the state directory it knows (never anything
+else). `lab up` removes a `stopping` a `lab down` that failed half-way left behind.
 
 The engines run with the mode's own defaults, as kube-proxy would: in iptables mode NodePorts
 answer on every local address of a node (also 127.0.0.1 and the pod bridge's address); in
@@ -39,7 +58,8 @@ iptables mode would hide the difference a user of the lab is there to see; it wo
 bring localhost NodePorts back anyway (nftables mode has none).
 
 This module also holds the small HTTPS client the `lab` commands use (`LabAPI`: token and CA
-from the state directory, standard library only, no proxy) and the health checks.
+from the state directory, standard library only, no proxy), the health checks and the
+status of every component (`lab_status`, for `lab status`).
 """
 
 from __future__ import annotations
@@ -60,9 +80,10 @@ from typing import Any, Callable
 
 from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError, ProxyctlError
 from kubectl_proxyctl.lab.dataplane import sshd, topology
-from kubectl_proxyctl.lab.dataplane.runtime import PodRuntime
 from kubectl_proxyctl.lab.spec import LabSpec, NodeSpec
-from kubectl_proxyctl.system.processes import Child, ProcessRef, kill_pids, spawn
+from kubectl_proxyctl.system.processes import (
+    Child, ProcessRef, command_lines, find_by_argv, kill_pids, parent_pid, spawn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +91,28 @@ LAB_FILE = "lab.json"
 PID_FILE = "supervisor.pid"
 LOCK_FILE = "supervisor.lock"
 LOG_FILE = "supervisor.log"
+CONTROL_PLANE = "control-plane"  # the process's name: its record, log and command
+CONTROL_PLANE_PID = "control-plane.pid"
+CONTROL_PLANE_LOCK = "control-plane.lock"
+STOPPING = "stopping"  # written by `lab down` first: nothing is (re)started while it exists
 KUBECONFIG = "kubeconfig"
 KUBECONFIG_NODES = "kubeconfig-nodes"
 API_DIR = "api"
 RUN_DIR = "run"
 LOGS_DIR = "logs"
 PODS_DIR = "pods"
-STATE_ENTRIES = (LAB_FILE, PID_FILE, LOCK_FILE, LOG_FILE, KUBECONFIG, KUBECONFIG_NODES, API_DIR, RUN_DIR,
-                 LOGS_DIR, PODS_DIR, sshd.SSH_DIR)
+STATE_ENTRIES = (LAB_FILE, PID_FILE, LOCK_FILE, LOG_FILE, CONTROL_PLANE_PID, CONTROL_PLANE_LOCK, STOPPING,
+                 KUBECONFIG, KUBECONFIG_NODES, API_DIR, RUN_DIR, LOGS_DIR, PODS_DIR, sshd.SSH_DIR)
 DEFAULT_STATE_ROOT = Path("/var/lib/proxyctl-lab")  # LabSpec's default, created by the first lab
 HEALTHZ_PORT = 10256
 METRICS_ADDRESS = "127.0.0.1:10249"
 MIN_SYNC_PERIOD = "100ms"
-SUPERVISE_PERIOD = 0.5
+SUPERVISE_PERIOD = 0.2  # how often each daemon checks on what it keeps running
+RESTART_DELAY = 0.5  # the delay before a second quick restart, doubling up to MAX_RESTART_DELAY
 MAX_RESTART_DELAY = 10.0
-STABLE_AFTER = 30.0
+STABLE_AFTER = 30.0  # a process that ran this long before it exited has its failures forgotten
+CONTROL_PLANE_STABLE_AFTER = 5.0  # it is ready in well under a second; a crash loop shows sooner
+LOCK_PATIENCE = 1.0  # a daemon retries its lock this long (another process may be testing it)
 
 
 # --- the state directory ----------------------------------------------------------------------
@@ -145,16 +173,34 @@ def read_ref(path: Path) -> ProcessRef | None:
     return ref if ref.alive() else None
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
+def read_pid(path: Path) -> tuple[int | None, bool]:
+    """(the pid a record names, whether that very process still runs); (None, False)
+    without a readable record."""
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, False
+    return pid, read_ref(path) is not None
+
+
+def write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
+    """Replace `path` atomically (readers see the old or the new content, never a part)."""
+    write_private(path, json.dumps(data), mode)
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` atomically with `text`, created with `mode`."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     os.replace(tmp, path)
 
 
-def supervisor_running(spec: LabSpec) -> bool:
-    """True while a daemon holds the lab's lock."""
+def lock_held(path: Path) -> bool:
+    """True while some process holds an exclusive flock on `path`."""
     try:
-        fd = os.open(spec.state_dir / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -166,12 +212,58 @@ def supervisor_running(spec: LabSpec) -> bool:
     return False
 
 
+def take_lock(path: Path, patience: float = LOCK_PATIENCE) -> int | None:
+    """An exclusive flock on `path` (its fd, kept open for the holder's life; close-on-exec,
+    so no child inherits it), or None when another process holds it. Retries for
+    `patience` seconds: `lock_held` in another process holds a shared lock for an instant."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
+
+
+def supervisor_running(spec: LabSpec) -> bool:
+    """True while a supervisor holds the lab's lock."""
+    return lock_held(spec.state_dir / LOCK_FILE)
+
+
+def control_plane_running(spec: LabSpec) -> bool:
+    """True while a control plane (the API server's process) holds its lock."""
+    return lock_held(spec.state_dir / CONTROL_PLANE_LOCK)
+
+
+def stopping(spec: LabSpec) -> bool:
+    """True while `lab down` removes the lab (nothing may be started again)."""
+    return (spec.state_dir / STOPPING).exists()
+
+
+def clear_stopping(spec: LabSpec) -> None:
+    """Forget a `lab down` that did not finish (`lab up` builds the lab again)."""
+    with contextlib.suppress(FileNotFoundError):
+        (spec.state_dir / STOPPING).unlink()
+
+
+def supervisor_argv(spec: LabSpec) -> list[str]:
+    return [*proxyctl_argv(), "lab", "supervise", "--name", spec.name]
+
+
+def control_plane_argv(spec: LabSpec) -> list[str]:
+    return [*proxyctl_argv(), "lab", CONTROL_PLANE, "--name", spec.name]
+
+
 def start_supervisor(spec: LabSpec) -> Child:
-    """Start the daemon detached (new session, no terminal)."""
+    """Start the supervisor detached (new session, no terminal)."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PROXYCTL_LAB_DIR=str(spec.state_root), PYTHONUNBUFFERED="1")
-    return spawn([*proxyctl_argv(), "lab", "supervise", "--name", spec.name], spec.state_dir / LOG_FILE,
-                 env=env, cwd="/")
+    return spawn(supervisor_argv(spec), spec.state_dir / LOG_FILE, env=env, cwd="/")
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -182,6 +274,14 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 # --- talking to the lab ------------------------------------------------------------------------
+
+
+class LabAPIError(ClusterError):
+    """The lab API server answered with an error; `reason` is its message (one line)."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        self.reason = " ".join(reason.split())
+        super().__init__(f"the lab API server answered {status}: {self.reason}", status)
 
 
 class LabAPI:
@@ -221,7 +321,7 @@ class LabAPI:
                 message = exc.reason
             if exc.code == 404:
                 raise NotFoundError(str(message)) from None
-            raise ClusterError(f"the lab API server answered {exc.code}: {message}", exc.code) from None
+            raise LabAPIError(str(message), exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClusterError(f"cannot reach the lab API server at {self._base}: {reason}") from None
@@ -267,7 +367,9 @@ def wait_ready(spec: LabSpec, timeout: float, progress: Callable[[str], None],
     ]
 
     def daemon_gone() -> bool:
-        return daemon.poll() is not None if daemon is not None else not supervisor_running(spec)
+        # The daemon we started may lose the race for the lock to one the control plane
+        # started meanwhile: that one counts as well.
+        return (daemon is None or daemon.poll() is not None) and not supervisor_running(spec)
 
     for what, problem in steps:
         while (issue := problem()) is not None:
@@ -304,6 +406,98 @@ def _engines_problem(spec: LabSpec) -> str | None:
     return ", ".join(bad) if bad else None
 
 
+# --- status ------------------------------------------------------------------------------------
+
+
+def _port_open(ip: str, port: int, timeout: float = 0.5) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(timeout)
+        return sock.connect_ex((ip, port)) == 0
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _service_record(svc: dict[str, Any], slices: list[dict[str, Any]]) -> dict[str, Any]:
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ready = total = 0
+    for s in slices:
+        labels = s["metadata"].get("labels") or {}
+        if s["metadata"].get("namespace") == meta.get("namespace") and \
+                labels.get("kubernetes.io/service-name") == meta["name"]:
+            for ep in s.get("endpoints") or []:
+                total += 1
+                ready += bool((ep.get("conditions") or {}).get("ready"))
+    return {
+        "namespace": meta.get("namespace"), "name": meta["name"], "type": spec.get("type", "ClusterIP"),
+        "clusterIP": spec.get("clusterIP"), "externalIPs": [i.get("ip", "") for i in ingress if i.get("ip")],
+        "ports": [{k: p[k] for k in ("name", "port", "nodePort", "protocol") if p.get(k) is not None}
+                  for p in spec.get("ports") or []],
+        "endpoints": {"ready": ready, "total": total},
+    }
+
+
+def lab_status(spec: LabSpec) -> dict[str, Any]:
+    """Every component of the lab, with its pid and whether it is alive: the supervisor, the
+    control plane (the API server, with whether it answers, and the controllers and pod
+    runtime that live in its process), each node's engine (and its /healthz) and sshd (and
+    its port), and, when the API answers, the pods (with their servers) and Services."""
+    state = spec.state_dir
+    supervisor_pid, _ = read_pid(state / PID_FILE)
+    control_pid, control_alive = read_pid(state / CONTROL_PLANE_PID)
+    control_alive = control_alive and control_plane_running(spec)
+    api: dict[str, Any] = {"pid": control_pid, "alive": control_alive, "url": spec.api_url, "answers": False,
+                           "resourceVersion": None, "error": None}
+    pods: list[dict[str, Any]] | None = None
+    services: list[dict[str, Any]] | None = None
+    try:
+        client = LabAPI(spec, timeout=2.0)
+        listed = client.request("GET", "/api/v1/pods")
+        api.update(answers=True, resourceVersion=(listed.get("metadata") or {}).get("resourceVersion"))
+        slices = client.list("/apis/discovery.k8s.io/v1/endpointslices")
+        services = [_service_record(s, slices) for s in client.list("/api/v1/services")]
+        pods = []
+        for pod in listed.get("items") or []:
+            meta, st = pod["metadata"], pod.get("status") or {}
+            record = state / PODS_DIR / f"{spec.pod_ns(meta.get('namespace') or 'default', meta['name'])}.json"
+            pid, alive = read_pid(record)
+            pods.append({
+                "namespace": meta.get("namespace"), "name": meta["name"],
+                "node": (pod.get("spec") or {}).get("nodeName"), "ip": st.get("podIP"), "ready": _pod_ready(pod),
+                "status": "Terminating" if meta.get("deletionTimestamp") else st.get("phase", "Pending"),
+                "pid": pid, "alive": alive,
+            })
+    except ProxyctlError as exc:
+        api["error"] = str(exc)
+    nodes = []
+    for node in spec.nodes:
+        engine_pid, engine_alive = read_pid(state / RUN_DIR / f"engine-{node.name}.json")
+        sshd_pid, sshd_alive = read_pid(state / RUN_DIR / f"sshd-{node.name}.json")
+        nodes.append({
+            "name": node.name, "ip": node.ip, "podCIDR": node.pod_cidr, "zone": node.zone,
+            "engine": {"pid": engine_pid, "alive": engine_alive, "health": engine_health(node)[1]},
+            "sshd": {"pid": sshd_pid, "alive": sshd_alive,
+                     "port": "up" if _port_open(node.ip, sshd.SSH_PORT) else "down"},
+        })
+    in_control_plane = {"pid": control_pid, "alive": control_alive, "process": CONTROL_PLANE}
+    supervisor_alive = supervisor_running(spec) and read_ref(state / PID_FILE) is not None
+    return {
+        "name": spec.name, "mode": spec.mode, "stateDir": str(state),
+        "supervisor": {"pid": supervisor_pid, "alive": supervisor_alive},
+        "apiserver": api,
+        "controllers": dict(in_control_plane),
+        "podRuntime": dict(in_control_plane),
+        "nodes": nodes,
+        "pods": pods,
+        "services": services,
+    }
+
+
 # --- tearing down ------------------------------------------------------------------------------
 
 
@@ -321,9 +515,16 @@ def down(spec: LabSpec) -> DownReport:
     require_root()
     report = DownReport()
     state = spec.state_dir
-    daemons = {ref for ref in (read_ref(state / PID_FILE), *find_daemons(spec.name)) if ref is not None}
-    for daemon in daemons:
-        daemon.stop(grace=15.0)
+    if state.is_dir():
+        (state / STOPPING).touch()  # from now on neither daemon starts anything
+    # The supervisors stop what they run; the control planes stop too. Again until none is
+    # left: one may have been started just before `stopping` was written (it exits at once).
+    for _ in range(5):
+        daemons = {ref for ref in (read_ref(state / PID_FILE), read_ref(state / CONTROL_PLANE_PID),
+                                   *find_daemons(spec.name)) if ref is not None}
+        if not daemons:
+            break
+        kill_pids([d.pid for d in daemons], grace=15.0)
         report.supervisor = True
     refs = [read_ref(p) for p in (*sorted((state / RUN_DIR).glob("*.json")),
                                   *sorted((state / PODS_DIR).glob("*.json")))]
@@ -336,23 +537,14 @@ def down(spec: LabSpec) -> DownReport:
     return report
 
 
-def find_daemons(name: str) -> list[ProcessRef]:
-    """The daemons of lab `name`, found by their command line (`... lab supervise --name
-    NAME`), so that `lab down` stops them even when their state directory is elsewhere."""
-    wanted = ["lab", "supervise", "--name", name]
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(argv[i:i + len(wanted)] == wanted for i in range(len(argv))):
-            ref = ProcessRef.of(int(entry))
-            if ref is not None and ref.pid != os.getpid():
-                found.append(ref)
-    return found
+def find_daemons(name: str, lines: dict[int, list[str]] | None = None) -> list[ProcessRef]:
+    """The supervisors and control planes of lab `name`, found by their command lines
+    (`... lab supervise --name NAME`, `... lab control-plane --name NAME`), so that
+    `lab down` stops them even when their records are gone or their state directory is
+    elsewhere."""
+    lines = command_lines() if lines is None else lines
+    return [ref for command in ("supervise", CONTROL_PLANE)
+            for ref in find_by_argv(["lab", command, "--name", name], lines)]
 
 
 def remove_state(spec: LabSpec) -> bool:
@@ -369,6 +561,9 @@ def remove_state(spec: LabSpec) -> bool:
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        for tmp in state.glob(f"{entry}.*.tmp"):  # a write a killed daemon did not finish
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     with contextlib.suppress(OSError):
         state.rmdir()
         if state.parent == DEFAULT_STATE_ROOT:
@@ -376,36 +571,57 @@ def remove_state(spec: LabSpec) -> bool:
     return True
 
 
-# --- the daemon --------------------------------------------------------------------------------
+# --- the supervisor ----------------------------------------------------------------------------
 
 
 @dataclass
 class ManagedProcess:
-    """A long-running child (an engine, an sshd): started, watched, restarted, adopted."""
+    """A long-running child (the control plane, an engine, an sshd): started, watched,
+    restarted, adopted."""
 
     name: str
     argv: list[str]
     log_path: Path
     record_path: Path
+    requires: Path | None = None  # started only once this file exists
+    stable_after: float = STABLE_AFTER
     child: Child | None = None
     ref: ProcessRef | None = None
     failures: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
 
-    def adopt(self) -> bool:
-        """Take over the process a previous daemon started, if it still runs the same argv."""
-        try:
-            data = json.loads(self.record_path.read_text())
-        except (OSError, ValueError):
-            return False
+    @property
+    def words(self) -> list[str]:
+        """What the process runs, without the `ip netns exec NS` in front."""
+        return self.argv[4:] if self.argv[:3] == ["ip", "netns", "exec"] else self.argv
+
+    def adopt(self, lines: dict[int, list[str]]) -> bool:
+        """Take over the process a previous supervisor started: the one its record names if it
+        still runs the same argv, else (a record lost in a crash) the one running this
+        command line (`lines`: a scan of every process's command line). Duplicates go."""
         ref = read_ref(self.record_path)
+        if ref is not None:
+            try:
+                recorded = json.loads(self.record_path.read_text()).get("argv")
+            except (OSError, ValueError):
+                recorded = None
+            if recorded != self.argv:
+                log.info("%s (pid %d) runs an older command line: replacing it", self.name, ref.pid)
+                ref.stop()
+                ref = None
+        found = [r for r in find_by_argv(self.words, lines) if r != ref]
+        if ref is None and found:
+            ref, found = found[0], found[1:]
+            self._record(ref)
+        for extra in found:
+            if ref is not None and parent_pid(extra.pid) == ref.pid:
+                continue  # its own child (sshd forks one per connection), not a second copy
+            log.warning("%s runs twice: stopping pid %d", self.name, extra.pid)
+            extra.stop()
         if ref is None:
             return False
-        if data.get("argv") != self.argv:
-            ref.stop()
-            return False
-        self.ref, self.started_at = ref, time.monotonic()
+        self.ref, self.child, self.started_at = ref, None, time.monotonic()
         return True
 
     def alive(self) -> bool:
@@ -422,7 +638,10 @@ class ManagedProcess:
         self.ref = ProcessRef.of(self.child.pid)
         self.started_at = time.monotonic()
         if self.ref is not None:
-            write_json(self.record_path, {"pid": self.ref.pid, "start": self.ref.start, "argv": self.argv})
+            self._record(self.ref)
+
+    def _record(self, ref: ProcessRef) -> None:
+        write_json(self.record_path, {"pid": ref.pid, "start": ref.start, "argv": self.argv})
 
     def stop(self) -> None:
         if self.ref is not None:
@@ -434,7 +653,7 @@ class ManagedProcess:
 
 
 class Supervisor:
-    """The lab daemon (`lab supervise`): runs until SIGTERM or SIGINT."""
+    """The lab's supervisor (`lab supervise`): runs until SIGTERM or SIGINT."""
 
     def __init__(self, spec: LabSpec) -> None:
         self.spec = spec
@@ -443,9 +662,14 @@ class Supervisor:
         self._lock_fd: int | None = None
 
     def run(self) -> int:
-        if not self._lock():
-            log.error("another daemon already runs lab %s", self.spec.name)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = take_lock(self.state / LOCK_FILE)  # held until the process exits
+        if self._lock_fd is None:
+            log.error("another supervisor already runs lab %s", self.spec.name)
             return 1
+        if stopping(self.spec):
+            log.info("lab %s is being removed: not starting", self.spec.name)
+            return 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
         for directory in (RUN_DIR, LOGS_DIR, PODS_DIR):
@@ -454,66 +678,35 @@ class Supervisor:
         assert me is not None
         write_json(self.state / PID_FILE, {"pid": me.pid, "start": me.start})
         try:
-            with contextlib.ExitStack() as stack:
-                self._serve(stack)
+            self._serve()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                (self.state / PID_FILE).unlink()
+            if read_ref(self.state / PID_FILE) == me:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.state / PID_FILE).unlink()
         return 0
 
-    def _serve(self, stack: contextlib.ExitStack) -> None:
-        """Start everything (each part is stopped by `stack`, in reverse) and supervise until
-        asked to stop."""
-        from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
-        from kubectl_proxyctl.lab.controllers.controllers import LabControllers
-
-        server = APIServer(self.spec.host_ip, self.spec.api_port, state_dir=self.state / API_DIR,
-                           extra_sans=[self.spec.host_ip, "127.0.0.1"])
-        try:
-            server.start()
-        except OSError as exc:
-            server.stop()
-            raise ConfigError(f"the API server cannot listen on {self.spec.host_ip}:{self.spec.api_port}: "
-                              f"{exc.strerror or exc}") from exc
-        stack.callback(server.stop)
-        self._write_kubeconfigs(server)
-        log.info("API server on %s (kubeconfig %s)", server.url, self.state / KUBECONFIG)
-        stack.callback(LabControllers(server, self.spec).start().stop)
-        stack.callback(PodRuntime(server, self.spec).start().stop)
+    def _serve(self) -> None:
+        """Adopt or start everything, and supervise until asked to stop."""
         processes = self._processes()
+        lines = command_lines()
         for proc in processes:
-            stack.callback(proc.stop)
-        stack.callback(log.info, "stopping")
-        for proc in processes:
-            if proc.adopt():
+            if proc.adopt(lines):
                 log.info("adopted %s (pid %d)", proc.name, proc.ref.pid if proc.ref else 0)
         while not self._stop.is_set():
             self._supervise(processes)
             self._stop.wait(SUPERVISE_PERIOD)
-
-    def _lock(self) -> bool:
-        self.state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd  # held until the process exits
-        return True
-
-    def _write_kubeconfigs(self, server: Any) -> None:
-        import yaml
-
-        for name, url in ((KUBECONFIG, self.spec.api_url), (KUBECONFIG_NODES, self.spec.api_url)):
-            fd = os.open(self.state / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                yaml.safe_dump(server.kubeconfig(server=url), fh, sort_keys=False)
+        if stopping(self.spec):
+            log.info("stopping: the lab is being removed")
+            for proc in reversed(processes):
+                proc.stop()
+        else:
+            log.info("stopping; the lab keeps running (its control plane starts a new supervisor)")
 
     def _processes(self) -> list[ManagedProcess]:
         spec = self.spec
         logs, run = self.state / LOGS_DIR, self.state / RUN_DIR
-        processes = []
+        processes = [ManagedProcess(CONTROL_PLANE, control_plane_argv(spec), logs / f"{CONTROL_PLANE}.log",
+                                    run / f"{CONTROL_PLANE}.json", stable_after=CONTROL_PLANE_STABLE_AFTER)]
         for node in spec.nodes:
             netns = ["ip", "netns", "exec", spec.node_ns(node)]
             engine = [*proxyctl_argv(), "run", "--kubeconfig", str(self.state / KUBECONFIG_NODES),
@@ -521,7 +714,8 @@ class Supervisor:
                       "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
                       "--metrics-bind-address", METRICS_ADDRESS, "--min-sync-period", MIN_SYNC_PERIOD, "-v"]
             processes.append(ManagedProcess(f"engine-{node.name}", [*netns, *engine],
-                                            logs / f"engine-{node.name}.log", run / f"engine-{node.name}.json"))
+                                            logs / f"engine-{node.name}.log", run / f"engine-{node.name}.json",
+                                            requires=self.state / KUBECONFIG_NODES))
         if sshd.sshd_available():
             sshd.prepare(spec)
             for node in spec.nodes:
@@ -534,12 +728,18 @@ class Supervisor:
 
     def _supervise(self, processes: list[ManagedProcess]) -> None:
         now = time.monotonic()
+        if stopping(self.spec):
+            return  # `lab down` is removing the lab: start nothing
         for proc in processes:
             if proc.alive() or now < proc.next_start or self._stop.is_set():
                 continue
+            if proc.requires is not None and not proc.requires.exists():
+                continue
             if proc.started_at:
-                proc.failures = 0 if now - proc.started_at > STABLE_AFTER else proc.failures + 1
-                delay = min(MAX_RESTART_DELAY, SUPERVISE_PERIOD * 2 ** proc.failures) if proc.failures else 0.0
+                proc.failures = 0 if now - proc.started_at > proc.stable_after else proc.failures + 1
+                # The first restart is immediate; a process that keeps failing soon after its
+                # start waits 0.5 s, 1 s, 2 s … up to 10 s.
+                delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** (proc.failures - 2)) if proc.failures > 1 else 0.0
                 log.warning("%s stopped (%s); starting it again%s", proc.name, proc.exit_status(),
                             f" in {delay:.1f}s" if delay else "")
                 proc.started_at, proc.next_start = 0.0, now + delay

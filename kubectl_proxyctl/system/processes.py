@@ -12,7 +12,9 @@ stop them later, possibly from another process after a crash. So:
 * `ProcessRef` names a process by pid and start time (pids get reused), so a record written
   by one daemon can safely be acted on by the next;
 * `pids_in_netns` finds the processes living in named network namespaces (one scan of
-  /proc), and `kill_pids` stops processes: SIGTERM, then SIGKILL after a grace period.
+  /proc), `find_by_argv` the processes whose command line contains given words (a daemon
+  found by what it runs, when its record is lost), and `kill_pids` stops processes:
+  SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -107,6 +109,53 @@ def pids_in_netns(names: Iterable[str]) -> dict[str, list[int]]:
             owner = wanted.get((st.st_dev, st.st_ino))
             if owner is not None:
                 found[owner].append(int(entry))
+    return found
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid`, None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def command_lines() -> dict[int, list[str]]:
+    """Every process's command line (its argv words), from one scan of /proc; this process
+    and kernel threads (empty command lines) left out."""
+    found: dict[int, list[str]] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            found[int(entry)] = raw.decode(errors="replace").rstrip("\0").split("\0")
+    return found
+
+
+def argv_contains(argv: Sequence[str], words: Sequence[str]) -> bool:
+    """True when `words` appear in `argv` in a row, also when the process rewrote its
+    command line into one string (as sshd's listener does: `sshd: /usr/sbin/sshd -D ...`)."""
+    n = len(words)
+    if any(list(argv[i:i + n]) == list(words) for i in range(len(argv) - n + 1)):
+        return True
+    return f" {' '.join(words)} " in f" {' '.join(' '.join(argv).split())} "
+
+
+def find_by_argv(words: Sequence[str], lines: Mapping[int, Sequence[str]] | None = None) -> list[ProcessRef]:
+    """The live processes whose command line contains `words` in a row (see
+    `argv_contains`); `lines` is a scan from `command_lines()` to reuse."""
+    found = []
+    for pid, argv in (command_lines() if lines is None else lines).items():
+        if argv_contains(argv, words):
+            ref = ProcessRef.of(pid)
+            if ref is not None:
+                found.append(ref)
     return found
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kubectl_proxyctl.cli.options import DURATION, common_options
-from kubectl_proxyctl.errors import ConfigError, NotFoundError, ProxyctlError
+from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError, ProxyctlError
 
 if TYPE_CHECKING:
     from kubectl_proxyctl.lab.spec import LabSpec
@@ -154,12 +154,13 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     """Start a multi-node Service data plane on this machine, and wait until it is ready.
 
     Builds an underlay network (172.18.0.0/24) of network namespaces: one per node, with a pod
-    bridge and host-gw routes, and an outside `client`. Starts the lab daemon in the background:
-    the API server (https://172.18.0.1:6443, on the lab's own link only), the
-    controllers that allocate ClusterIPs, NodePorts and pod IPs and maintain EndpointSlices,
-    the pod runtime, and on every node `kubectl proxyctl run` and sshd. Returns once every
+    bridge and host-gw routes, and an outside `client`. Starts the lab daemon in the background,
+    which starts the control plane (the API server on https://172.18.0.1:6443, on the lab's own
+    link only; the controllers that allocate ClusterIPs, NodePorts and pod IPs and maintain
+    EndpointSlices; the pod runtime) and on every node `kubectl proxyctl run` and sshd. The
+    daemon and the control plane restart each other when one dies. Returns once every
     engine is healthy. Running it again on a running lab changes nothing; on a crashed lab it
-    starts what is missing.
+    starts what is missing and adopts what still runs.
 
     --mode picks the engines' proxy mode, with kube-proxy's defaults for it: in iptables
     mode NodePorts answer on every address of a node (also 127.0.0.1), in nftables mode on
@@ -196,6 +197,7 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
             f"remove it first with `kubectl proxyctl lab down{_name_flag(lab_name)}`")
     topology.up(spec)
     supervisor.save_spec(spec)
+    supervisor.clear_stopping(spec)
     daemon = None if supervisor.supervisor_running(spec) else supervisor.start_supervisor(spec)
     supervisor.wait_ready(spec, timeout, lambda what: click.echo(
         f"  {what} ready ({time.monotonic() - started:.1f}s)", err=True), daemon)
@@ -237,49 +239,61 @@ def env(lab_name: str) -> None:
     click.echo(f"export PROXYCTL_SSH_CONFIG={shlex.quote(str(sshd.ssh_config_path(spec)))}")
 
 
-@lab.command("status", short_help="Show a lab's nodes, engines, pods and services.")
+@lab.command("status", short_help="Show a lab's components, nodes, engines, pods and services.")
 @lab_name_option
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Output format: tables, or every component as JSON.")
 @common_options
-def status_(lab_name: str) -> None:
-    """Show the lab's daemon, each node with its engine's health and sshd, the pods and the
-    Services with their endpoints."""
-    import socket
+def status_(lab_name: str, output: str) -> None:
+    """Show the lab's daemon and control plane (the API server, whether it answers, the
+    controllers and the pod runtime), each node with its engine's health and sshd, the pods and
+    the Services with their endpoints. `-o json` gives every component with its pid and
+    whether it is alive. Exits 1 when the daemon is down, 3 when the API server does not answer.
 
-    from kubectl_proxyctl.lab.dataplane import sshd
-    from kubectl_proxyctl.lab.supervisor import PID_FILE, LabAPI, engine_health, read_ref, supervisor_running
-    from kubectl_proxyctl.output import table
+    \b
+    Examples:
+      kubectl proxyctl lab status
+      kubectl proxyctl lab status -o json | jq .apiserver
+    """
+    from kubectl_proxyctl.lab.supervisor import lab_status
+    from kubectl_proxyctl.output import table, to_json
 
     spec = _existing(lab_name)
-    daemon = read_ref(spec.state_dir / PID_FILE)
-    running = supervisor_running(spec)
-    click.echo(f"lab {spec.name}: {len(spec.nodes)} nodes, {spec.mode}; daemon "
-               f"{'running (pid ' + str(daemon.pid) + ')' if running and daemon else 'NOT running'}; "
-               f"state {spec.state_dir}\n")
-
-    def ssh_up(ip: str) -> str:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            return "up" if sock.connect_ex((ip, sshd.SSH_PORT)) == 0 else "down"
-
-    click.echo(table(["NODE", "IP", "POD CIDR", "ZONE", "ENGINE", "SSH"], [
-        (n.name, n.ip, n.pod_cidr, n.zone, engine_health(n)[1], ssh_up(n.ip)) for n in spec.nodes]))
-    if spec.mode == "nftables":
-        click.echo("NodePorts answer on each node's IP only (nftables mode: not on 127.0.0.1 or a pod "
-                   f"bridge's address); rules: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
-                   f"{_rules_command(spec.mode)}`\n")
-    if not running:
-        raise ProxyctlError(f"the lab daemon is not running: `kubectl proxyctl lab up{_name_flag(lab_name)}` "
-                            "starts it again")
-    api = LabAPI(spec)
-    pods = api.list("/api/v1/pods")
-    click.echo(table(["NAMESPACE", "POD", "NODE", "IP", "READY", "STATUS"], [
-        (p["metadata"].get("namespace"), p["metadata"]["name"], p.get("spec", {}).get("nodeName"),
-         p.get("status", {}).get("podIP"), _pod_ready(p),
-         "Terminating" if p["metadata"].get("deletionTimestamp") else p.get("status", {}).get("phase", "Pending"))
-        for p in pods]))
-    slices = api.list("/apis/discovery.k8s.io/v1/endpointslices")
-    click.echo(table(["NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS", "ENDPOINTS"], [
-        _service_row(s, slices) for s in api.list("/api/v1/services")]), nl=False)
+    report = lab_status(spec)
+    supervisor, api = report["supervisor"], report["apiserver"]
+    problems = []
+    if not supervisor["alive"]:
+        problems.append("the lab daemon is not running")
+    if not api["answers"]:
+        problems.append(f"the API server does not answer ({api.get('error')})")
+    if output == "json":
+        click.echo(to_json(report), nl=False)
+    else:
+        daemon = f"running (pid {supervisor['pid']})" if supervisor["alive"] else "NOT running"
+        api_state = (f"running (pid {api['pid']}, {'answers' if api['answers'] else 'does NOT answer'})"
+                     if api["alive"] else "NOT running")
+        click.echo(f"lab {spec.name}: {len(spec.nodes)} nodes, {spec.mode}; daemon {daemon}; "
+                   f"API server {api_state}; state {spec.state_dir}\n")
+        click.echo(table(["NODE", "IP", "POD CIDR", "ZONE", "ENGINE", "SSH"], [
+            (n["name"], n["ip"], n["podCIDR"], n["zone"], n["engine"]["health"], n["sshd"]["port"])
+            for n in report["nodes"]]))
+        if spec.mode == "nftables":
+            click.echo("NodePorts answer on each node's IP only (nftables mode: not on 127.0.0.1 or a pod "
+                       f"bridge's address); rules: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
+                       f"{_rules_command(spec.mode)}`\n")
+        if report["pods"] is not None:
+            click.echo(table(["NAMESPACE", "POD", "NODE", "IP", "READY", "STATUS"], [
+                (p["namespace"], p["name"], p["node"], p["ip"], str(p["ready"]).lower(), p["status"])
+                for p in report["pods"]]))
+            click.echo(table(["NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORTS", "ENDPOINTS"], [
+                (s["namespace"], s["name"], s["type"], s["clusterIP"], ",".join(s["externalIPs"]),
+                 ",".join(f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}"
+                          f"/{p.get('protocol', 'TCP')}" for p in s["ports"]),
+                 f"{s['endpoints']['ready']}/{s['endpoints']['total']} ready")
+                for s in report["services"]]), nl=False)
+    if problems:
+        message = f"{'; '.join(problems)}: `kubectl proxyctl lab up{_name_flag(lab_name)}` starts what is missing"
+        raise ClusterError(message) if not api["answers"] else ProxyctlError(message)
 
 
 def _pod_ready(pod: dict[str, Any]) -> str:
@@ -287,24 +301,6 @@ def _pod_ready(pod: dict[str, Any]) -> str:
         if condition.get("type") == "Ready":
             return "true" if condition.get("status") == "True" else "false"
     return "false"
-
-
-def _service_row(svc: dict[str, Any], slices: list[dict[str, Any]]) -> tuple[Any, ...]:
-    meta, spec = svc["metadata"], svc.get("spec") or {}
-    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    ports = ",".join(
-        f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
-        for p in spec.get("ports") or [])
-    ready = total = 0
-    for s in slices:
-        labels = s["metadata"].get("labels") or {}
-        if s["metadata"].get("namespace") == meta.get("namespace") and \
-                labels.get("kubernetes.io/service-name") == meta["name"]:
-            for ep in s.get("endpoints") or []:
-                total += 1
-                ready += bool((ep.get("conditions") or {}).get("ready"))
-    return (meta.get("namespace"), meta["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP"),
-            ",".join(i.get("ip", "") for i in ingress), ports, f"{ready}/{total} ready")
 
 
 def _netns_of(spec: LabSpec, target: str, namespace: str) -> str:
@@ -398,7 +394,7 @@ def run_(name: str, replicas: int, labels: tuple[str, ...], ports: tuple[str, ..
     """
     import time
 
-    from kubectl_proxyctl.lab.supervisor import LabAPI
+    from kubectl_proxyctl.lab.supervisor import LabAPI, LabAPIError
 
     spec = _existing(lab_name)
     if node is not None:
@@ -412,8 +408,14 @@ def run_(name: str, replicas: int, labels: tuple[str, ...], ports: tuple[str, ..
         "spec": {"containers": [container], **({"nodeName": node} if node else {})},
     }
     api = LabAPI(spec)
-    names = [api.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)["metadata"]["name"]
-             for _ in range(replicas)]
+    names = []
+    for _ in range(replicas):
+        try:
+            names.append(api.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)["metadata"]["name"])
+        except LabAPIError as exc:
+            if exc.status == 422:  # what the user gave (name, labels, ports) is invalid
+                raise ConfigError(exc.reason) from None
+            raise
     for pod in names:
         click.echo(f"pod/{pod} created")
     deadline = time.monotonic() + 60
@@ -460,9 +462,9 @@ def set_ready(pod: str, ready: bool, namespace: str, lab_name: str) -> None:
 @lab_name_option
 @common_options
 def down(lab_name: str) -> None:
-    """Stop the lab daemon, the engines, sshd and every pod, remove the lab's namespaces and
-    links and its state directory. Also cleans up a half-built or crashed lab; running it
-    again does nothing.
+    """Stop the lab daemon, the control plane, the engines, sshd and every pod, remove the
+    lab's namespaces and links and its state directory. Also cleans up a half-built or crashed
+    lab; running it again does nothing.
 
     \b
     Example:
@@ -482,6 +484,21 @@ def down(lab_name: str) -> None:
     click.echo(f"lab {lab_name!r} removed: daemon {'stopped' if report.supervisor else 'not running'}, "
                f"{report.processes} processes, {len(report.namespaces)} namespaces, {len(report.links)} links, "
                f"state {spec.state_dir}")
+
+
+@lab.command("control-plane", hidden=True)
+@lab_name_option
+@common_options
+def control_plane(lab_name: str) -> int:
+    """The lab's control plane: API server, controllers, pod runtime (started by the daemon)."""
+    import logging
+
+    from kubectl_proxyctl.lab.controlplane import ControlPlane
+    from kubectl_proxyctl.lab.supervisor import load_spec, require_root
+
+    require_root()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    return ControlPlane(load_spec(lab_name)).run()
 
 
 @lab.command("supervise", hidden=True)

@@ -229,10 +229,14 @@ class APIServer:
     def _stored_token(directory: Path, given: str | None) -> str:
         """The given token, else the one kept in `directory`, else a new one; kept in `directory`."""
         path = directory / "token"
-        token = given or (path.read_text().strip() if path.exists() else "") or secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        kept = path.read_text().strip() if path.exists() else ""
+        token = given or kept or secrets.token_urlsafe(32)
+        if token != kept:  # written aside and renamed: a client reading it never sees half of it
+            tmp = directory / f"token.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            os.replace(tmp, path)
         return token
 
     def kubeconfig(self, server: str | None = None, ca_path: Path | None = None) -> dict[str, Any]:
@@ -258,9 +262,11 @@ class APIServer:
     def _write_kubeconfig(self, path: Path, ca_path: Path) -> None:
         import yaml
 
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # renamed into place: never half-read
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(self.kubeconfig(ca_path=ca_path), f, sort_keys=False)
+        os.replace(tmp, path)
 
     # --- extension points -------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The runtime lives in the lab daemon, next to the API server. An observer on the server's
+The runtime lives in the lab's control plane, next to the API server. An observer on the server's
 store queues the key (namespace, name) of every pod that changes; a periodic resync queues
 every pod and every pod the runtime runs, which also catches a server process that died.
 A few worker threads reconcile one key at a time (never the same key in two threads):
@@ -22,10 +22,10 @@ A few worker threads reconcile one key at a time (never the same key in two thre
   ready, started again, and ready once it answers.
 
 Each running pod is recorded in `<state>/pods/<netns>.json` (UID, IP, node, ports, and the
-process as pid + start time, which survives pid reuse). A restarted daemon adopts the pods
-whose record still matches the API and whose process still runs, so restarting the daemon
-(or the API server with it) does not interrupt traffic; any other pod namespace of the lab
-is removed.
+process as pid + start time, which survives pid reuse). A restarted control plane adopts the
+pods whose record still matches the API and whose process still runs, so restarting it (the
+API server with it) does not interrupt traffic; any other pod namespace of the lab is
+removed.
 """
 
 from __future__ import annotations
