@@ -265,3 +265,25 @@ def test_nftables_mode_defaults_nodeport_addresses_to_primary_and_has_no_localho
     assert explicit.config.nodeport_addresses == ("10.0.0.0/8",)
     ipt = EngineFlags.from_flags(_flags(), default_node=lambda: "x")
     assert ipt.config.nodeport_addresses == () and ipt.config.localhost_nodeports is True
+
+
+def test_listings_are_spaced_when_other_software_keeps_committing(setup: Any, monkeypatch: Any) -> None:
+    proxier, fake, clock, _ = setup
+    proxier.sync()
+    listings: list[float] = []
+    summary = fake.summary
+
+    def slow_summary() -> Any:
+        listings.append(clock.now)
+        clock.now += 2.0  # a listing of a big table takes a while
+        return summary()
+
+    monkeypatch.setattr(fake, "summary", slow_summary)
+    for i in range(30):  # another program commits before every check, one check per 2 s
+        fake.run(f"add table inet other{i}\n")
+        assert proxier.state_missing() == []
+        clock.now += 2.0
+    # 30 checks, but a 2 s listing is followed by 20 x 2 s without one: at most 5 % of the time
+    assert 1 < len(listings) <= 3, listings
+    fake.masquerading_rules = None  # `nft delete table`: noticed between listings too
+    assert proxier.state_missing() == ["table ip kube-proxy"]
