@@ -18,6 +18,7 @@ from clihelpers import cli
 
 
 DATA = Path(__file__).parent / "data" / "rules"
+SMALL = str(Path(__file__).parent / "data" / "small-cluster.yaml")
 SIX_OBJECTS = str(Path(__file__).parent / "golden" / "upstream-six-services" / "objects.yaml")
 NFT_SAVE = str(DATA / "six-services.nft-save.txt")
 LEGACY_SAVE = str(DATA / "six-services.legacy-save.txt")
@@ -325,3 +326,25 @@ def test_verify_ipvs_leftover_virtual_service(capsys: pytest.CaptureFixture[str]
         "ns3/svc3:p80: no IPVS virtual service for NodePort 192.168.0.2:3003/TCP",
         "ns6/svc6:p80: no IPVS virtual service for ClusterIP 172.30.0.46:80/TCP",
         "IPVS virtual service TCP 172.30.0.99:443 belongs to no Service port of the API"]
+
+
+@pytest.mark.parametrize("command", ["explain", "dump", "verify"])
+def test_reading_a_node_over_ssh_honours_proxyctl_ssh_config(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """`lab env` exports PROXYCTL_SSH_CONFIG, and `probe` honours it; so do the inspectors."""
+    monkeypatch.setenv("PROXYCTL_SSH_CONFIG", "/nonexistent/proxyctl-ssh-config")
+    args = [command, "svc/web"] if command != "dump" else [command]
+    code, _, err = cli(capsys, *args, "--node", "node2", "--from-file", SMALL)
+    assert code == 2 and "ssh config file /nonexistent/proxyctl-ssh-config does not exist" in err, err
+
+
+def test_no_rules_on_this_node_says_what_to_do_instead() -> None:
+    from kubectl_proxyctl.cli.inspect import NodeOptions, proxy_mode
+    from kubectl_proxyctl.errors import NotFoundError
+    from kubectl_proxyctl.inspect.graph import RuleGraph
+
+    with pytest.raises(NotFoundError, match=r"no Service proxy rules found in this node: run this on a node, "
+                                            r"or read one with --node NODE \(over SSH\) or --rules-file FILE"):
+        proxy_mode(RuleGraph(), NodeOptions())
+    with pytest.raises(NotFoundError, match=r"found in the input$"):
+        proxy_mode(RuleGraph(), NodeOptions(rules_files=("x.rules",)))

@@ -116,7 +116,8 @@ def node_options(f: F) -> F:
                      help="Which family's tables to collect from a live node or over SSH (iptables or "
                      "ip6tables, nft `ip` or `ip6`)."),
         click.option("--sudo", is_flag=True, help=f"Run the node's tools with `sudo -n` {ssh}."),
-        click.option("--ssh-config", metavar="PATH", help=f"ssh config file, like `ssh -F` {ssh}."),
+        click.option("--ssh-config", metavar="PATH", envvar="PROXYCTL_SSH_CONFIG",
+                     help=f"ssh config file, like `ssh -F` {ssh} [env: PROXYCTL_SSH_CONFIG]."),
         click.option("--ssh-user", metavar="USER", help=f"SSH user {ssh}."),
         click.option("--ssh-port", type=int, metavar="PORT", help=f"SSH port {ssh}."),
         click.option("--ssh-key", "ssh_keys", multiple=True, metavar="PATH", help=f"SSH identity file {ssh}."),
@@ -249,7 +250,9 @@ def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "Mode":
     mode = graph.mode
     if mode is None:
         where = ", ".join(graph.sources) or ("this node" if node.live else "the input")
-        raise NotFoundError(f"no Service proxy rules found in {where}")
+        hint = (": run this on a node, or read one with --node NODE (over SSH) or --rules-file FILE"
+                if node.live else "")
+        raise NotFoundError(f"no Service proxy rules found in {where}{hint}")
     return mode
 
 
