@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import sqlite3
 import threading
 import time
@@ -35,11 +33,11 @@ from typing import Any
 from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import (
-    API_DIR, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, KUBECONFIG, KUBECONFIG_NODES, LOGS_DIR, MAX_RESTART_DELAY,
-    PODS_DIR, RESTART_DELAY, RUN_DIR, SUPERVISE_PERIOD, read_ref, start_supervisor, stopping, supervisor_running,
-    take_lock, write_json, write_private,
+    API_DIR, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, KUBECONFIG, KUBECONFIG_NODES, MAX_RESTART_DELAY,
+    RESTART_DELAY, SUPERVISE_PERIOD, run_daemon, start_supervisor, stopping, supervisor_running,
+    write_private,
 )
-from kubectl_proxyctl.system.processes import Child, ProcessRef
+from kubectl_proxyctl.system.processes import Child
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +86,13 @@ class ControlPlane:
         self.spec = spec
         self.state = spec.state_dir
         self._stop = threading.Event()
-        self._lock_fd: int | None = None
 
     def run(self) -> int:
-        self._lock_fd = take_lock(self.state / CONTROL_PLANE_LOCK)  # held until the process exits
-        if self._lock_fd is None:
-            log.error("another control plane already runs lab %s", self.spec.name)
-            return 1
-        if stopping(self.spec):
-            log.info("lab %s is being removed: not starting", self.spec.name)
-            return 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
-        for directory in (RUN_DIR, LOGS_DIR, PODS_DIR):
-            (self.state / directory).mkdir(parents=True, exist_ok=True)
-        me = ProcessRef.of(os.getpid())
-        assert me is not None
-        write_json(self.state / CONTROL_PLANE_PID, {"pid": me.pid, "start": me.start})
-        try:
+        def serve() -> None:
             with contextlib.ExitStack() as stack:
                 self._serve(stack)
-        finally:
-            if read_ref(self.state / CONTROL_PLANE_PID) == me:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.state / CONTROL_PLANE_PID).unlink()
-        return 0
+
+        return run_daemon(self.spec, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, "control plane", self._stop, serve)
 
     def _serve(self, stack: contextlib.ExitStack) -> None:
         """Start everything (each part is stopped by `stack`, in reverse) and watch the

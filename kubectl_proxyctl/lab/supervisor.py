@@ -652,6 +652,34 @@ class ManagedProcess:
             self.record_path.unlink()
 
 
+def run_daemon(spec: LabSpec, lock_name: str, pid_name: str, what: str, stop: threading.Event,
+               serve: Callable[[], None]) -> int:
+    """The start-up and shut-down both lab daemons share: take the daemon's lock (held until
+    the process exits; exit 1 when another one holds it), do nothing while the lab is being
+    removed, stop on SIGTERM/SIGINT, record our pid while `serve()` runs. Returns the exit code."""
+    state = spec.state_dir
+    if take_lock(state / lock_name) is None:
+        log.error("another %s already runs lab %s", what, spec.name)
+        return 1
+    if stopping(spec):
+        log.info("lab %s is being removed: not starting", spec.name)
+        return 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    for directory in (RUN_DIR, LOGS_DIR, PODS_DIR):
+        (state / directory).mkdir(parents=True, exist_ok=True)
+    me = ProcessRef.of(os.getpid())
+    assert me is not None
+    write_json(state / pid_name, {"pid": me.pid, "start": me.start})
+    try:
+        serve()
+    finally:
+        if read_ref(state / pid_name) == me:
+            with contextlib.suppress(FileNotFoundError):
+                (state / pid_name).unlink()
+    return 0
+
+
 class Supervisor:
     """The lab's supervisor (`lab supervise`): runs until SIGTERM or SIGINT."""
 
@@ -659,31 +687,10 @@ class Supervisor:
         self.spec = spec
         self.state = spec.state_dir
         self._stop = threading.Event()
-        self._lock_fd: int | None = None
 
     def run(self) -> int:
         self.state.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = take_lock(self.state / LOCK_FILE)  # held until the process exits
-        if self._lock_fd is None:
-            log.error("another supervisor already runs lab %s", self.spec.name)
-            return 1
-        if stopping(self.spec):
-            log.info("lab %s is being removed: not starting", self.spec.name)
-            return 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
-        for directory in (RUN_DIR, LOGS_DIR, PODS_DIR):
-            (self.state / directory).mkdir(parents=True, exist_ok=True)
-        me = ProcessRef.of(os.getpid())
-        assert me is not None
-        write_json(self.state / PID_FILE, {"pid": me.pid, "start": me.start})
-        try:
-            self._serve()
-        finally:
-            if read_ref(self.state / PID_FILE) == me:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.state / PID_FILE).unlink()
-        return 0
+        return run_daemon(self.spec, LOCK_FILE, PID_FILE, "supervisor", self._stop, self._serve)
 
     def _serve(self) -> None:
         """Adopt or start everything, and supervise until asked to stop."""
