@@ -71,6 +71,23 @@ def timed(check: Callable[[], list[str]], runs: int, between: Callable[[], None]
     return median(times)
 
 
+def measure(label: str, quiet_id: str, changed_id: str, ns: str, services: int, endpoints: int, runs: int,
+            writer: Any, other_change: Callable[[int], list[str]]) -> None:
+    """A full sync of `services` into `ns`, then the check with nothing changed and after another
+    program's change (`other_change(n)` is its command)."""
+    started = time.perf_counter()
+    synced(ns, writer, cluster(services, endpoints))
+    print(f"== {label}, {services} services x {endpoints} endpoints (full sync {time.perf_counter() - started:.1f} s)")
+    writer.state_missing()  # the one precise check that follows a full sync
+    quiet = timed(writer.state_missing, runs)
+    print(f"{quiet_id} {label}: one check, nothing changed: {quiet * 1000:.2f} ms")
+    report(f"{quiet_id} {label}: share of one core at a 30 s period (%)", quiet / PERIOD * 100, 5)
+    counter = iter(range(10**6))
+    changed = timed(writer.state_missing, runs, lambda: in_ns(ns, other_change(next(counter))))
+    print(f"{changed_id} {label}: one check after another program's change: {changed:.3f} s "
+          f"({changed / PERIOD * 100:.1f} % of one core in a period that has such a change)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--services", type=int, default=10000)
@@ -81,34 +98,14 @@ def main() -> None:
     terminate_as_interrupt()
     try:
         with netns("legacy") as ns:
-            objs = cluster(args.services, args.endpoints)
-            writer = IptablesWriter(IptablesSystem(executor=SubprocessExecutor(netns=ns), backend=Backend.LEGACY))
-            started = time.perf_counter()
-            synced(ns, writer, objs)
-            print(f"== iptables-legacy, {args.services} services x {args.endpoints} endpoints "
-                  f"(full sync {time.perf_counter() - started:.1f} s)")
-            quiet = timed(writer.state_missing, args.runs)
-            print(f"(a) legacy: one check, nothing changed: {quiet * 1000:.2f} ms")
-            report("(a) legacy: share of one core at a 30 s period (%)", quiet / PERIOD * 100, 5)
-            counter = iter(range(10**6))
-            changed = timed(writer.state_missing, args.runs, lambda: in_ns(
-                ns, ["iptables-legacy", "-w", "5", "-t", "nat", "-N", f"OTHER-{next(counter)}"]))
-            print(f"(b) legacy: one check after another program's change: {changed:.3f} s")
-            print(f"    (that is {changed / PERIOD * 100:.1f} % of one core in a period that has such a change)")
+            measure("legacy", "(a)", "(b)", ns, args.services, args.endpoints, args.runs,
+                    IptablesWriter(IptablesSystem(executor=SubprocessExecutor(netns=ns), backend=Backend.LEGACY)),
+                    lambda n: ["iptables-legacy", "-w", "5", "-t", "nat", "-N", f"OTHER-{n}"])
         with netns("nft") as ns:
-            objs = cluster(args.nft_services, args.endpoints)
             writer = NftablesWriter(NftSystem(executor=SubprocessExecutor(netns=ns)))
-            started = time.perf_counter()
-            synced(ns, writer, objs)
-            print(f"== nftables, {args.nft_services} services x {args.endpoints} endpoints "
-                  f"(full sync {time.perf_counter() - started:.1f} s)")
-            quiet = timed(writer.state_missing, args.runs)
-            print(f"(c) nftables: one check, nothing changed: {quiet * 1000:.2f} ms")
-            report("(c) nftables: share of one core at a 30 s period (%)", quiet / PERIOD * 100, 5)
-            counter = iter(range(10**6))
-            changed = timed(writer.state_missing, args.runs, lambda: in_ns(
-                ns, ["nft", "add", "table", "inet", f"other{next(counter)}"]))
-            print(f"(d) nftables: one check after another program's transaction: {changed:.3f} s")
+            writer.LISTING_SPACING = 0.0  # measure every listing (the engine spaces them out)
+            measure("nftables", "(c)", "(d)", ns, args.nft_services, args.endpoints, args.runs, writer,
+                    lambda n: ["nft", "add", "table", "inet", f"other{n}"])
     finally:
         remove_all_netns()
 
