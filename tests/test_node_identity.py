@@ -94,7 +94,7 @@ def live_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
     host: dict[str, Any] = {"name": "vm", "addresses": [NODE_IP, "127.0.0.1"]}
     monkeypatch.setattr(inspect_cli, "default_node_name", lambda: host["name"])
-    monkeypatch.setattr(inspect_cli, "read_rules", lambda node: (load_files([NFT_SAVE]), list(host["addresses"])))
+    monkeypatch.setattr(inspect_cli, "read_rules", lambda node, *_args, **_kwargs: (load_files([NFT_SAVE]), list(host["addresses"])))
     yield host
 
 

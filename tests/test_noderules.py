@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from kubectl_proxyctl.cli.inspect import NodeOptions, _SSHExecutor, read_rules
+from kubectl_proxyctl.cli.inspect import NodeOptions, read_rules
+from kubectl_proxyctl.remote.nodeaccess import SSHExecutor
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.remote.ssh import CommandResult
 from kubectl_proxyctl.inspect.graph import load_texts
@@ -79,7 +80,7 @@ class FakeSSH:
 def test_over_ssh_with_sudo(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     node = node_with()
     ssh = FakeSSH(node)
-    executor = _SSHExecutor(ssh, "node1", sudo=True)
+    executor = SSHExecutor(ssh, "node1", sudo=True)
     assert executor.run(["iptables-nft-save"]).stdout == NFT_SAVE and ssh.hosts == ["node1"]
 
     class Client(FakeSSH):
@@ -93,5 +94,5 @@ def test_over_ssh_with_sudo(monkeypatch) -> None:  # type: ignore[no-untyped-def
             return None
 
     monkeypatch.setattr("kubectl_proxyctl.remote.ssh.SSHClient", Client)
-    graph, addresses = read_rules(NodeOptions(node="node1", sudo=True))
-    assert graph.sources == ("node1: iptables-nft-save",) and addresses == ["172.18.0.2"]
+    graph, addresses = read_rules(NodeOptions(node="node1", sudo=True, via="ssh"))
+    assert graph.sources == ("node1 (ssh node1): iptables-nft-save",) and addresses == ["172.18.0.2"]

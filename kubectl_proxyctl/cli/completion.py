@@ -6,7 +6,7 @@ with the words after `kubectl proxyctl`, the last one being the word under the c
 then `:<directive>`. `main()` answers it with click's own completion engine, so the kubectl
 hook and the click-native bash/zsh/fish scripts (`completions/`) offer the same candidates.
 
-`namespaces_for` and `services_for` are `shell_complete` callbacks that ask the cluster. They
+`namespaces_for`, `nodes_for` and `services_for` are `shell_complete` callbacks that ask the cluster. They
 run on every <TAB>: they use a short request timeout, and they never raise or print, since
 anything written to the terminal during completion corrupts the user's command line.
 """
@@ -110,6 +110,12 @@ def namespaces_for(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
         for name in _cluster_names(ctx, "namespaces", namespace_scoped=False)
         if name.startswith(incomplete)
     ]
+
+
+def nodes_for(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+    """Node names, for `--node`."""
+    return [CompletionItem(name) for name in _cluster_names(ctx, "nodes", namespace_scoped=False)
+            if name.startswith(incomplete)]
 
 
 def services_for(ctx: click.Context, incomplete: str) -> list[CompletionItem]:

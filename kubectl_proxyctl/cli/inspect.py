@@ -22,13 +22,15 @@ import click
 
 from kubectl_proxyctl.cli.options import DURATION, ClusterOptions
 
+from kubectl_proxyctl.remote.nodeaccess import DEBUG_IMAGE, VIAS
+
 if TYPE_CHECKING:
     from kubectl_proxyctl.model import ClusterState
     from kubectl_proxyctl.inspect.graph import RuleGraph
     from kubectl_proxyctl.modes.base import Mode
     from kubectl_proxyctl.modes.owners import ServiceSelector
     from kubectl_proxyctl.modes.nodecontext import NodeContext
-    from kubectl_proxyctl.system.executor import Result
+    from kubectl_proxyctl.system.noderules import NodeRules
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROXY_MODES = ("auto", "iptables", "nftables", "ipvs")
@@ -51,6 +53,16 @@ class NodeOptions:
     jump: str | None = None
     accept_new_host_keys: bool = False
     ssh_timeout: float | None = None
+    via: str = "auto"
+    proxy_pod_selector: str | None = None
+    debug_pod: bool = False
+    image: str | None = None
+
+    @property
+    def ssh_requested(self) -> bool:
+        """An ssh config or an --ssh-* flag says SSH is how this cluster's nodes are reached."""
+        return bool(self.ssh_config or self.ssh_user or self.ssh_port or self.ssh_keys or self.jump
+                    or self.accept_new_host_keys or self.ssh_timeout is not None)
 
     @property
     def live(self) -> bool:
@@ -82,6 +94,10 @@ def node_options(f: F) -> F:
             jump=kwargs.pop("jump"),
             accept_new_host_keys=kwargs.pop("accept_new_host_keys"),
             ssh_timeout=kwargs.pop("ssh_timeout"),
+            via=kwargs.pop("via"),
+            proxy_pod_selector=kwargs.pop("proxy_pod_selector"),
+            debug_pod=kwargs.pop("debug_pod"),
+            image=kwargs.pop("image"),
         )
         _validate(node)
         return f(node=node, **kwargs)
@@ -91,15 +107,28 @@ def node_options(f: F) -> F:
     g: Any = collect
     if hasattr(f, "__click_params__"):
         g.__click_params__ = f.__click_params__
-    ssh = "(with --node)"
+    ssh = "(with --node over SSH)"
     for decorator in reversed([
         click.option("--rules-file", "rules_files", multiple=True, metavar="FILE",
                      type=click.Path(dir_okay=False, allow_dash=True),
                      help="Read the rules from a file ('-' = stdin): iptables-save (either backend), "
                      "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln` or `ipset save` output, detected "
                      "automatically; repeatable, and one file may hold several. Default: this node's live rules."),
-        click.option("--node", "node_host", metavar="NODE",
-                     help="Collect the rules from NODE over SSH (the ssh config applies) instead of this host."),
+        click.option("--node", "node_host", metavar="NODE", shell_complete=complete_nodes,
+                     help="Collect the rules from NODE instead of this host: through the API, by exec in "
+                     "the proxy pod running on NODE (kube-proxy's or ours), else over SSH when an ssh "
+                     "config or --ssh-* flag is given, else (with --debug-pod) in a short-lived debug pod."),
+        click.option("--via", type=click.Choice(VIAS), default="auto", show_default=True,
+                     help="How to reach --node: force exec (a proxy pod), ssh, or debug-pod."),
+        click.option("--proxy-pod-selector", metavar="SELECTOR",
+                     help="Label selector of the proxy pods in kube-system to exec in (default: "
+                     "k8s-app=kube-proxy, then app.kubernetes.io/name=kubectl-proxyctl)."),
+        click.option("--debug-pod", is_flag=True,
+                     help="When no proxy pod or SSH reaches --node, start a privileged hostNetwork pod on "
+                     "it (kubectl debug node's shape), read the rules, delete the pod."),
+        click.option("--image", metavar="IMAGE",
+                     help=f"The debug pod's image (with --debug-pod; default {DEBUG_IMAGE}); it needs "
+                     "iptables-save, nft, ipset and ip."),
         click.option("--node-name", metavar="NAME",
                      help="The Node the rules belong to (decides which endpoints are local; default for "
                      "live rules: $NODE_NAME or the hostname, else the Node with one of this host's "
@@ -130,6 +159,12 @@ def node_options(f: F) -> F:
     return g  # type: ignore[no-any-return]
 
 
+def complete_nodes(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    from kubectl_proxyctl.cli.completion import nodes_for
+
+    return nodes_for(ctx, incomplete)
+
+
 def complete_services(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
     from kubectl_proxyctl.cli.completion import services_for
 
@@ -145,6 +180,19 @@ def _validate(node: NodeOptions) -> None:
 
     if node.rules_files and node.node:
         raise click.UsageError("--rules-file and --node exclude each other")
+    if not node.node and (node.via != "auto" or node.proxy_pod_selector or node.debug_pod or node.image):
+        raise click.UsageError("--via, --proxy-pod-selector, --debug-pod and --image say how to reach --node NODE: "
+                               "pass --node too")
+    if node.image and not (node.debug_pod or node.via == "debug-pod"):
+        raise click.UsageError("--image is the debug pod's image: pass --debug-pod (or --via debug-pod) too")
+    from kubectl_proxyctl.remote.nodeaccess import validate_image, validate_node_name, validate_selector
+
+    if node.node and node.via in ("exec", "debug-pod"):
+        validate_node_name(node.node)
+    if node.proxy_pod_selector is not None:
+        validate_selector(node.proxy_pod_selector)
+    if node.image is not None:
+        validate_image(node.image)
     if node.node_name is not None and not is_dns_subdomain(node.node_name):
         raise ConfigError(f"--node-name: {node.node_name!r} is not a valid node name (a DNS subdomain: "
                           "lower-case letters, digits, '-' and '.', at most 253 characters)")
@@ -160,54 +208,85 @@ def _validate(node: NodeOptions) -> None:
             raise ConfigError(f"--cluster-cidr: {cidr!r} is not a CIDR") from None
 
 
-class _SSHExecutor:
-    """The Executor protocol over one SSH connection (remote.ssh is the paramiko adapter)."""
-
-    def __init__(self, client: Any, host: str, sudo: bool) -> None:
-        self.netns: str | None = None
-        self.client = client
-        self.host = host
-        self.sudo = sudo
-
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 60.0) -> "Result":
-        from kubectl_proxyctl.system.executor import Result
-
-        if stdin is not None:
-            raise ValueError("commands sent over SSH take no input")
-        full = (["sudo", "-n"] if self.sudo else []) + list(argv)
-        done = self.client.run(self.host, full, timeout)
-        return Result(done.exit_code, done.stdout, done.stderr)
-
-
 def default_node_name() -> str:
     return (os.environ.get("NODE_NAME") or socket.gethostname()).strip().lower()
 
 
-def read_rules(node: NodeOptions) -> tuple["RuleGraph", list[str]]:
-    """The RuleGraph and the node's own addresses (known only for live and SSH sources)."""
-    from kubectl_proxyctl.model import IPFamily
-    from kubectl_proxyctl.inspect.graph import load_files, load_texts
+def read_rules(node: NodeOptions, cluster: ClusterOptions | None = None,
+               api: Callable[[], Any] | None = None) -> tuple["RuleGraph", list[str]]:
+    """The RuleGraph and the node's own addresses (known only for live and remote sources).
+
+    `api` (an api_connector) is shared by callers that read many nodes."""
+    from kubectl_proxyctl.inspect.graph import load_files
 
     if node.rules_files:
         return load_files(node.rules_files), []
+    found, where = collect_rules(node, cluster, api)
+    return graph_of(found, node.node, where), found.addresses
+
+
+def collect_rules(node: NodeOptions, cluster: ClusterOptions | None = None,
+                  api: Callable[[], Any] | None = None) -> tuple["NodeRules", str]:
+    """This host's raw rules, or --node's and how it was reached ("pod kube-system/x", "ssh node2")."""
+    from kubectl_proxyctl.model import IPFamily
     from kubectl_proxyctl.system.noderules import collect
 
     family = IPFamily(node.ip_family)
-    if node.node:
-        from kubectl_proxyctl.remote.ssh import SSHClient, SSHOptions, validate_host, validate_jump
+    if not node.node:
+        return collect(family=family), ""
+    with open_node(node, cluster or ClusterOptions(), api=api) as access:
+        return collect(access.executor, family), access.where
 
-        validate_host(node.node, "--node")
-        options = SSHOptions(config_file=node.ssh_config, user=node.ssh_user, port=node.ssh_port,
-                             identity_files=node.ssh_keys, jump=validate_jump(node.jump) if node.jump else None,
-                             accept_new_host_keys=node.accept_new_host_keys, connect_timeout=node.ssh_timeout)
-        with SSHClient(options) as client:
-            found = collect(_SSHExecutor(client, node.node, node.sudo), family)
-        sources = [f"{node.node}: {s}" for s, _ in found.texts]
-    else:
-        found = collect(family=family)
-        sources = [s for s, _ in found.texts]
-    graph = load_texts(list(zip(sources, (t for _, t in found.texts))), found.notes, found.backend_in_use)
-    return graph, found.addresses
+
+def graph_of(found: "NodeRules", node: str | None, where: str) -> "RuleGraph":
+    from kubectl_proxyctl.inspect.graph import load_texts
+
+    prefix = f"{node} ({where}): " if node else ""
+    return load_texts([(prefix + source, text) for source, text in found.texts], found.notes, found.backend_in_use)
+
+
+def node_request(node: NodeOptions, name: str | None = None) -> Any:
+    """The remote.nodeaccess.NodeRequest for `--node` (or `name`, for --all-nodes)."""
+    from kubectl_proxyctl.remote.nodeaccess import NodeRequest
+    from kubectl_proxyctl.remote.ssh import SSHOptions, validate_jump
+
+    ssh = SSHOptions(config_file=node.ssh_config, user=node.ssh_user, port=node.ssh_port,
+                     identity_files=node.ssh_keys, jump=validate_jump(node.jump) if node.jump else None,
+                     accept_new_host_keys=node.accept_new_host_keys, connect_timeout=node.ssh_timeout)
+    return NodeRequest(node=name or node.node or "", via=node.via, proxy_pod_selector=node.proxy_pod_selector,
+                       debug_pod=node.debug_pod, image=node.image, ssh=ssh, ssh_requested=node.ssh_requested,
+                       sudo=node.sudo)
+
+
+def api_connector(cluster: ClusterOptions) -> Callable[[], Any]:
+    """Connect to the API server on first use, once."""
+    import threading
+
+    made: list[Any] = []
+    lock = threading.Lock()
+
+    def connect() -> Any:
+        with lock:
+            return made[0] if made else _connect()
+
+    def _connect() -> Any:
+        from kubectl_proxyctl.errors import ConfigError
+        from kubectl_proxyctl.kube.client import connect as kube_connect
+
+        if cluster.from_file:
+            raise ConfigError("--from-file gives no API server to exec through")
+        made.append(kube_connect(cluster.kubeconfig, cluster.context, cluster.request_timeout))
+        return made[0]
+
+    return connect
+
+
+def open_node(node: NodeOptions, cluster: ClusterOptions, name: str | None = None,
+              api: Callable[[], Any] | None = None) -> Any:
+    """A context manager yielding remote.nodeaccess.Access for --node (or `name`)."""
+    from kubectl_proxyctl.remote.nodeaccess import open_node as open_access
+
+    return open_access(node_request(node, name), api or api_connector(cluster))
 
 
 def node_name_for(node: NodeOptions) -> str | None:
@@ -241,7 +320,7 @@ def resolve_node_name(cluster: ClusterOptions, node: NodeOptions, state: "Cluste
     return resolve_node(state.nodes, name, node_origin(node), addresses)
 
 
-def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "Mode":
+def proxy_mode(graph: "RuleGraph", node: NodeOptions, cluster: ClusterOptions | None = None) -> "Mode":
     from kubectl_proxyctl.errors import NotFoundError
     from kubectl_proxyctl.modes.base import Mode
 
@@ -249,11 +328,31 @@ def proxy_mode(graph: "RuleGraph", node: NodeOptions) -> "Mode":
         return Mode(node.proxy_mode)
     mode = graph.mode
     if mode is None:
-        where = ", ".join(graph.sources) or ("this node" if node.live else "the input")
-        hint = (": run this on a node, or read one with --node NODE (over SSH) or --rules-file FILE"
-                if node.live else "")
-        raise NotFoundError(f"no Service proxy rules found in {where}{hint}")
+        if node.live:
+            raise NotFoundError("no Service proxy rules found on this machine: it is not a node, or no proxy has "
+                                f"programmed it yet. {_nodes_hint(cluster)}")
+        where = ", ".join(graph.sources) or "the input"
+        raise NotFoundError(f"no Service proxy rules found in {where}")
     return mode
+
+
+def _nodes_hint(cluster: ClusterOptions | None) -> str:
+    """What to pass instead of reading this machine, naming the cluster's nodes when the API answers."""
+    names: list[str] = []
+    if cluster is not None and not cluster.from_file:
+        from kubectl_proxyctl.errors import ProxyctlError
+        from kubectl_proxyctl.kube.client import list_names
+
+        try:
+            names = list_names(ClusterOptions(kubeconfig=cluster.kubeconfig, context=cluster.context,
+                                              request_timeout=min(cluster.request_timeout, 5.0)), "nodes")
+        except ProxyctlError:
+            names = []
+    if names:
+        shown = ", ".join(names[:10]) + (f", … ({len(names)} nodes)" if len(names) > 10 else "")
+        return (f"Pass --node NODE with one of the cluster's nodes ({shown}), read through its proxy pod "
+                "or SSH, or --rules-file FILE")
+    return "Pass --node NODE (a cluster node, read through its proxy pod or SSH) or --rules-file FILE"
 
 
 def load_cluster_state(cluster: ClusterOptions, node: NodeOptions, namespace: str | None, service: str | None,

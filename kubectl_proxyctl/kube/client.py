@@ -81,12 +81,21 @@ class KubeAPI:
         self.request_timeout = request_timeout
         self.describe = describe  # e.g. "context lab (https://127.0.0.1:6443)"
 
-    def _headers(self, accept: str = "application/json") -> dict[str, str]:
-        headers = {"Accept": accept, "User-Agent": "kubectl-proxyctl"}
+    @property
+    def configuration(self) -> Any:
+        """The client library's Configuration: TLS files and verification, for other transports."""
+        return self._cfg
+
+    def auth_headers(self) -> dict[str, str]:
+        """The credentials' headers (a bearer token, refreshed by exec plugins) and our user agent."""
+        headers = {"User-Agent": "kubectl-proxyctl"}
         for setting in self._cfg.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):
                 headers[setting["key"]] = setting["value"]
         return headers
+
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        return {"Accept": accept, **self.auth_headers()}
 
     def _timeout(self, read: float | None = None) -> Any:
         t = self.request_timeout or None

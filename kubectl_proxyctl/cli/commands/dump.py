@@ -42,8 +42,8 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     if target and cluster.all_namespaces:
         raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     selector = selector_for(target, cluster) if target else None
-    graph, addresses = read_rules(node)
-    mode = proxy_mode(graph, node)
+    graph, addresses = read_rules(node, cluster)
+    mode = proxy_mode(graph, node, cluster)
     namespace = selector.namespace if selector else None
     state, _ = load_cluster_state(cluster, node, namespace, selector.name if selector else None, required=False) \
         if (cluster.from_file or mode.value == "ipvs") else (None, None)

@@ -17,9 +17,15 @@ TEXT_LIMIT = 20  # findings of one kind shown in text output before "... and N m
 
 @click.command("verify")
 @click.argument("target", required=False, metavar="[svc/NAME | NAME]", shell_complete=complete_services)
+@click.option("--all-nodes", is_flag=True,
+              help="Check every Node of the cluster, reached like --node (proxy pod, SSH, debug pod), in "
+              "parallel: one line per node.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True, metavar="N",
+              help="With --all-nodes: how many nodes are read at once.")
 @node_options
 @cluster_options(outputs=("text", "json", "yaml"))
-def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None) -> int:
+def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None, all_nodes: bool,
+           parallel: int) -> int:
     """Check the node's rules against the desired state computed from the API.
 
     The desired state is what the engine would program on this node (the plan for
@@ -39,14 +45,21 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     layout (filter chains at priority -110 with filter-output-post-dnat, or the newer
     filter-*-pre-dnat chains with the filter chains at priority 0).
 
-    Exit status: 0 in sync, 1 drift found, 2 error (3 when the API server cannot be reached,
-    as for every command).
+    With --all-nodes every Node of the cluster is read the way --node reads one (exec in its
+    proxy pod, else SSH when configured, else a debug pod with --debug-pod) and checked
+    against the same desired state: one line per node (mode, verdict, findings, how it was
+    reached), a progress line on a terminal, `-o json` for scripts.
+
+    Exit status: 0 in sync, 1 drift found (or, with --all-nodes, a node that could not be
+    read), 2 error (3 when the API server cannot be reached, as for every command).
 
     \b
     Examples:
       kubectl proxyctl verify
       kubectl proxyctl verify svc/web -o json
       kubectl proxyctl verify --rules-file node1.iptables --from-file cluster.yaml --node-name node1
+      kubectl proxyctl verify --node node2
+      kubectl proxyctl verify --all-nodes -o json
     """
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import (
@@ -63,8 +76,14 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     if target and cluster.all_namespaces:
         raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     selector = selector_for(target, cluster) if target else None
-    graph, addresses = read_rules(node)
-    mode = proxy_mode(graph, node)
+    if all_nodes:
+        if node.node or node.rules_files or node.node_name:
+            raise click.UsageError("--all-nodes reads every node itself: it excludes --node, --node-name and --rules-file")
+        from kubectl_proxyctl.cli.allnodes import verify_all_nodes
+
+        return verify_all_nodes(cluster, node, selector, output, parallel)
+    graph, addresses = read_rules(node, cluster)
+    mode = proxy_mode(graph, node, cluster)
     context = context_for(graph, None, node, addresses)
     if not context.name:
         raise ConfigError("verify needs to know which node the rules belong to: pass --node-name")
