@@ -135,14 +135,23 @@ def test_explain_names_the_traps(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_explain_from_rules_alone(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "explain", "svc2", "-n", "ns2", "--rules-file", LEGACY_SAVE, "--node-ip", "192.168.0.2",
-                       "--client", "external", "--port", "p80")
+    args = ["explain", "svc2", "-n", "ns2", "--rules-file", LEGACY_SAVE, "--node-ip", "192.168.0.2",
+            "--client", "external", "--port", "p80"]
+    code, out, _ = cli(capsys, *args)
     assert code == 0
-    assert "  ClusterIP 172.30.0.42:80\n    external → 172.30.0.42:80 → endpoint 10.180.0.2:80, SNAT to the node" in out
-    assert "  LoadBalancer 1.2.3.4:80\n    external → 1.2.3.4:80 → DROP (the connection times out)" in out
-    assert "NodePort 192.168.0.2:3001" in out and "pod →" not in out
-    assert "      -A KUBE-EXTERNAL-SERVICES -d 1.2.3.4/32 -p tcp -m comment --comment \"ns2/svc2:p80 has no local " \
-           "endpoints\" -m tcp --dport 80 -j DROP" in out
+    assert out.startswith("Service ns2/svc2: LoadBalancer, port p80 80/TCP (node port 3001); node <unknown>, "
+                          "iptables rules from ")
+    assert "  external → cluster IP 172.30.0.42:80 → endpoint 10.180.0.2:80, SNAT to the node\n" in out
+    assert "  external → external IP 192.168.99.22:80, load-balancer IP 1.2.3.4:80, node port 192.168.0.2:3001 → " \
+           "DROP (the connection times out)\n" in out
+    assert "pod" not in out.replace("pods", "") and "-A KUBE-" not in out  # the rules only with --rules
+    code, out, _ = cli(capsys, *args, "--rules")
+    assert code == 0
+    walk = out[out.index("Rule walk, port p80 80/TCP:"):]
+    assert "  external from 203.0.113.10 → load-balancer IP 1.2.3.4:80 → DROP (the connection times out)\n" \
+           "    -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n" in walk
+    assert "    -A KUBE-EXTERNAL-SERVICES -d 1.2.3.4/32 -p tcp -m comment --comment \"ns2/svc2:p80 has no local " \
+           "endpoints\" -m tcp --dport 80 -j DROP" in walk
 
 
 def test_explain_source_and_dot(capsys: pytest.CaptureFixture[str]) -> None:
@@ -343,8 +352,9 @@ def test_no_rules_on_this_node_says_what_to_do_instead() -> None:
     from kubectl_proxyctl.errors import NotFoundError
     from kubectl_proxyctl.inspect.graph import RuleGraph
 
-    with pytest.raises(NotFoundError, match=r"no Service proxy rules found in this node: run this on a node, "
-                                            r"or read one with --node NODE \(over SSH\) or --rules-file FILE"):
+    with pytest.raises(NotFoundError, match=r"no Service proxy rules found on this machine: it is not a node, or "
+                                            r"no proxy has programmed it yet. Pass --node NODE \(a cluster node, "
+                                            r"read through its proxy pod or SSH\) or --rules-file FILE"):
         proxy_mode(RuleGraph(), NodeOptions())
     with pytest.raises(NotFoundError, match=r"found in the input$"):
         proxy_mode(RuleGraph(), NodeOptions(rules_files=("x.rules",)))

@@ -20,15 +20,17 @@ this node (DROP for outside clients), load-balancer source ranges (other sources
 pods included), ClientIP affinity, hairpin traffic of endpoints on this node, a ruleset not
 hooked into the built-in chains, rules the tracer cannot evaluate.
 
-`render_text`, `as_dict` (the `-o json` contract) and `render_dot` (the chain graph, for
-Graphviz) are the three views.
+A Request may narrow the work to some ports, clients and ways in (`WayIn`: what
+`explain ADDRESS` asks about, see `inspect.addresses`). `as_dict` (the `-o json` contract) and
+`render_dot` (the chain graph, for Graphviz) are views here; the text view, the answer first
+and the rule walk on demand, is `inspect.explaintext`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from kubectl_proxyctl.inspect.graph import RuleGraph
 from kubectl_proxyctl.model import ClusterState, Endpoint, ServicePort
@@ -58,18 +60,13 @@ class PathResult:
         return [step_text(s) for s in self.steps()]
 
     def steps(self) -> list[Step]:
-        """The rules that mattered, first appearance first: a jump into a chain where no
-        rule matched (e.g. FORWARD → KUBE-PROXY-FIREWALL for an allowed packet) is left out.
+        """The rules that mattered, first appearance first (`crossed` of every outcome).
         An nft verdict map that forks the walk (`numgen random mod N vmap { … }`) is listed
         once, not once per endpoint: the endpoints and their odds say where it sends."""
         seen: set[tuple[str, str, int, str]] = set()
         out: list[Step] = []
         for outcome in self.result.outcomes:
-            steps = outcome.steps
-            for i, step in enumerate(steps):
-                verb, _, target = step.action.partition(" ")
-                if verb in ("jump", "goto") and not any(s.chain == target for s in steps[i + 1:]):
-                    continue
+            for step in crossed(outcome.steps):
                 key = (step.table, step.chain, step.index, "" if " vmap " in step.rule else step.action)
                 if key not in seen:
                     seen.add(key)
@@ -101,6 +98,18 @@ class PathResult:
         }
 
 
+def crossed(steps: Sequence[Step]) -> list[Step]:
+    """The steps of one way through the rules that mattered: a jump into a chain where no
+    rule matched (e.g. FORWARD → KUBE-PROXY-FIREWALL for an allowed packet) is left out."""
+    out: list[Step] = []
+    for i, step in enumerate(steps):
+        verb, _, target = step.action.partition(" ")
+        if verb in ("jump", "goto") and not any(s.chain == target for s in steps[i + 1:]):
+            continue
+        out.append(step)
+    return out
+
+
 @dataclass
 class EntryResult:
     facts: EntryFacts
@@ -122,6 +131,9 @@ class Explanation:
     ports: list[PortResult]
     problems: list[Problem]
     sources: tuple[str, ...] = ()
+    service_type: str = ""  # ClusterIP, NodePort, LoadBalancer (from the rules: the widest way in found)
+    target: str = ""  # `explain ADDRESS`: which Service port owns the address, in words
+    client: str = ""  # `--from pod/NAME`: the client pod, in words
 
     def as_dict(self) -> dict[str, Any]:
         ports = []
@@ -145,14 +157,20 @@ class Explanation:
             if p.desired is not None:
                 port["desired"] = p.desired
             ports.append(port)
-        return {
+        doc: dict[str, Any] = {
             "service": self.service,
+            "type": self.service_type or None,
             "node": self.node,
             "backend": self.mode.value,
             "ports": ports,
             "problems": [p.as_dict() for p in self.problems],
             "sources": list(self.sources),
         }
+        if self.target:
+            doc["target"] = self.target
+        if self.client:
+            doc["client"] = self.client
+        return doc
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -180,55 +198,65 @@ def step_text(step: Step) -> str:
     return f"-A {step.chain} {step.rule}".rstrip()
 
 
-def _address(ip: str | None, port: int) -> str:
+def address_text(ip: str | None, port: int) -> str:
     if ip is None:
         return f"<node>:{port}"
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def _percent(p: float) -> str:
+def percent(p: float) -> str:
     return f"{p * 100:.1f} %"
 
 
 def sentence(client: str, entry: EntryFacts, r: TraceResult) -> str:
-    head = f"{client} → {_address(entry.address, entry.port)}"
+    """One path in one line: "pod → 10.96.0.10:80 → 1 of 3 endpoints, 33.3 % each, no SNAT"."""
+    return f"{client} → {address_text(entry.address, entry.port)} → {outcome_phrase(r)}"
+
+
+def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0) -> str:
+    """Where the packet ends up, with the odds: the part of a sentence after the address.
+    `name` turns an `ip:port` into what to call the endpoint (e.g. its pod); `of` is how many
+    endpoints the service port has, when the path reaches only some of them (0: unknown)."""
     if r.verdict == Verdict.DNAT:
         eps = r.endpoints
         total = sum(e.probability for e in eps)
         probs = [e.probability for e in eps]
         if len(eps) == 1:
-            what = f"endpoint {eps[0].destination}"
+            what = f"endpoint {name(eps[0].destination)}"
             if total < 0.9999:
-                what += f" ({_percent(total)}; the rest: {_other_verdicts(r)})"
+                what += f" ({percent(total)}; the rest: {_other_verdicts(r)})"
         elif max(probs) - min(probs) < 1e-6:
-            what = f"1 of {len(eps)} endpoints, {_percent(probs[0])} each"
+            what = f"1 of {len(eps)} endpoints, {percent(probs[0])} each"
+            if len(eps) < of:
+                what = f"1 of {len(eps)} endpoints ({', '.join(name(e.destination) for e in eps)}), " \
+                       f"{percent(probs[0])} each"
             if total < 0.9999:
                 what += f" (the rest: {_other_verdicts(r)})"
         else:
-            what = ", ".join(f"{e.destination} {_percent(e.probability)}" for e in eps)
+            what = ", ".join(f"{name(e.destination)} {percent(e.probability)}" for e in eps)
         if r.masquerade is True:
             snat = "SNAT to the node"
         elif r.masquerade is False:
             snat = "no SNAT"
         else:
             snat = "SNAT on some paths"
-        text = f"{head} → {what}, {snat}"
+        text = f"{what}, {snat}"
         if r.affinity_seconds:
             text += f", sticky per client IP for {r.affinity_seconds} s"
         return text
     if r.verdict == Verdict.REJECT:
-        return f"{head} → REJECT (connection refused at once)"
+        return "REJECT (connection refused at once)"
     if r.verdict == Verdict.DROP:
-        return f"{head} → DROP (the connection times out)"
+        return "DROP (the connection times out)"
     if r.verdict == Verdict.ACCEPT:
-        return f"{head} → ACCEPT (for the node itself, not rewritten)"
+        return "ACCEPT (for the node itself, not rewritten)"
     if r.verdict == Verdict.NONE:
-        return f"{head} → no service rule matches: the packet goes on unchanged"
-    return f"{head} → cannot tell: " + "; ".join(r.notes)
+        return "no service rule matches: the packet goes on unchanged"
+    return "cannot tell: " + "; ".join(r.notes)
 
 
 def _other_verdicts(r: TraceResult) -> str:
-    parts = [f"{o.verdict.value} {_percent(o.probability)}" for o in r.outcomes if o.verdict != Verdict.DNAT]
+    parts = [f"{o.verdict.value} {percent(o.probability)}" for o in r.outcomes if o.verdict != Verdict.DNAT]
     return ", ".join(parts) or "none"
 
 
@@ -268,11 +296,35 @@ def _facts_of_port(sp: ServicePort, endpoints: Sequence[Endpoint], v6: bool) -> 
 
 
 @dataclass(frozen=True)
+class WayIn:
+    """One way into a service port: a kind of entry point, its address and port. `address`
+    None is the node port on every address of the node the rules belong to."""
+
+    kind: str  # ClusterIP, NodePort, ExternalIP, LoadBalancer
+    address: str | None
+    port: int
+    protocol: str  # TCP, UDP, SCTP
+
+    def admits(self, entry: EntryFacts, protocol: str) -> bool:
+        if (entry.kind, entry.port, protocol.upper()) != (self.kind, self.port, self.protocol.upper()):
+            return False
+        return self.address is None or _same_address(entry.address, self.address)
+
+
+def _same_address(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+@dataclass(frozen=True)
 class Request:
     selector: ServiceSelector
     ports: tuple[str, ...] = ()  # port names or numbers; empty: all
     clients: tuple[str, ...] = CLIENTS
     source: str | None = None
+    ways_in: tuple[WayIn, ...] = ()  # only these entry points; empty: all
 
 
 def _wanted(p: PortFacts, ports: Sequence[str]) -> bool:
@@ -288,7 +340,8 @@ def explain(
     node: NodeContext,
     state: ClusterState | None = None,
 ) -> Explanation:
-    """Trace every port, entry point and client of one Service on one node."""
+    """Trace every port, entry point and client of one Service on one node (those the
+    request asks for: some ports, clients, or ways in)."""
     selector = request.selector
     problems: list[Problem] = []
     mode_reader = reader(mode)
@@ -329,16 +382,31 @@ def explain(
                 addresses = [ip for ip in node.ips if (":" in ip) == port_v6] if node.ips_known else [None]
             for address in addresses:
                 e = EntryFacts(entry.kind, address, entry.port, entry.source_ranges)
+                if request.ways_in and not any(w.admits(e, f.protocol) for w in request.ways_in):
+                    continue
                 er = EntryResult(e)
                 for client in request.clients:
                     er.paths += _paths(graph, mode, f, e, client, node, request.source, endpoint_ips, port_v6)
                 port.entries.append(er)
         results.append(port)
 
+    if request.ways_in:
+        results = [p for p in results if p.entries]
     problems += _trap_problems(results)
     if state is not None:
         problems += _hairpin_problems(results, node)
-    return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources)
+    kind = state.services[selector.key].type.value if state is not None and known else _type_of(facts)
+    return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources, kind)
+
+
+def _type_of(facts: Sequence[PortFacts]) -> str:
+    """The Service's type as the rules show it: the widest way in any port has."""
+    kinds = {e.kind for f in facts for e in f.entries}
+    if "LoadBalancer" in kinds:
+        return "LoadBalancer"
+    if "NodePort" in kinds:
+        return "NodePort"
+    return "ClusterIP" if kinds else ""
 
 
 def _paths(graph: RuleGraph, mode: Mode, facts: PortFacts, entry: EntryFacts, client: str, node: NodeContext,
@@ -403,7 +471,7 @@ def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
     for port in results:
         spn = port.facts.service_port
         for er in port.entries:
-            where = f"{er.facts.kind} {_address(er.facts.address, er.facts.port)}"
+            where = f"{er.facts.kind} {address_text(er.facts.address, er.facts.port)}"
             no_local: list[str] = []  # clients dropped for want of a local endpoint
             reached: list[str] = []  # clients that reach an endpoint
             for path in er.paths:
@@ -497,7 +565,8 @@ def _step_comment(step: Step) -> str | None:
 def _hairpin_problems(results: Sequence[PortResult], node: NodeContext) -> list[Problem]:
     out: list[Problem] = []
     for port in results:
-        local = [e.address for e in port.facts.endpoints or () if node.name and e.node_name == node.name]
+        local = [f"{e.pod_name} ({e.address})" if e.pod_name else e.address
+                 for e in port.facts.endpoints or () if node.name and e.node_name == node.name]
         if local:
             out.append(Problem("warning", f"{port.facts.service_port}: endpoint(s) {', '.join(local)} run on this "
                                           "node: a pod that calls its own Service is SNATed to the node (hairpin); "
@@ -506,33 +575,6 @@ def _hairpin_problems(results: Sequence[PortResult], node: NodeContext) -> list[
 
 
 # --- views -----------------------------------------------------------------------------
-
-
-def render_text(ex: Explanation) -> str:
-    lines = [f"Service {ex.service} on node {ex.node or '<unknown>'} ({ex.mode} rules"
-             + (f" from {', '.join(ex.sources)}" if ex.sources else "") + ")"]
-    for port in ex.ports:
-        f = port.facts
-        number = f" {f.port}" if f.port else ""
-        lines.append("")
-        lines.append(f"Port {f.name or '<unnamed>'}{number}/{f.protocol}")
-        if port.desired is not None:
-            lines.append(f"  desired: {port.desired.get('summary', '')}")
-        for er in port.entries:
-            lines.append(f"  {er.facts.kind} {_address(er.facts.address, er.facts.port)}")
-            for path in er.paths:
-                lines.append(f"    {path.sentence}")
-                lines.append(f"      from {path.source}")
-                for note in path.result.notes:
-                    lines.append(f"      note: {note}")
-                for rule in path.rules():
-                    lines.append(f"      {rule}")
-    if ex.problems:
-        lines.append("")
-        lines.append("Problems:")
-        for p in ex.problems:
-            lines.append(f"  {p.severity}: {p.message}")
-    return "\n".join(lines) + "\n"
 
 
 def _dot_id(text: str) -> str:
