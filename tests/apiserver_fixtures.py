@@ -215,3 +215,40 @@ def kubectl(apiserver: APIServer, tmp_path: Path) -> Kubectl:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not on PATH")
     return Kubectl(apiserver, tmp_path / "kubectl-home")
+
+
+class LocalExecRunner:
+    """A stateful fake container runtime for `pods/exec`: runs argv on this machine (no shell,
+    its own process group) and remembers every call and process, so tests can check what ran
+    and that an abandoned command was killed."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, list[str], bool]] = []  # (namespace/pod, container, argv, stdin)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, pod: dict[str, Any], container: str, argv: Any, stdin: bool) -> subprocess.Popen[bytes]:
+        meta = pod["metadata"]
+        self.calls.append((f"{meta['namespace']}/{meta['name']}", container, list(argv), stdin))
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def exec_runner(apiserver: APIServer) -> Iterator[LocalExecRunner]:
+    """The `apiserver` fixture's server, given a LocalExecRunner for `pods/exec`."""
+    runner = LocalExecRunner()
+    apiserver.exec_runner = runner
+    try:
+        yield runner
+    finally:
+        runner.close()

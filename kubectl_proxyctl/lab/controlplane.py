@@ -8,7 +8,11 @@ It runs, in one process, what a cluster's control plane and kubelets do for the 
   process: they allocate ClusterIPs, NodePorts and pod IPs in its admission, inside each
   write, as kube-apiserver does;
 * the pod runtime (`runtime.PodRuntime`), which starts the pods' echo servers and reports
-  them ready through the same in-process API.
+  them ready through the same in-process API;
+* one hostNetwork proxy pod per node, `kube-system/proxyctl-<node>` (`proxypods.ProxyPods`),
+  and `pods/exec` for every pod: the API server runs exec commands in the pod's network
+  namespace, the node's for hostNetwork pods (`podexec.NetnsExecRunner`), so a node's rules
+  can be read through the API (`kubectl exec -n kube-system proxyctl-node1 -- iptables-save`).
 
 It is started and restarted by the supervisor (`supervisor.py`, whose docstring describes
 the whole arrangement), and watches it in turn: every 0.2 s it checks that a supervisor
@@ -18,7 +22,9 @@ Start order matters for clients that reconnect the moment the port opens: the st
 loaded and the controllers and the pod runtime are attached before the server binds, so
 the first request after a restart already gets allocations and sees every object with the
 resourceVersion it had. The kubeconfigs are written atomically (a reader never sees a
-half-written one) and only change when the server's token or CA does.
+half-written one) and only change when the server's token or CA does: `kubeconfig` (all
+rights), `kubeconfig-nodes` (what the nodes' engines use) and `kubeconfig-viewer` (the
+read-only user `lab-viewer`: get, list and watch; no writes, no exec).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import (
-    API_DIR, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, KUBECONFIG, KUBECONFIG_NODES, MAX_RESTART_DELAY,
+    API_DIR, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, KUBECONFIG, KUBECONFIG_NODES, KUBECONFIG_VIEWER, MAX_RESTART_DELAY,
     RESTART_DELAY, SUPERVISE_PERIOD, run_daemon, start_supervisor, stopping, supervisor_running,
     write_private,
 )
@@ -100,13 +106,15 @@ class ControlPlane:
         from kubectl_proxyctl.lab.apiserver.apiserver import APIServer
         from kubectl_proxyctl.lab.apiserver.resources import RESOURCES
         from kubectl_proxyctl.lab.controllers.controllers import LabControllers
+        from kubectl_proxyctl.lab.controllers.proxypods import ProxyPods
+        from kubectl_proxyctl.lab.dataplane.podexec import NetnsExecRunner
         from kubectl_proxyctl.lab.dataplane.runtime import PodRuntime
 
         started = time.monotonic()
         spec = self.spec
         try:
             server = APIServer(spec.host_ip, spec.api_port, state_dir=self.state / API_DIR,
-                               extra_sans=[spec.host_ip, "127.0.0.1"])
+                               extra_sans=[spec.host_ip, "127.0.0.1"], exec_runner=NetnsExecRunner(spec))
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the API server's state in {self.state / API_DIR}: {exc}") from exc
         stack.callback(server.stop)
@@ -114,6 +122,7 @@ class ControlPlane:
         log.info("loaded %d objects, resourceVersion %d", count, server.resource_version)
         stack.callback(LabControllers(server, spec).start().stop)
         stack.callback(PodRuntime(server, spec).start().stop)
+        stack.callback(ProxyPods(server, spec).start().stop)
         try:
             server.start()
         except OSError as exc:
@@ -131,8 +140,8 @@ class ControlPlane:
     def _write_kubeconfigs(self, server: Any) -> None:
         import yaml
 
-        for name in (KUBECONFIG, KUBECONFIG_NODES):
-            text = yaml.safe_dump(server.kubeconfig(server=self.spec.api_url), sort_keys=False)
+        for name, user in ((KUBECONFIG, "admin"), (KUBECONFIG_NODES, "admin"), (KUBECONFIG_VIEWER, "viewer")):
+            text = yaml.safe_dump(server.kubeconfig(server=self.spec.api_url, user=user), sort_keys=False)
             path = self.state / name
             with contextlib.suppress(OSError):
                 if path.read_text() == text:

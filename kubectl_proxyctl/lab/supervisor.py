@@ -97,12 +97,13 @@ CONTROL_PLANE_LOCK = "control-plane.lock"
 STOPPING = "stopping"  # written by `lab down` first: nothing is (re)started while it exists
 KUBECONFIG = "kubeconfig"
 KUBECONFIG_NODES = "kubeconfig-nodes"
+KUBECONFIG_VIEWER = "kubeconfig-viewer"  # the read-only user (get, list, watch)
 API_DIR = "api"
 RUN_DIR = "run"
 LOGS_DIR = "logs"
 PODS_DIR = "pods"
 STATE_ENTRIES = (LAB_FILE, PID_FILE, LOCK_FILE, LOG_FILE, CONTROL_PLANE_PID, CONTROL_PLANE_LOCK, STOPPING,
-                 KUBECONFIG, KUBECONFIG_NODES, API_DIR, RUN_DIR, LOGS_DIR, PODS_DIR, sshd.SSH_DIR)
+                 KUBECONFIG, KUBECONFIG_NODES, KUBECONFIG_VIEWER, API_DIR, RUN_DIR, LOGS_DIR, PODS_DIR, sshd.SSH_DIR)
 DEFAULT_STATE_ROOT = Path("/var/lib/proxyctl-lab")  # LabSpec's default, created by the first lab
 HEALTHZ_PORT = 10256
 METRICS_ADDRESS = "127.0.0.1:10249"

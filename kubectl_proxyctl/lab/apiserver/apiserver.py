@@ -3,7 +3,8 @@
 No real kube-apiserver runs on a lab machine, so this one stands in for it. It speaks the
 Kubernetes REST protocol closely enough that the official `kubernetes` Python client and an
 unmodified `kubectl` work against it, for the kinds a Service data plane needs: Namespaces,
-Services, Endpoints, Nodes, Pods (core/v1) and EndpointSlices (discovery.k8s.io/v1).
+Services, Endpoints, Nodes, Pods (core/v1) and EndpointSlices (discovery.k8s.io/v1), and
+`pods/exec` over a WebSocket (`kubectl exec`, the `kubernetes.stream` client).
 
 Theory of operation
 -------------------
@@ -27,9 +28,16 @@ Theory of operation
   in-stream 410 Expired, so clients relist (`compact()` forces that in tests).
 * Objects are serialized once per write; lists and watch events are byte concatenation, so
   paging through 10,000 objects costs little more than sending them.
-* With `state_dir`, objects and the RV counter survive restarts (sqlite); the CA, the token
-  and the kubeconfig are kept there too. Without it everything is in memory and the
+* With `state_dir`, objects and the RV counter survive restarts (sqlite); the CA, the tokens
+  and the kubeconfigs are kept there too. Without it everything is in memory and the
   certificate files live in a temporary directory removed by `stop()`.
+* Two identities: the token (`token`, `kubeconfig`) may do everything; the viewer token
+  (`viewer_token`, `viewer_kubeconfig_path`, user `lab-viewer`) may only get, list and watch,
+  and is answered 403 Forbidden, with kube-apiserver's RBAC message, for anything else
+  (writes and `pods/exec`).
+* `pods/exec` runs commands through `exec_runner` (remotecommand.ExecRunner), which the lab's
+  control plane sets to a runner that enters the pod's network namespace. Without one, exec
+  requests get a 400 Status that says the server has no container runtime.
 * `admission` hooks run inside every write (a controller allocates cluster IPs there);
   `observers` see every committed event in order (a controller queues work there).
 * `fail_with(code)` makes API requests fail (health endpoints excepted), to test backoff.
@@ -39,8 +47,9 @@ deletion only for pods, and only when the lab's controllers register it; deletin
 deletes its objects at once); status given on create is
 kept; validation covers what lab manifests get wrong, not every rule; no server-side
 apply, no managedFields, no OpenAPI schemas (`kubectl explain`), protobuf request bodies only
-for what `kubectl create namespace|service` sends, no admission webhooks, no RBAC (one token
-is all-powerful).
+for what `kubectl create namespace|service` sends, no admission webhooks; authorization is two
+fixed roles (all-powerful, read-only), not RBAC objects; `pods/exec` speaks WebSocket only
+(no SPDY, no TTY), and other streaming subresources (attach, port-forward, logs) are absent.
 
 Example::
 
@@ -68,11 +77,17 @@ from kubectl_proxyctl.lab.apiserver.httpserver import LabHTTPServer
 from kubectl_proxyctl.lab.apiserver.registry import (
     MERGE_PATCH, SYSTEM_NAMESPACES, AdmissionHook, Registry,
 )
+from kubectl_proxyctl.lab.apiserver.remotecommand import ExecRunner
 from kubectl_proxyctl.lab.apiserver.resources import ResourceType, by_kind, by_name
 from kubectl_proxyctl.lab.apiserver.rest import Dispatcher
 from kubectl_proxyctl.lab.apiserver.store import Event, ObjectStore, Persistence
 
 CONTEXT_NAME = "proxyctl-lab"
+VIEWER_CONTEXT_NAME = "proxyctl-lab-viewer"
+TOKEN_FILE = "token"
+VIEWER_TOKEN_FILE = "viewer-token"
+KUBECONFIG_FILE = "kubeconfig"
+VIEWER_KUBECONFIG_FILE = "kubeconfig-viewer"
 WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -98,14 +113,18 @@ class APIServer:
         *,
         state_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
+        viewer_token: str | None = None,
         history: int = 10000,
         bookmark_interval: float = 5.0,
         extra_sans: Iterable[str] = (),
+        exec_runner: ExecRunner | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._token = token
+        self._viewer_token = viewer_token
+        self._exec_runner = exec_runner
         self.extra_sans = tuple(extra_sans)
         self.bookmark_interval = bookmark_interval
         persistence = None
@@ -131,7 +150,8 @@ class APIServer:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.set_alpn_protocols(["http/1.1"])
-        self._dispatcher = Dispatcher(self.registry, "", self._server_address, self.bookmark_interval)
+        self._dispatcher = Dispatcher(self.registry, "", self._server_address, self.bookmark_interval,
+                                      exec_runner=self._exec_runner)
         # Bind first: a busy address must not touch the files of the server that holds it.
         self._httpd = LabHTTPServer((self.host, self._requested_port), self._dispatcher, tls)
         try:
@@ -151,12 +171,15 @@ class APIServer:
         files = self.state_dir or Path(tempfile.mkdtemp(prefix="proxyctl-apiserver-"))
         self._files_dir = files
         self._token = dispatcher.token = self._stored_token(files, self._token)
+        self._viewer_token = dispatcher.viewer_token = self._stored_token(files, self._viewer_token,
+                                                                          VIEWER_TOKEN_FILE)
         sans = [*self.extra_sans]
         if self.host not in WILDCARD_HOSTS:
             sans.append(self.host)
         certs = issue_serving_certificate(files, sans)
         tls.load_cert_chain(certs.cert_path, certs.key_path)
-        self._write_kubeconfig(files / "kubeconfig", certs.ca_path)
+        self._write_kubeconfig(files / KUBECONFIG_FILE, certs.ca_path)
+        self._write_kubeconfig(files / VIEWER_KUBECONFIG_FILE, certs.ca_path, user="viewer")
 
     def stop(self) -> None:
         """Stop serving: end watches, close connections, join threads, close the journal."""
@@ -212,6 +235,24 @@ class APIServer:
         return self._token
 
     @property
+    def viewer_token(self) -> str:
+        """The read-only token (user `lab-viewer`: get, list and watch only)."""
+        if self._viewer_token is None:
+            raise RuntimeError("the API server is not started")
+        return self._viewer_token
+
+    @property
+    def exec_runner(self) -> ExecRunner | None:
+        """What runs `pods/exec` commands (None: exec requests are refused)."""
+        return self._exec_runner
+
+    @exec_runner.setter
+    def exec_runner(self, runner: ExecRunner | None) -> None:
+        self._exec_runner = runner
+        if self._dispatcher is not None:
+            self._dispatcher.exec_runner = runner
+
+    @property
     def files_dir(self) -> Path:
         if self._files_dir is None:
             raise RuntimeError("the API server is not started")
@@ -223,27 +264,38 @@ class APIServer:
 
     @property
     def kubeconfig_path(self) -> Path:
-        return self.files_dir / "kubeconfig"
+        return self.files_dir / KUBECONFIG_FILE
+
+    @property
+    def viewer_kubeconfig_path(self) -> Path:
+        """A kubeconfig with the read-only viewer token."""
+        return self.files_dir / VIEWER_KUBECONFIG_FILE
 
     @staticmethod
-    def _stored_token(directory: Path, given: str | None) -> str:
+    def _stored_token(directory: Path, given: str | None, name: str = TOKEN_FILE) -> str:
         """The given token, else the one kept in `directory`, else a new one; kept in `directory`."""
-        path = directory / "token"
+        path = directory / name
         kept = path.read_text().strip() if path.exists() else ""
         token = given or kept or secrets.token_urlsafe(32)
         if token != kept:  # written aside and renamed: a client reading it never sees half of it
-            tmp = directory / f"token.{os.getpid()}.tmp"
+            tmp = directory / f"{name}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")
             os.replace(tmp, path)
         return token
 
-    def kubeconfig(self, server: str | None = None, ca_path: Path | None = None) -> dict[str, Any]:
-        """A kubeconfig (cluster, user and context all named `proxyctl-lab`) for this server,
-        at `server` (e.g. `https://172.18.0.1:6443` from a lab namespace; default: `url`)."""
+    def kubeconfig(self, server: str | None = None, ca_path: Path | None = None, user: str = "admin") -> dict[str, Any]:
+        """A kubeconfig for this server at `server` (e.g. `https://172.18.0.1:6443` from a lab
+        namespace; default: `url`). `user="admin"`: the all-powerful token, cluster, user and
+        context all named `proxyctl-lab`; `user="viewer"`: the read-only token, user and
+        context named `proxyctl-lab-viewer`."""
         import base64
 
+        if user not in ("admin", "viewer"):
+            raise ValueError(f"user must be 'admin' or 'viewer', not {user!r}")
+        name = CONTEXT_NAME if user == "admin" else VIEWER_CONTEXT_NAME
+        token = self.token if user == "admin" else self.viewer_token
         ca = (ca_path or self.ca_path).read_bytes()
         return {
             "apiVersion": "v1",
@@ -251,21 +303,21 @@ class APIServer:
             "clusters": [{"name": CONTEXT_NAME, "cluster": {
                 "server": server or self.url, "certificate-authority-data": base64.b64encode(ca).decode(),
             }}],
-            "users": [{"name": CONTEXT_NAME, "user": {"token": self.token}}],
-            "contexts": [{"name": CONTEXT_NAME, "context": {
-                "cluster": CONTEXT_NAME, "user": CONTEXT_NAME, "namespace": "default",
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {
+                "cluster": CONTEXT_NAME, "user": name, "namespace": "default",
             }}],
-            "current-context": CONTEXT_NAME,
+            "current-context": name,
             "preferences": {},
         }
 
-    def _write_kubeconfig(self, path: Path, ca_path: Path) -> None:
+    def _write_kubeconfig(self, path: Path, ca_path: Path, user: str = "admin") -> None:
         import yaml
 
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # renamed into place: never half-read
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(self.kubeconfig(ca_path=ca_path), f, sort_keys=False)
+            yaml.safe_dump(self.kubeconfig(ca_path=ca_path, user=user), f, sort_keys=False)
         os.replace(tmp, path)
 
     # --- extension points -------------------------------------------------------------------------

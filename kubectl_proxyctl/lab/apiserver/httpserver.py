@@ -3,7 +3,10 @@
 `APIRequestHandler` is a thin adapter around `rest.Dispatcher`: the TLS handshake happens
 in the connection's own thread (a slow client cannot stall the accept loop), requests are
 parsed into `rest.Request`, answers written with Content-Length, and watches streamed with
-chunked transfer encoding. Clients that go away mid-stream end their stream quietly.
+chunked transfer encoding. A `pods/exec` request that rest.py accepted is answered with
+`101 Switching Protocols` and the connection is then the exec session's (remotecommand.py)
+until the command ends; it is closed afterwards. Clients that go away mid-stream end their
+stream quietly.
 
 `LabHTTPServer` tracks every connection and its thread, so that stopping the server
 closes idle keep-alive connections and open watches at once and joins every thread.
@@ -22,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from kubectl_proxyctl.lab.apiserver import websocket
+from kubectl_proxyctl.lab.apiserver.remotecommand import ExecSession
 from kubectl_proxyctl.lab.apiserver.rest import JSON, Dispatcher, Request, Response
 from kubectl_proxyctl.lab.apiserver.watch import WatchStream
 
@@ -87,14 +92,16 @@ class APIRequestHandler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         path, _, query_string = self.path.partition("?")
-        query = {k: v[-1] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
+        repeated = parse_qs(query_string, keep_blank_values=True)
         req = Request(
-            self.command, unquote(path.rstrip("/")) or "/", query,
-            {k.lower(): v for k, v in self.headers.items()}, self._read_body(),
+            self.command, unquote(path.rstrip("/")) or "/", {k: v[-1] for k, v in repeated.items()},
+            {k.lower(): v for k, v in self.headers.items()}, self._read_body(), repeated,
         )
         result = self.server.dispatcher.handle(req)
         if isinstance(result, WatchStream):
             self._stream(result)
+        elif isinstance(result, ExecSession):
+            self._upgrade(result, req.headers.get("sec-websocket-key", ""))
         else:
             self._respond(result)
 
@@ -124,6 +131,20 @@ class APIRequestHandler(BaseHTTPRequestHandler):
         except (OSError, ValueError):  # the client went away mid-stream
             self.close_connection = True
 
+    def _upgrade(self, session: ExecSession, key: str) -> None:
+        """Switch the connection to a WebSocket and give it to the exec session; it is not
+        reused for HTTP afterwards."""
+        self.close_connection = True
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(key))
+        if session.protocol:
+            self.send_header("Sec-WebSocket-Protocol", session.protocol)
+        self.end_headers()
+        self.wfile.flush()
+        session.run(_WebSocketTransport(self.connection))
+
     def _client_gone(self) -> bool:
         """A watching client sends nothing: a readable socket means it closed (or misbehaves)."""
         try:
@@ -133,6 +154,33 @@ class APIRequestHandler(BaseHTTPRequestHandler):
         if readable:
             self.close_connection = True
         return bool(readable)
+
+
+class _WebSocketTransport:
+    """The upgraded TLS connection as an exec session reads and writes it (one thread only).
+
+    The handler's buffered reader holds nothing past the request: a client sends no frame
+    before it has the server's handshake (RFC 6455, 4.1), so reading the socket directly
+    misses nothing. TLS may hold decrypted bytes that the socket's readiness does not show:
+    `pending()` reports them."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def pending(self) -> int:
+        return self._conn.pending() if isinstance(self._conn, ssl.SSLSocket) else 0
+
+    def recv(self, size: int) -> bytes:
+        try:
+            return self._conn.recv(size)
+        except (OSError, ValueError):
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self._conn.sendall(data)
 
 
 class LabHTTPServer(ThreadingHTTPServer):

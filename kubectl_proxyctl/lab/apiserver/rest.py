@@ -9,8 +9,12 @@ returns either a `Response` or, for `?watch=true`, a `WatchStream`; it does no I
   `/healthz`, `/livez`, `/readyz`; trailing slashes are ignored;
 * resource URLs: collections (cluster-wide or per namespace), objects, `/status`;
 * content negotiation: plain objects, `as=Table` (kubectl get) and `as=PartialObjectMetadata`;
-* bearer-token authentication (health and version also answer anonymous requests) and the
-  fault switch that makes requests fail on purpose.
+* `pods/exec`: validated here, then answered with an `ExecSession` that httpserver.py runs on
+  the upgraded connection (remotecommand.py);
+* bearer-token authentication (health and version also answer anonymous requests), two
+  identities (the all-powerful token, and a viewer that may only get, list and watch: anything
+  else is 403 Forbidden with kube-apiserver's RBAC message), and the fault switch that makes
+  requests fail on purpose.
 
 Request bodies may be JSON, YAML, or protobuf for the few kinds kubectl's typed clients
 send that way (protobuf.py); answers are always JSON.
@@ -22,13 +26,14 @@ import hmac
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
-from kubectl_proxyctl.lab.apiserver import protobuf, resources, status, tables
+from kubectl_proxyctl.lab.apiserver import protobuf, resources, status, tables, websocket
 from kubectl_proxyctl.lab.apiserver.protobuf import ProtobufError
 from kubectl_proxyctl.lab.apiserver.registry import FIELD_VALIDATIONS, PATCH_TYPES, WARN, FieldValidation, Registry
-from kubectl_proxyctl.lab.apiserver.resources import GROUP_VERSIONS, ResourceType, by_path
+from kubectl_proxyctl.lab.apiserver.remotecommand import PROTOCOLS, ExecOptions, ExecRunner, ExecSession, choose_protocol
+from kubectl_proxyctl.lab.apiserver.resources import GROUP_VERSIONS, PODS, ResourceType, by_path
 from kubectl_proxyctl.lab.apiserver.selectors import SelectorError, combine, field_predicate, label_predicate
 from kubectl_proxyctl.lab.apiserver.status import APIError
 from kubectl_proxyctl.lab.apiserver.store import Page, Predicate, StoredObject, encode_json
@@ -40,6 +45,20 @@ JSON = "application/json"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 PUBLIC_PATHS = ("healthz", "livez", "readyz", "version")
 HEALTH_PATHS = ("healthz", "livez", "readyz")
+READ_VERBS = ("get", "list", "watch")
+
+
+@dataclass(frozen=True)
+class User:
+    """Who a token authenticates; a read-only user may only get, list and watch."""
+
+    name: str
+    read_only: bool = False
+
+
+ADMIN = User("lab-admin")
+VIEWER = User("lab-viewer", read_only=True)
+ANONYMOUS = User("system:anonymous", read_only=True)
 
 
 @dataclass(frozen=True)
@@ -49,9 +68,16 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
+    repeated: dict[str, list[str]] = field(default_factory=dict)  # every value of each parameter
 
     def param(self, name: str, default: str = "") -> str:
         return self.query.get(name, default)
+
+    def params(self, name: str) -> list[str]:
+        """Every value of a repeated parameter (`?command=a&command=b`), in order."""
+        if name in self.repeated:
+            return list(self.repeated[name])
+        return [self.query[name]] if name in self.query else []
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() in ("true", "1")
@@ -74,7 +100,7 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Result = Union[Response, WatchStream]
+Result = Union[Response, WatchStream, ExecSession]
 
 
 def json_response(obj: Any, code: int = 200, content_type: str = JSON) -> Response:
@@ -177,12 +203,39 @@ def _list_body(r: ResourceType, page: Page, list_meta: dict[str, Any]) -> bytes:
     return head[:-1] + b',"items":[' + b",".join(so.raw for so in page.items) + b"]}"
 
 
+def forbidden(user: User, verb: str, r: ResourceType, namespace: str | None, name: str, sub: str) -> APIError:
+    """kube-apiserver's answer when the authorizer denies (responsewriters.Forbidden)."""
+    resource = f"{r.plural}/{sub}" if sub else r.plural
+    where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    why = f'User "{user.name}" cannot {verb} resource "{resource}" in API group "{r.group}" {where}'
+    message = f'{r} "{name}" is forbidden: {why}' if name else f"{r} is forbidden: {why}"
+    details: dict[str, Any] = {"name": name} if name else {}
+    if r.group:
+        details["group"] = r.group
+    details["kind"] = r.plural
+    return APIError(403, "Forbidden", message, details)
+
+
+def request_verb(req: Request, name: str | None, sub: str) -> str:
+    """The authorization verb of a resource request (RequestInfo's)."""
+    if sub == "exec":
+        return "create"  # a WebSocket exec arrives as a GET; it still starts a process
+    if req.method == "GET":
+        return "get" if name else ("watch" if req.flag("watch") else "list")
+    if req.method == "DELETE" and not name:
+        return "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(req.method, req.method.lower())
+
+
 class Dispatcher:
     def __init__(
-        self, registry: Registry, token: str, server_address: Callable[[], str], bookmark_interval: float = 5.0
+        self, registry: Registry, token: str, server_address: Callable[[], str], bookmark_interval: float = 5.0,
+        *, viewer_token: str = "", exec_runner: ExecRunner | None = None,
     ) -> None:
         self.registry = registry
         self.token = token
+        self.viewer_token = viewer_token
+        self.exec_runner = exec_runner
         self.server_address = server_address
         self.bookmark_interval = bookmark_interval
         self.fault = FaultSwitch()
@@ -191,12 +244,12 @@ class Dispatcher:
         try:
             segments = [s for s in req.path.split("/") if s]
             top = segments[0] if segments else ""
-            self._authenticate(req, top)
+            user = self._authenticate(req, top)
             if top not in HEALTH_PATHS:
                 code = self.fault.take()
                 if code is not None:
                     raise status.injected(code)
-            return self._route(req, segments)
+            return self._route(req, segments, user)
         except APIError as err:
             return error_response(err)
         except SelectorError as err:
@@ -205,24 +258,28 @@ class Dispatcher:
             log.exception("%s %s failed", req.method, req.path)
             return error_response(APIError(500, "InternalError", f"Internal error occurred: {exc}"))
 
-    def _authenticate(self, req: Request, top: str) -> None:
+    def _authenticate(self, req: Request, top: str) -> User:
         header = req.headers.get("authorization", "")
         if not header and top in PUBLIC_PATHS:
-            return
+            return ANONYMOUS
         scheme, _, presented = header.partition(" ")
-        valid = hmac.compare_digest(presented.strip().encode(), self.token.encode())
-        if scheme.lower() != "bearer" or not valid:
-            raise status.unauthorized()
+        if scheme.lower() == "bearer":
+            given = presented.strip().encode()
+            if hmac.compare_digest(given, self.token.encode()):
+                return ADMIN
+            if self.viewer_token and hmac.compare_digest(given, self.viewer_token.encode()):
+                return VIEWER
+        raise status.unauthorized()
 
     # --- routing --------------------------------------------------------------------------------
 
-    def _route(self, req: Request, segs: list[str]) -> Result:
+    def _route(self, req: Request, segs: list[str], user: User = ADMIN) -> Result:
         top = segs[0] if segs else ""
         if top in ("api", "apis") and len(segs) > (2 if top == "api" else 3):
             group, version = ("", segs[1]) if top == "api" else (segs[1], segs[2])
             if version not in GROUP_VERSIONS.get(group, ()):
                 raise status.no_such_path()
-            return self._resource(req, group, version, segs[2 if top == "api" else 3:])
+            return self._resource(req, group, version, segs[2 if top == "api" else 3:], user)
         if req.method != "GET":
             raise status.method_not_allowed()
         if top in HEALTH_PATHS:
@@ -289,7 +346,7 @@ class Dispatcher:
             raise status.no_such_path()
         return json_response(doc)
 
-    def _resource(self, req: Request, group: str, version: str, segs: list[str]) -> Result:
+    def _resource(self, req: Request, group: str, version: str, segs: list[str], user: User = ADMIN) -> Result:
         namespace: str | None = None
         if len(segs) >= 3 and segs[0] == "namespaces":
             inner = by_path(group, version, segs[2])
@@ -304,8 +361,14 @@ class Dispatcher:
             raise status.no_such_path()  # /api/v1/services/NAME
         if namespace is not None and not r.namespaced:
             raise status.no_such_path()
-        if sub and not (sub == "status" and r.has_status):
+        exec_request = sub == "exec" and r is PODS and name is not None
+        if sub and not (sub == "status" and r.has_status) and not exec_request:
             raise status.no_such_path()
+        verb = request_verb(req, name, sub)
+        if user.read_only and (verb not in READ_VERBS or exec_request):
+            raise forbidden(user, verb, r, namespace, name or "", sub)
+        if exec_request:
+            return self._exec(req, namespace or "", name or "")
         if name is None:
             return self._collection(req, r, namespace)
         return self._object(req, r, namespace or "", name, sub)
@@ -340,6 +403,69 @@ class Dispatcher:
         if req.method == "DELETE" and not sub:
             return self._delete(req, r, namespace, name)
         raise status.method_not_allowed()
+
+    # --- pods/exec --------------------------------------------------------------------------------
+
+    def _exec(self, req: Request, namespace: str, name: str) -> ExecSession:
+        """Check the request and the pod as kube-apiserver and a kubelet would, before the
+        connection is upgraded: what fails here is an HTTP Status, not a stream."""
+        if req.method not in ("GET", "POST"):
+            raise status.method_not_allowed()
+        pod = self.registry.get(PODS, namespace, name).thaw()
+        options = ExecOptions(
+            command=tuple(req.params("command")), container=req.param("container"),
+            stdin=req.flag("stdin"), stdout=req.flag("stdout") if "stdout" in req.query else True,
+            stderr=req.flag("stderr") if "stderr" in req.query else True, tty=req.flag("tty"),
+        )
+        spec = pod.get("spec") or {}
+        containers = [str(c.get("name", "")) for c in spec.get("containers") or [] if isinstance(c, dict)]
+        container = options.container
+        if not container:
+            if len(containers) != 1:
+                message = f"a container name must be specified for pod {name}"
+                if containers:
+                    message += f", choose one of: [{' '.join(containers)}]"
+                raise status.bad_request(message)
+            container = containers[0]
+        elif container not in containers:
+            raise status.bad_request(f"container {container} is not valid for pod {name}")
+        if not spec.get("nodeName"):
+            raise status.bad_request(f"pod {name} does not have a host assigned")
+        if not (options.stdin or options.stdout or options.stderr):
+            raise status.bad_request("you must specify at least 1 of stdin, stdout, stderr")
+        if not options.command:
+            raise status.bad_request("you must specify at least one command for the container")
+        st = pod.get("status") or {}
+        running = any(
+            cs.get("name") == container and "running" in (cs.get("state") or {})
+            for cs in st.get("containerStatuses") or [] if isinstance(cs, dict)
+        )
+        if st.get("phase") != "Running" or not running:
+            raise status.bad_request(f'container not found ("{container}")')
+        if self.exec_runner is None:
+            raise status.bad_request(
+                f'cannot exec in pod {name}: this API server has no container runtime to run commands in')
+        protocol = self._websocket_upgrade(req)
+        return ExecSession(pod, replace(options, container=container), protocol, self.exec_runner)
+
+    @staticmethod
+    def _websocket_upgrade(req: Request) -> str:
+        """The subprotocol to speak, once the request is a valid WebSocket upgrade (SPDY, the
+        older streaming transport, is not served: kubectl and client-go try WebSocket first)."""
+        connection = {t.strip().lower() for t in req.headers.get("connection", "").split(",")}
+        if "upgrade" not in connection or req.headers.get("upgrade", "").strip().lower() != "websocket":
+            raise status.bad_request("Upgrade request required")
+        if req.headers.get("sec-websocket-version", "").strip() != "13":
+            raise status.bad_request("unable to upgrade: unsupported WebSocket version (13 is)")
+        if not websocket.valid_key(req.headers.get("sec-websocket-key", "")):
+            raise status.bad_request("unable to upgrade: missing or invalid Sec-WebSocket-Key")
+        offered = req.headers.get("sec-websocket-protocol", "")
+        protocol = choose_protocol(offered)
+        if protocol is None:
+            raise status.bad_request(
+                f"unable to upgrade: requested protocol(s) are not supported: [{offered}]; "
+                f"supports [{' '.join(PROTOCOLS)}]")
+        return protocol
 
     # --- verbs ------------------------------------------------------------------------------------
 

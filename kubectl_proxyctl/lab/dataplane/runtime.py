@@ -19,7 +19,10 @@ A few worker threads reconcile one key at a time (never the same key in two thre
   finished (`controllers.pod_terminated`) and removed at once, as a kubelet would;
 * a pod whose object is gone, or was replaced (another UID, IP or node), loses its process
   and namespace; an echo server that died (of a pod not terminating) is reported not
-  ready, started again, and ready once it answers.
+  ready, started again, and ready once it answers;
+* a hostNetwork pod (the lab's proxy pods, controllers/proxypods.py) shares its node's
+  namespace: nothing is created or started for it. It is reported Running and Ready once
+  bound to a lab node whose namespace exists, and finished at once when it is deleted.
 
 Each running pod is recorded in `<state>/pods/<netns>.json` (UID, IP, node, ports, and the
 process as pid + start time, which survives pid reuse). A restarted control plane adopts the
@@ -100,9 +103,14 @@ def container_ports(pod: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ..
     return tuple(sorted(set(tcp))), tuple(sorted(set(udp)))
 
 
+def host_network(pod: dict[str, Any] | None) -> bool:
+    return bool(((pod or {}).get("spec") or {}).get("hostNetwork"))
+
+
 def pod_want(spec: LabSpec, pod: dict[str, Any] | None) -> PodWant | None:
-    """The pod as the runtime should run it, or None when it should not run here (yet)."""
-    if pod is None:
+    """The pod as the runtime should run it, or None when it should not run here (yet, or
+    ever: a hostNetwork pod has no namespace or process of its own)."""
+    if pod is None or host_network(pod):
         return None
     meta = pod.get("metadata") or {}
     node = (pod.get("spec") or {}).get("nodeName") or ""
@@ -268,12 +276,15 @@ class PodRuntime:
 
     def _reconcile(self, key: Key) -> None:
         namespace, name = key
-        want = pod_want(self.spec, self.server.get("pods", name, namespace))
+        pod = self.server.get("pods", name, namespace)
+        want = pod_want(self.spec, pod)
         record = self._records.get(key)
         if record is not None and (want is None or record.identity != want.identity):
             self._remove(record)
             record = None
         if want is None:
+            if pod is not None and host_network(pod):
+                self._reconcile_host_network(pod)
             return
         if record is None:
             self._make_room(want)
@@ -302,6 +313,25 @@ class PodRuntime:
             set_pod_ready(self.server, want.namespace, want.name, True)
             record.marked_ready = True
             self._save(record)
+
+    def _reconcile_host_network(self, pod: dict[str, Any]) -> None:
+        """A hostNetwork pod runs as soon as its node does; deleted, it is finished at once."""
+        from kubectl_proxyctl.lab.controllers.controllers import pod_terminated, set_pod_ready
+
+        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        if node not in {n.name for n in self.spec.nodes} or not st.get("podIP"):
+            return
+        if st.get("phase") in ("Succeeded", "Failed"):
+            return
+        if meta.get("deletionTimestamp"):
+            pod_terminated(self.server, namespace, name, meta.get("uid") or "")
+            return
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in st.get("conditions") or [] if isinstance(c, dict))
+        if (st.get("phase") != "Running" or not ready) and topology.netns_exists(self.spec.node_ns(node)):
+            set_pod_ready(self.server, namespace, name, True)
 
     def _make_room(self, want: PodWant) -> None:
         """Remove a pod that still holds this IP on this node but is no longer wanted there."""
