@@ -279,6 +279,47 @@ def test_kubectl_shows_what_a_real_cluster_would(lab: Lab, nginx: dict[str, str]
     assert all(n.name in nodes for n in lab.spec.nodes)
 
 
+def test_inspect_any_node_through_the_api_without_ssh(lab: Lab, nginx: dict[str, str]) -> None:
+    pods = lab.kubectl_json("get", "pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=kubectl-proxyctl")
+    by_node = {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods["items"]}
+    assert set(by_node) == {n.name for n in lab.spec.nodes}
+    rules = lab.kubectl("exec", "-n", "kube-system", by_node["node2"], "--", "iptables-save", "-t", "nat").stdout
+    assert "KUBE-SERVICES" in rules and '"default/nginx:http' in rules
+
+    # No ssh config at all: whatever works here went through the API.
+    env = {k: v for k, v in lab.env.items() if k != "PROXYCTL_SSH_CONFIG"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*proxyctl(), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    explain = run("explain", "svc/nginx", "--node", "node2")
+    assert explain.returncode == 0, explain.stderr
+    lines = explain.stdout.rstrip("\n").splitlines()
+    assert len(lines) <= 15, explain.stdout
+    assert f"node2 (pod kube-system/{by_node['node2']})" in lines[0], lines[0]
+    assert all(name in explain.stdout for name in NGINX_PODS), explain.stdout
+    dump = run("dump", "--node", "node2")
+    assert dump.returncode == 0 and "default/nginx" in dump.stdout, dump.stderr
+    verify = run("verify", "--node", "node2")
+    assert verify.returncode == 0 and "In sync" in verify.stdout, verify.stdout + verify.stderr
+    every = run("verify", "--all-nodes")
+    assert every.returncode == 0, every.stdout + every.stderr
+    rows = every.stdout.splitlines()
+    assert [r.split()[0] for r in rows[1:-1]] == [n.name for n in lab.spec.nodes]
+    assert all("in sync" in r and "pod kube-system/proxyctl-" in r for r in rows[1:-1]), every.stdout
+    assert rows[-1].startswith(f"{len(lab.spec.nodes)} of {len(lab.spec.nodes)} node(s) in sync")
+
+    # SSH when asked, with the lab's ssh config.
+    ssh = lab.proxyctl("explain", "svc/nginx", "--node", "node2", "--via", "ssh")
+    assert "node2 (ssh node2)" in ssh.stdout, ssh.stdout
+
+    # A token without exec rights: one line, exit 3.
+    viewer = lab.state_root / lab.name / "kubeconfig-viewer"
+    refused = run("explain", "svc/nginx", "--node", "node2", "--kubeconfig", str(viewer))
+    assert refused.returncode == 3 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert 'cannot create resource "pods/exec"' in refused.stderr
+
+
 def test_exec_and_set_ready(lab: Lab, nginx: dict[str, str]) -> None:
     assert lab.cli("exec", "client", "--", "sh", "-c", "exit 3", check=False).returncode == 3
     node1 = lab.cli("exec", "node1", "--", "ip", "-4", "-o", "addr", "show", "cbr0").stdout
@@ -610,8 +651,8 @@ class TestNftablesLab:
         assert all(f"{ip}:80" in table for ip in pod_ips), table
         endpoints = nft_lab.proxyctl("endpoints", "svc/nginx").stdout
         assert all(name in endpoints for name in NGINX_PODS), endpoints
-        # The inspectors read the nodes' nftables rules over SSH (the lab's ssh config).
-        verify = nft_lab.proxyctl("verify", "--node", "node2", "--ssh-config", nft_lab.env["PROXYCTL_SSH_CONFIG"])
+        # The inspectors read the nodes' nftables rules over SSH when asked (the lab's ssh config).
+        verify = nft_lab.proxyctl("verify", "--node", "node2", "--via", "ssh")
         assert "In sync" in verify.stdout and "nftables mode" in verify.stdout, verify.stdout
         probe = nft_lab.proxyctl("probe", "svc/nginx", "--proxy-mode", "nftables")
         assert "OK: all" in probe.stdout, probe.stdout

@@ -331,7 +331,7 @@ def proxy_mode(graph: "RuleGraph", node: NodeOptions, cluster: ClusterOptions | 
         if node.live:
             raise NotFoundError("no Service proxy rules found on this machine: it is not a node, or no proxy has "
                                 f"programmed it yet. {_nodes_hint(cluster)}")
-        where = ", ".join(graph.sources) or "the input"
+        where = ", ".join(graph.sources) or (f"node {node.node}" if node.node else "the input")
         raise NotFoundError(f"no Service proxy rules found in {where}")
     return mode
 
