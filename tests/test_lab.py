@@ -309,6 +309,12 @@ def test_inspect_any_node_through_the_api_without_ssh(lab: Lab, nginx: dict[str,
     assert all("in sync" in r and "pod kube-system/proxyctl-" in r for r in rows[1:-1]), every.stdout
     assert rows[-1].startswith(f"{len(lab.spec.nodes)} of {len(lab.spec.nodes)} node(s) in sync")
 
+    # A short-lived debug pod when asked: created on the node, used, deleted.
+    debug = run("verify", "--node", "node3", "--via", "debug-pod")
+    assert debug.returncode == 0 and "In sync" in debug.stdout, debug.stdout + debug.stderr
+    left = lab.kubectl_json("get", "pods", "-A", "-l", "app.kubernetes.io/name=kubectl-proxyctl-debug")["items"]
+    assert left == [], [p["metadata"]["name"] for p in left]
+
     # SSH when asked, with the lab's ssh config.
     ssh = lab.proxyctl("explain", "svc/nginx", "--node", "node2", "--via", "ssh")
     assert "node2 (ssh node2)" in ssh.stdout, ssh.stdout
