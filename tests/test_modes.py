@@ -44,7 +44,7 @@ def test_every_mode_has_a_reader(mode: Mode) -> None:
 @pytest.mark.parametrize("mode", [m for m, e in modes.REGISTRY.items() if e.has_writer])
 def test_every_writable_mode_has_a_writer_and_node_functions(mode: Mode) -> None:
     module = modes.REGISTRY[mode].module("writer")
-    writer_class = {Mode.IPTABLES: "IptablesWriter", Mode.NFTABLES: "NftablesWriter"}[mode]
+    writer_class = {Mode.IPTABLES: "IptablesWriter", Mode.NFTABLES: "NftablesWriter", Mode.IPVS: "IpvsWriter"}[mode]
     writer = getattr(module, writer_class)(object())
     _assert_implements(writer, Writer)
     assert writer.mode == mode and writer.full_sync_period > 0
@@ -53,8 +53,9 @@ def test_every_writable_mode_has_a_writer_and_node_functions(mode: Mode) -> None
     assert isinstance(module.DEFAULT_NODEPORT_ADDRESSES, tuple) and isinstance(module.LOCALHOST_NODEPORTS, bool)
 
 
-def test_a_mode_without_a_writer_is_a_clear_configuration_error() -> None:
-    with pytest.raises(ConfigError, match="--mode ipvs"):
+def test_ipvs_on_a_kernel_without_ip_vs_is_a_clear_configuration_error() -> None:
+    # This host's kernel has no IP_VS (the IPVS suite runs in a VM: tests/test_ipvs_vm.py).
+    with pytest.raises(ConfigError, match="--mode ipvs: kernel module ip_vs"):
         modes.writer_factory(Mode.IPVS)(ProxyConfig(node_name="n"))
 
 

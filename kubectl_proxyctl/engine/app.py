@@ -121,6 +121,8 @@ class EngineFlags:
             # nftables mode has no localhost NodePorts (kube-proxy's deliberate difference)
             localhost_nodeports=bool(flags["localhost_nodeports"]) and (
                 writer_module is None or writer_module.LOCALHOST_NODEPORTS),
+            ipvs_scheduler=str(flags.get("ipvs_scheduler") or "rr"),
+            ipvs_strict_arp=bool(flags.get("ipvs_strict_arp")),
         )
         return cls(
             mode=str(flags["mode"]), config=config, sync_period=sync_period, min_sync_period=min_sync,

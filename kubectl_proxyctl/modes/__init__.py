@@ -33,8 +33,8 @@ REGISTRY: dict[Mode, ModeEntry] = {
                              "kube-proxy's iptables layout, one iptables-restore per sync"),
     Mode.NFTABLES: ModeEntry(Mode.NFTABLES, "kubectl_proxyctl.modes.nftables", True,
                              "kube-proxy's nftables table, one atomic nft transaction per sync"),
-    Mode.IPVS: ModeEntry(Mode.IPVS, "kubectl_proxyctl.modes.ipvs", False,
-                         "kube-proxy's IPVS layout; read and explained, not written yet"),
+    Mode.IPVS: ModeEntry(Mode.IPVS, "kubectl_proxyctl.modes.ipvs", True,
+                         "kube-proxy's IPVS layout: virtual servers and ipsets over netlink, plus iptables rules"),
 }
 
 

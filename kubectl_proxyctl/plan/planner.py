@@ -117,6 +117,8 @@ class ProxyConfig:
     node_ips: tuple[str, ...] = ()
     localhost_nodeports: bool = True
     prefer_same_node: bool = True  # the PreferSameTrafficDistribution gate (GA in 1.33)
+    ipvs_scheduler: str = "rr"  # IPVS mode: every virtual server's scheduler
+    ipvs_strict_arp: bool = False  # IPVS mode: arp_ignore/arp_announce so kube-ipvs0's addresses stay quiet
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "ProxyConfig":

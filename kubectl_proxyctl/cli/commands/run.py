@@ -1,4 +1,4 @@
-"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables or nftables mode)."""
+"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables, nftables or IPVS mode)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from kubectl_proxyctl.cli.options import DURATION, ClusterOptions, cluster_optio
 
 MODES = ("iptables", "nftables", "ipvs")
 LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
+# ipvsadm's schedulers (modes/ipvs/render.py SCHEDULERS; repeated here so --help imports nothing).
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
 
 
 def _default_node_name() -> str:
@@ -19,7 +21,12 @@ def _default_node_name() -> str:
 
 @click.command("run")
 @click.option("--mode", type=click.Choice(MODES), default="iptables", show_default=True,
-              help="Proxy mode: iptables or nftables (ipvs is not available in this version).")
+              help="Proxy mode: iptables, nftables or ipvs (IPVS needs the kernel's ip_vs module).")
+@click.option("--ipvs-scheduler", type=click.Choice(IPVS_SCHEDULERS), default="rr", show_default=True,
+              help="The IPVS scheduler of every virtual server (--mode ipvs).")
+@click.option("--ipvs-strict-arp", is_flag=True,
+              help="Set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for kube-ipvs0's "
+                   "addresses (--mode ipvs).")
 @click.option("--node-name", "--hostname-override", "node_name", metavar="NAME",
               help="This node's name: decides which endpoints are local (default: $NODE_NAME, else the hostname).")
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
@@ -50,17 +57,19 @@ def _default_node_name() -> str:
 @click.option("--metrics-bind-address", default="127.0.0.1:10249", show_default=True,
               help="Serve /metrics, /proxyMode, /configz here; empty disables.")
 @click.option("--bind-address-hard-fail", is_flag=True, help="Exit when a server port cannot be bound.")
-@click.option("--cleanup", is_flag=True, help="Remove every chain, rule and table of both modes (iptables and nftables), then exit.")
+@click.option("--cleanup", is_flag=True,
+              help="Remove every chain, rule, table, virtual server, ipset and kube-ipvs0 of every mode, then exit.")
 @click.option("--dry-run", is_flag=True,
               help="Print the payload one full sync would apply and exit; changes nothing (no root needed).")
 @click.option("--once", is_flag=True, help="Apply one full sync and exit.")
 @cluster_options(outputs=(), namespaced=False)
 def run(cluster: ClusterOptions, **flags: object) -> None:
-    """Run the node engine: turn Services and EndpointSlices into iptables or nftables rules.
+    """Run the node engine: turn Services and EndpointSlices into iptables, nftables or IPVS state.
 
     Watches Services, EndpointSlices and Nodes and programs kube-proxy's exact layout (same
     chains, hashes, probabilities and comments in iptables mode; the same table, verdict maps
-    and chain names in nftables mode), so runbooks written for kube-proxy apply. Nothing is
+    and chain names in nftables mode; the same virtual servers, kube-ipvs0 addresses, ipsets
+    and iptables rules in IPVS mode), so runbooks written for kube-proxy apply. Nothing is
     programmed until Services and EndpointSlices are listed; when the API server goes away the
     last rules stay in place. Starting in one mode removes the other mode's rules.
 
@@ -68,6 +77,7 @@ def run(cluster: ClusterOptions, **flags: object) -> None:
     Examples:
       kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode nftables --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --mode ipvs --ipvs-scheduler wrr --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
       kubectl proxyctl run --cleanup
     """

@@ -1,14 +1,11 @@
-"""Why `run --mode ipvs` cannot run here: the engine writes no IPVS state yet, and a kernel
-without IP_VS could not hold it anyway."""
+"""Why `run --mode ipvs` cannot run here, in one line (empty when it can): the kernel must
+have IP_VS, built in or as a module that can be loaded."""
 
 from __future__ import annotations
 
-import os
-
 
 def unavailable() -> str:
-    if not os.path.exists("/proc/net/ip_vs"):
-        return ("--mode ipvs needs the kernel's IP_VS support, which this kernel lacks "
-                "(no /proc/net/ip_vs); IPVS mode is not available in this version either; "
-                "use --mode iptables or --mode nftables")
-    return "--mode ipvs is not available in this version yet; use --mode iptables or --mode nftables"
+    from kubectl_proxyctl.system.ipvs import ensure_module
+
+    why = ensure_module("ip_vs")
+    return f"--mode ipvs: {why}; use --mode iptables or --mode nftables" if why else ""

@@ -1,0 +1,272 @@
+"""IPVS over generic netlink (pyroute2's `IPVS`) and the dummy interface that holds the
+service addresses (pyroute2's `IPRoute`): the only module that talks to the kernel's ip_vs.
+
+Virtual servers are keyed by (protocol name, address, port); real servers by (address, port).
+The kernel's own flag bits stay here: callers pass `persistent` seconds and scheduler flag
+names (`mh-port`, ...). Every kernel refusal becomes an ApplyError naming the object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from kubectl_proxyctl.errors import ApplyError
+
+PROC_IP_VS = "/proc/net/ip_vs"
+_PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+_PROTOCOL_NAMES = {v: k for k, v in _PROTOCOLS.items()}
+_PERSISTENT = 0x0001
+# ipvsadm's scheduler flag names (IP_VS_SVC_F_SCHED1..3); `sh-*` and `mh-*` share the bits.
+_SCHED_FLAGS = {"sh-fallback": 0x0008, "sh-port": 0x0010, "mh-fallback": 0x0008, "mh-port": 0x0010,
+                "flag-1": 0x0008, "flag-2": 0x0010, "flag-3": 0x0020}
+_OUR_FLAGS = _PERSISTENT | 0x0008 | 0x0010 | 0x0020
+_MASQ = 0  # IP_VS_CONN_F_MASQ
+
+
+@dataclass(frozen=True)
+class KernelReal:
+    address: str
+    port: int
+    weight: int
+    active: int = 0
+    inactive: int = 0
+    masquerade: bool = True
+
+
+@dataclass(frozen=True)
+class KernelService:
+    protocol: str
+    address: str
+    port: int
+    scheduler: str
+    persistent: int  # seconds; 0 without persistence
+    sched_flags: int  # IP_VS_SVC_F_SCHED1..3 bits
+    reals: tuple[KernelReal, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.protocol, self.address, self.port)
+
+
+def sched_flag_bits(names: Iterable[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= _SCHED_FLAGS[name]
+    return bits
+
+
+def ensure_module(name: str = "ip_vs") -> str:
+    """Load IP_VS if the kernel has it as a module; "" when usable, else why not (one line)."""
+    if os.path.exists(PROC_IP_VS):
+        return ""
+    modprobe = shutil.which("modprobe") or ("/sbin/modprobe" if os.path.exists("/sbin/modprobe") else None)
+    detail = "modprobe not found"
+    if modprobe:
+        try:
+            result = subprocess.run([modprobe, name], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            detail = str(exc)
+        else:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            detail = lines[-1] if lines else f"modprobe exited {result.returncode}"
+    if os.path.exists(PROC_IP_VS):
+        return ""
+    return f"kernel module {name} is not loaded and cannot be loaded ({detail})"
+
+
+class IpvsKernel:
+    """The kernel's IPVS table of the current network namespace."""
+
+    def __init__(self) -> None:
+        from pyroute2 import IPVS  # heavy: only when a sync needs it
+
+        try:
+            self._ipvs: Any = IPVS()
+        except Exception as exc:  # noqa: BLE001 - no IPVS generic netlink family
+            raise ApplyError(f"cannot open the IPVS netlink socket (kernel module ip_vs): {exc}") from exc
+
+    def close(self) -> None:
+        self._ipvs.close()
+
+    @staticmethod
+    def _service(protocol: str, address: str, port: int, **extra: Any) -> Any:
+        from pyroute2 import IPVSService
+
+        return IPVSService(addr=address, port=port, protocol=_PROTOCOLS[protocol], **extra)
+
+    def services(self, reals: bool = True) -> list[KernelService]:
+        """Every virtual server (with its real servers when `reals`); firewall-mark ones left out."""
+        try:
+            messages = list(self._ipvs.service("dump"))
+        except Exception as exc:  # noqa: BLE001
+            raise ApplyError(f"cannot list IPVS virtual servers: {exc}") from exc
+        out = []
+        for msg in messages:
+            attrs = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+            if attrs is None or attrs.get_attr("IPVS_SVC_ATTR_FWMARK"):
+                continue
+            protocol = _PROTOCOL_NAMES.get(attrs.get_attr("IPVS_SVC_ATTR_PROTOCOL"))
+            if protocol is None:
+                continue
+            address = str(ipaddress.ip_address(attrs.get_attr("IPVS_SVC_ATTR_ADDR")))
+            port = int(attrs.get_attr("IPVS_SVC_ATTR_PORT"))
+            flags_nla = attrs.get_attr("IPVS_SVC_ATTR_FLAGS") or {}
+            flags = int(flags_nla.get("flags", 0)) if isinstance(flags_nla, dict) else 0
+            persistent = int(attrs.get_attr("IPVS_SVC_ATTR_TIMEOUT") or 0) if flags & _PERSISTENT else 0
+            service = KernelService(protocol, address, port, str(attrs.get_attr("IPVS_SVC_ATTR_SCHED_NAME")),
+                                    persistent, flags & (_OUR_FLAGS & ~_PERSISTENT))
+            if reals:
+                service = KernelService(*service.key, service.scheduler, service.persistent, service.sched_flags,
+                                        tuple(self.reals(service.key)))
+            out.append(service)
+        return out
+
+    def reals(self, key: tuple[str, str, int]) -> list[KernelReal]:
+        try:
+            messages = list(self._ipvs.dest("dump", service=self._service(*key)))
+        except Exception as exc:  # noqa: BLE001
+            raise ApplyError(f"cannot list the real servers of {_name(key)}: {exc}") from exc
+        out = []
+        for msg in messages:
+            d = msg.get_attr("IPVS_CMD_ATTR_DEST")
+            if d is None:
+                continue
+            out.append(KernelReal(str(ipaddress.ip_address(d.get_attr("IPVS_DEST_ATTR_ADDR"))),
+                                  int(d.get_attr("IPVS_DEST_ATTR_PORT")), int(d.get_attr("IPVS_DEST_ATTR_WEIGHT")),
+                                  int(d.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0),
+                                  int(d.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0),
+                                  (int(d.get_attr("IPVS_DEST_ATTR_FWD_METHOD") or 0) & 0x7) == _MASQ))
+        return out
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise ApplyError(f"{what}: {exc}") from exc
+
+    def _full_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> Any:
+        flags = (_PERSISTENT if persistent else 0) | sched_flags
+        return self._service(*key, sched_name=scheduler, timeout=persistent,
+                             flags={"flags": flags, "mask": _OUR_FLAGS})
+
+    def add_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> None:
+        self._call(f"cannot add IPVS virtual server {_name(key)}", self._ipvs.service, "add",
+                   service=self._full_service(key, scheduler, persistent, sched_flags))
+
+    def update_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> None:
+        self._call(f"cannot update IPVS virtual server {_name(key)}", self._ipvs.service, "set",
+                   service=self._full_service(key, scheduler, persistent, sched_flags))
+
+    def delete_service(self, key: tuple[str, str, int]) -> None:
+        self._call(f"cannot delete IPVS virtual server {_name(key)}", self._ipvs.service, "del",
+                   service=self._service(*key))
+
+    @staticmethod
+    def _dest(address: str, port: int, weight: int = 1) -> Any:
+        from pyroute2 import IPVSDest
+
+        return IPVSDest(addr=address, port=port, weight=weight, fwd_method=_MASQ)
+
+    def add_real(self, key: tuple[str, str, int], address: str, port: int, weight: int = 1) -> None:
+        self._call(f"cannot add real server {address}:{port} to {_name(key)}", self._ipvs.dest, "add",
+                   service=self._service(*key), dest=self._dest(address, port, weight))
+
+    def set_weight(self, key: tuple[str, str, int], address: str, port: int, weight: int) -> None:
+        self._call(f"cannot set the weight of {address}:{port} in {_name(key)}", self._ipvs.dest, "set",
+                   service=self._service(*key), dest=self._dest(address, port, weight))
+
+    def delete_real(self, key: tuple[str, str, int], address: str, port: int) -> None:
+        self._call(f"cannot delete real server {address}:{port} from {_name(key)}", self._ipvs.dest, "del",
+                   service=self._service(*key), dest=self._dest(address, port))
+
+
+def _name(key: tuple[str, str, int]) -> str:
+    protocol, address, port = key
+    host = f"[{address}]" if ":" in address else address
+    return f"{protocol} {host}:{port}"
+
+
+class DummyDevice:
+    """The dummy interface holding the service addresses (kept down, as kube-proxy keeps it)."""
+
+    def __init__(self, name: str) -> None:
+        from pyroute2 import IPRoute
+
+        self.name = name
+        self._ipr: Any = IPRoute()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def index(self) -> int | None:
+        found = self._ipr.link_lookup(ifname=self.name)
+        return int(found[0]) if found else None
+
+    def ensure(self) -> int:
+        index = self.index()
+        if index is not None:
+            return index
+        try:
+            self._ipr.link("add", ifname=self.name, kind="dummy")
+        except Exception as exc:  # noqa: BLE001
+            raise ApplyError(f"cannot create the dummy interface {self.name} (kernel module dummy): {exc}") from exc
+        index = self.index()
+        if index is None:
+            raise ApplyError(f"the dummy interface {self.name} vanished right after it was created")
+        return index
+
+    def delete(self) -> bool:
+        index = self.index()
+        if index is None:
+            return False
+        try:
+            self._ipr.link("del", index=index)
+        except Exception as exc:  # noqa: BLE001
+            raise ApplyError(f"cannot delete {self.name}: {exc}") from exc
+        return True
+
+    def addresses(self) -> set[str]:
+        index = self.index()
+        if index is None:
+            return set()
+        return {str(a.get_attr("IFA_ADDRESS")) for a in self._ipr.get_addr(index=index)}
+
+    def bind(self, addresses: Iterable[str]) -> None:
+        index = self.ensure()
+        for address in addresses:
+            prefix = 128 if ":" in address else 32
+            try:
+                self._ipr.addr("add", index=index, address=address, prefixlen=prefix)
+            except Exception as exc:  # noqa: BLE001
+                if getattr(exc, "code", None) != 17:  # EEXIST
+                    raise ApplyError(f"cannot bind {address} to {self.name}: {exc}") from exc
+
+    def unbind(self, addresses: Iterable[str]) -> None:
+        index = self.index()
+        if index is None:
+            return
+        for address in addresses:
+            prefix = 128 if ":" in address else 32
+            try:
+                self._ipr.addr("del", index=index, address=address, prefixlen=prefix)
+            except Exception as exc:  # noqa: BLE001
+                if getattr(exc, "code", None) not in (99, 2):  # EADDRNOTAVAIL, ENOENT
+                    raise ApplyError(f"cannot unbind {address} from {self.name}: {exc}") from exc
+
+    def other_addresses(self) -> list[str]:
+        """Every local address not on this interface (kube-proxy's node address set)."""
+        index = self.index()
+        out = []
+        for a in self._ipr.get_addr():
+            if a.get("index") == index:
+                continue
+            address = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+            if address and str(address) not in out:
+                out.append(str(address))
+        return out

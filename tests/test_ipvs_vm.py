@@ -1,0 +1,53 @@
+"""IPVS mode on a real kernel: tests/vm/ipvs_kernel_suite.py inside ONE VM boot.
+
+The host's kernel has no IP_VS and no dummy links, so the suite runs in a QEMU VM booting
+Debian's 6.1 kernel with the host's files visible (`run-in-vm`, TESTING.md). Outside CI the
+test is skipped when QEMU is missing; under CI=true a skip is a failure (conftest.py), and
+`run-in-vm` installs what it needs itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def run_in_vm() -> Path | None:
+    for candidate in (os.environ.get("PROXYCTL_RUN_IN_VM", ""), ROOT / "scripts" / "run-in-vm"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.mark.slow
+def test_ipvs_suite_in_a_vm(tmp_path: Path) -> None:
+    script = run_in_vm()
+    if script is None:
+        pytest.skip("no run-in-vm script (PROXYCTL_RUN_IN_VM)")
+    if not IN_CI and shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (run-in-vm installs it under CI)")
+    if os.geteuid() != 0:
+        pytest.skip("the VM suite needs root")
+    started = time.monotonic()
+    log = tmp_path / "vm.log"
+    argv = [str(script), "env", "PROXYCTL_TEST_SEED=0", sys.executable, "-m", "pytest", "-v", "-p",
+            "no:cacheprovider", "tests/vm/ipvs_kernel_suite.py"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    with open(log, "w") as out:
+        # The VM's output goes to a file as it comes, so a run that times out still shows how far it got.
+        done = subprocess.run(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=900, env={**env, "VM_TIMEOUT": "840"}, check=False)
+    took = time.monotonic() - started
+    text = log.read_text(errors="replace")
+    tail = text[-8000:]
+    assert done.returncode == 0, f"the IPVS suite failed in the VM ({took:.0f}s, exit {done.returncode}):\n{tail}"
+    assert " passed" in text and " failed" not in text, tail
