@@ -25,14 +25,15 @@ def test_table_for_one_service(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_all_namespaces_wide_and_problems(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "endpoints", "-A", "-o", "wide", "--from-file", SMALL)
+    code, out, err = cli(capsys, "endpoints", "-A", "-o", "wide", "--from-file", SMALL)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["NAMESPACE", "SERVICE", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING",
                                 "NODE", "ZONE", "POD", "HINTS", "SLICE"]
     assert lines[1].split()[:4] == ["default", "manual", "53/UDP", "<none>"]
     assert "zone=z2" in lines[3] and lines[3].endswith("nginx-abc")
-    assert "ERROR: default/manual: has no selector and no EndpointSlices" in out
+    assert "warning: default/manual: has no selector and no EndpointSlices" in err  # problems: stderr
+    assert "manual: has no selector" not in out
 
 
 def test_json_records(capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,12 +102,13 @@ items:
   spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
   status: {podIP: 10.0.0.1, conditions: [{type: Ready, status: "False"}]}
 """)
-    code, out, _ = cli(capsys, "endpoints", "--from-file", str(f))
+    code, out, err = cli(capsys, "endpoints", "--from-file", str(f))
     assert code == 0
-    assert "ERROR: default/nopods: selector app=ghost matches no pod in namespace default" in out
-    assert "targetPort 'www' is a port name, and none of the 1 selected pod(s) declares" in out
-    assert "ERROR: default/unready: selector app=web matches 1 pod(s), none of them ready" in out
-    assert "ERROR: default/unready: port http/TCP: 1 endpoint(s), none ready and none terminating-but-serving" in out
+    assert "warning: default/nopods: selector app=ghost matches no pod in namespace default" in err
+    assert "targetPort 'www' is a port name, and none of the 1 selected pod(s) declares" in err
+    assert "warning: default/unready: selector app=web matches 1 pod(s), none of them ready" in err
+    assert "warning: default/unready: port http/TCP: 1 endpoint(s), none ready and none terminating-but-serving" in err
+    assert out.splitlines()[0].startswith("SERVICE") and "selector" not in out
 
 
 def test_no_services(capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,7 +187,7 @@ def test_explain_nftables_and_ipvs(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("args,code,message", [
     (["explain", "svc/svc1", "--rules-file", "/nonexistent"], 2, "cannot read /nonexistent"),
     (["explain", "svc/svc1", "--rules-file", NFT_SAVE, "--source", "pod-a"], 2, "is not an IP address"),
-    (["explain", "svc/svc1", "--rules-file", NFT_SAVE, "-A"], 2, "does not apply"),
+    (["explain", "svc/svc1", "--rules-file", NFT_SAVE, "-A"], 2, "No such option '-A'"),
     (["explain", "svc/svc1", "--rules-file", NFT_SAVE, "--node", "x"], 2, "exclude each other"),
     (["verify", "--rules-file", NFT_SAVE, "--from-file", SIX_OBJECTS], 2, "pass --node-name"),
     (["dump", "--rules-file", SIX_OBJECTS], 2, "cannot tell what this is"),

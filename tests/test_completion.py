@@ -85,8 +85,8 @@ def test_partial_subcommand(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 def test_flag_names(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     lines = hook(monkeypatch, capsys, "endpoints", "--o")
-    assert values(lines) == ["--output"]
-    assert lines[0].startswith("--output\t")
+    assert values(lines) == ["--output-watch-events", "--output"]
+    assert lines[1].startswith("--output\t")
     assert lines[-1] == ":4"
 
 

@@ -263,8 +263,8 @@ def test_a_service_without_cluster_ip_is_not_headless(capsys: pytest.CaptureFixt
     assert "no cluster IP allocated yet" in service.skip_reason and "kube-proxy skips it" in service.skip_reason
     headless = dict(svc, spec={**svc["spec"], "clusterIP": "None"})
     assert state_from_objects([headless]).services["default/web"].skip_reason.startswith("headless")
-    code, out, _ = cli(capsys, "endpoints", "--from-file", write(tmp_path, "svc.yaml", svc))
-    assert code == 0 and "not proxied by kube-proxy: no cluster IP allocated yet" in out
+    code, out, err = cli(capsys, "endpoints", "--from-file", write(tmp_path, "svc.yaml", svc))
+    assert code == 0 and "warning: default/web: not proxied by kube-proxy: no cluster IP allocated yet" in err
 
 
 # --- rules files --------------------------------------------------------------------------------
@@ -360,11 +360,20 @@ def test_endpoints_json_of_a_portless_service_still_carries_its_problems(capsys:
 
 
 def test_conversion_warnings_are_capped(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    items = [{"kind": "ConfigMap", "metadata": {"name": f"cm-{i}"}} for i in range(500)]
-    path = write(tmp_path, "cms.json", json.dumps({"kind": "List", "items": items}))
+    items = [{"kind": "Service", "metadata": {"name": f"svc-{i}"}, "spec": {"clusterIP": "10.96.0.300"}}
+             for i in range(500)]
+    path = write(tmp_path, "svcs.json", json.dumps({"kind": "List", "items": items}))
     code, _, err = cli(capsys, "endpoints", "-A", "-o", "json", "--from-file", path)
     lines = err.splitlines()
     assert code == 0 and len(lines) == 21 and lines[-1] == "warning: ... and 480 more warnings like these"
+
+
+def test_objects_of_unused_kinds_are_one_warning(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    items = [{"kind": "ConfigMap", "metadata": {"name": f"cm-{i}"}} for i in range(500)]
+    path = write(tmp_path, "cms.json", json.dumps({"kind": "List", "items": items}))
+    code, _, err = cli(capsys, "endpoints", "-A", "-o", "json", "--from-file", path)
+    assert code == 0 and err == ("warning: skipping 500 objects of kind ConfigMap (ConfigMap cm-0, ConfigMap cm-1, "
+                                 "ConfigMap cm-2, …): only Service, EndpointSlice, Node, Pod are used\n")
 
 
 def test_library_loggers_stay_quiet_without_v(tmp_path: Path) -> None:
@@ -382,7 +391,7 @@ def test_library_loggers_stay_quiet_without_v(tmp_path: Path) -> None:
             "sys.exit(run(['--version']))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
-    assert done.returncode == 0 and done.stderr == "ours\n"
+    assert done.returncode == 0 and done.stderr == "warning: ours\n"
 
 
 @pytest.mark.parametrize("args,words", [

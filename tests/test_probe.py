@@ -502,7 +502,7 @@ def test_changed_host_key_is_refused_loudly(cluster: SSHCluster, capsys: pytest.
     code, out, err = probe_cli(cluster, capsys, "--nodeport", "30080", "--nodes", cluster.node_list(),
                                config=str(config))
     assert code == 1
-    assert "WARNING: HOST KEY FOR node1 HAS CHANGED" in err
+    assert "warning: HOST KEY FOR node1 HAS CHANGED" in err
     assert "ssh-keygen -R" in err
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:6]}
     assert rows["node1"] == ["*ssh-error"] * 4

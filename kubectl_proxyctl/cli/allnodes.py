@@ -66,11 +66,21 @@ def _verify_node(name: str, cluster: ClusterOptions, node: NodeOptions, state: "
     return NodeVerdict(name, "in-sync" if report.in_sync else "drift", time.monotonic() - started, via, report)
 
 
+# --sort-by COLUMN: the field of a node's -o json record each column shows
+COLUMNS = {"NODE": ".node", "MODE": ".report.backend", "VERDICT": ".status", "VIA": ".via", "DETAIL": ".error"}
+
+
 def verify_all_nodes(cluster: ClusterOptions, node: NodeOptions, selector: "ServiceSelector | None",
-                     output: str, parallel: int) -> int:
+                     output: str, parallel: int, no_headers: bool = False, sort_by: str | None = None) -> int:
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import api_connector, load_cluster_state
-    from kubectl_proxyctl.errors import NotFoundError
+    from kubectl_proxyctl.errors import ConfigError, NotFoundError
+
+    if sort_by:
+        try:
+            out.sort_path(sort_by, COLUMNS)
+        except out.TemplateError as exc:
+            raise ConfigError(str(exc)) from None
 
     if cluster.from_file:
         raise click.UsageError("--all-nodes reads the nodes through the API: it excludes --from-file")
@@ -96,17 +106,18 @@ def verify_all_nodes(cluster: ClusterOptions, node: NodeOptions, selector: "Serv
     progress.done()
     elapsed = time.monotonic() - started
     counts = {s: sum(v.status == s for v in verdicts) for s in ("in-sync", "drift", "error")}
-    if output in ("json", "yaml"):
-        doc = {"nodes": [v.as_dict() for v in verdicts],
-               "summary": {"nodes": len(verdicts), **{k.replace("-", "_"): n for k, n in counts.items()},
-                           "seconds": round(elapsed, 3)}}
-        click.echo(out.render(doc, output), nl=False)
-    else:
-        click.echo(render_table(verdicts, counts, elapsed), nl=False)
+    try:
+        click.echo(out.render_listing(listing(verdicts, counts, elapsed, footer=not no_headers),
+                                      "table" if output == "text" else output,
+                                      no_headers=no_headers, sort_by=sort_by), nl=False)
+    except out.TemplateError as exc:
+        raise ConfigError(str(exc)) from None
     return 0 if counts["in-sync"] == len(verdicts) else 1
 
 
-def render_table(verdicts: list[NodeVerdict], counts: dict[str, int], elapsed: float) -> str:
+def listing(verdicts: list[NodeVerdict], counts: dict[str, int], elapsed: float, footer: bool = True) -> Any:
+    """The nodes as an output.Listing: the table (with the summary line under it), the
+    `-o json` document ({"nodes": [...], "summary": {...}}) and `-o name` (node/NAME)."""
     from kubectl_proxyctl import output as out
 
     rows = []
@@ -117,13 +128,27 @@ def render_table(verdicts: list[NodeVerdict], counts: dict[str, int], elapsed: f
             rows.append([v.node, v.report.mode.value, verdict, v.via, _short(detail)])
         else:
             rows.append([v.node, "-", "unreachable", "-", _short(v.error)])
-    table = out.table(["NODE", "MODE", "VERDICT", "VIA", "DETAIL"], rows)
     summary = (f"{counts['in-sync']} of {len(verdicts)} node(s) in sync, {counts['drift']} with drift, "
                f"{counts['error']} unreachable ({elapsed:.1f}s)")
     if counts["drift"]:
         first = next(v.node for v in verdicts if v.status == "drift")
         summary += f"; details: kubectl proxyctl verify --node {first}"
-    return table + summary + "\n"
+    records = [v.as_dict() for v in verdicts]
+
+    def document(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"nodes": nodes,
+                "summary": {"nodes": len(verdicts), **{k.replace("-", "_"): n for k, n in counts.items()},
+                            "seconds": round(elapsed, 3)}}
+
+    return out.Listing(headers=list(COLUMNS), rows=list(zip(rows, records)), records=records, document=document,
+                       name=lambda rec: f"node/{rec['node']}", columns=COLUMNS,
+                       footer=summary + "\n" if footer else "")
+
+
+def render_table(verdicts: list[NodeVerdict], counts: dict[str, int], elapsed: float) -> str:
+    from kubectl_proxyctl import output as out
+
+    return out.render_listing(listing(verdicts, counts, elapsed), "table")
 
 
 def _short(text: str, width: int = 100) -> str:

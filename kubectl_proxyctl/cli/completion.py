@@ -18,7 +18,7 @@ import sys
 import click
 from click.shell_completion import CompletionItem, ShellComplete
 
-from kubectl_proxyctl.cli.options import ClusterOptions
+from kubectl_proxyctl.cli.options import ClusterOptions, flag_values, overrides_from
 
 # Cobra's ShellCompDirective values (spf13/cobra completions.go).
 DIRECTIVE_DEFAULT = 0  # let the shell complete file names
@@ -90,12 +90,14 @@ def _cluster_names(ctx: click.Context, resource: str, namespace_scoped: bool) ->
     try:
         from kubectl_proxyctl.kube.client import list_names
 
+        values = flag_values(ctx, dict(ctx.params))  # the client flags, before or after the command
         options = ClusterOptions(
-            kubeconfig=_param(ctx, "kubeconfig"),
-            context=_param(ctx, "context"),
-            namespace_flag=_param(ctx, "namespace"),
+            kubeconfig=values["kubeconfig"],
+            context=values["context"],
+            namespace_flag=values["namespace"],
             request_timeout=COMPLETION_TIMEOUT,
             from_file=from_file,
+            overrides=overrides_from(values),
         )
         names = list_names(options, resource, options.namespace if namespace_scoped else None)
         return sorted(str(n) for n in names)

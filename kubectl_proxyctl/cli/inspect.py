@@ -271,11 +271,10 @@ def api_connector(cluster: ClusterOptions) -> Callable[[], Any]:
 
     def _connect() -> Any:
         from kubectl_proxyctl.errors import ConfigError
-        from kubectl_proxyctl.kube.client import connect as kube_connect
 
         if cluster.from_file:
             raise ConfigError("--from-file gives no API server to exec through")
-        made.append(kube_connect(cluster.kubeconfig, cluster.context, cluster.request_timeout))
+        made.append(cluster.connect())
         return made[0]
 
     return connect
@@ -338,14 +337,16 @@ def proxy_mode(graph: "RuleGraph", node: NodeOptions, cluster: ClusterOptions | 
 
 def _nodes_hint(cluster: ClusterOptions | None) -> str:
     """What to pass instead of reading this machine, naming the cluster's nodes when the API answers."""
+    import dataclasses
+
     names: list[str] = []
     if cluster is not None and not cluster.from_file:
         from kubectl_proxyctl.errors import ProxyctlError
         from kubectl_proxyctl.kube.client import list_names
 
         try:
-            names = list_names(ClusterOptions(kubeconfig=cluster.kubeconfig, context=cluster.context,
-                                              request_timeout=min(cluster.request_timeout, 5.0)), "nodes")
+            names = list_names(dataclasses.replace(cluster, request_timeout=min(cluster.request_timeout, 5.0)),
+                               "nodes")
         except ProxyctlError:
             names = []
     if names:

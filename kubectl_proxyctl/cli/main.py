@@ -3,18 +3,22 @@
 `main()` is the only place where exceptions become exit codes (errors.ExitStatus):
 ProxyctlError subclasses print one line on stderr; click's usage errors exit 2; anything
 else is a bug and prints a short message (or the traceback with --debug).
+
+Every message a command prints on stderr starts with `error: ` or `warning: ` (kubectl's
+prefixes); usage errors add kubectl's `See '… --help' for usage.` line.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
 from kubectl_proxyctl import __version__
 from kubectl_proxyctl.cli.lazy import LazyGroup
-from kubectl_proxyctl.cli.options import SETTINGS, common_options, quiet_libraries
+from kubectl_proxyctl.cli.options import SETTINGS, client_flags, common_options, quiet_libraries
 from kubectl_proxyctl.errors import ApplyError, ExitStatus, ProxyctlError
 
 CONTEXT_SETTINGS = {
@@ -42,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": (
         "kubectl_proxyctl.cli.commands.run:run",
-        "Run the node engine: a drop-in kube-proxy (iptables mode).",
+        "Run the node engine: a drop-in kube-proxy.",
     ),
     "probe": (
         "kubectl_proxyctl.cli.commands.probe:probe",
@@ -60,11 +64,16 @@ COMPLETE_VAR = "_PROXYCTL_COMPLETE"
 @click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="kubectl-proxyctl")
 @common_options
-def cli() -> None:
+@client_flags
+def cli(**_flags: Any) -> None:
     """kubectl proxyctl: a kube-proxy you can read.
 
     Run a minimal kube-proxy on a node, and see, explain, verify and probe how Services are
     routed: endpoints, NAT rules, NodePort reachability.
+
+    kubectl's client flags (--kubeconfig, --context, --cluster, --user, -n, -s/--server,
+    --token, --as, --as-group, the TLS flags, --request-timeout) work before or after the
+    command, as in kubectl; after it they win.
 
     Exit codes: 0 ok, 1 not found or a failed check, 2 usage or configuration error,
     3 the API server is unreachable or refused the request.
@@ -92,13 +101,13 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _show_usage_error(exc)
         return int(ExitStatus.USAGE) if exc.exit_code == 2 else int(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("error: aborted", err=True)
         return 130
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo("error: interrupted", err=True)
         return 130
     except BrokenPipeError:
         # stdout closed early (`| head`): not an error for a CLI.
@@ -108,8 +117,17 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> int:
     except Exception as exc:  # a bug: say so without a wall of text
         if SETTINGS.debug:
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
         return 70
+
+
+def _show_usage_error(exc: click.ClickException) -> None:
+    """kubectl's form: `error: MESSAGE`, then where to read the usage."""
+    message = " ".join(exc.format_message().split())
+    click.echo(f"error: {message}", err=True)
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        click.echo(f"See '{ctx.command_path} --help' for usage.", err=True)
 
 
 def _one_line(err: ProxyctlError) -> str:

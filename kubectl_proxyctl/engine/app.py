@@ -158,7 +158,7 @@ def _static_objects(cluster: Any) -> list[dict[str, Any]]:
     from kubectl_proxyctl.kube.client import connect
     from kubectl_proxyctl.kube.informer import SERVICE_NAME_SELECTOR
 
-    api = connect(cluster.kubeconfig, cluster.context, cluster.request_timeout)
+    api = connect(cluster.kubeconfig, cluster.context, cluster.request_timeout, cluster.overrides)
     objects: list[dict[str, Any]] = []
     for resource, selector in (("services", None), ("endpointslices", SERVICE_NAME_SELECTOR), ("nodes", None)):
         items, _ = api.list(resource, label_selector=selector)
@@ -289,9 +289,9 @@ def serve(cluster: Any, flags: EngineFlags) -> None:
         from kubectl_proxyctl.kube.client import connect
         from kubectl_proxyctl.kube.informer import ClusterInformers
 
-        connect(cluster.kubeconfig, cluster.context, cluster.request_timeout)  # fail fast on bad config
+        connect(cluster.kubeconfig, cluster.context, cluster.request_timeout, cluster.overrides)  # fail fast on bad config
         informers = ClusterInformers(
-            lambda: connect(cluster.kubeconfig, cluster.context, cluster.request_timeout),
+            lambda: connect(cluster.kubeconfig, cluster.context, cluster.request_timeout, cluster.overrides),
             on_change=lambda kind, typ, obj: on_change(kind, typ, obj),
         )
         synced = lambda: informers.synced  # noqa: E731

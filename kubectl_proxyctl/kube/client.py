@@ -17,9 +17,14 @@ import logging
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from kubectl_proxyctl.errors import ClusterError, ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from urllib3 import HTTPHeaderDict
+
+    from kubectl_proxyctl.kube.kubeconfig import ClientOverrides
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +74,50 @@ def _status_message(status: int, body: bytes) -> str:
 class KubeAPI:
     """A configured connection to one API server."""
 
-    def __init__(self, configuration: Any, request_timeout: float, describe: str) -> None:
+    def __init__(self, configuration: Any, request_timeout: float, describe: str,
+                 impersonation: Mapping[str, tuple[str, ...]] | None = None) -> None:
         from kubernetes.client import rest
 
         # One attempt per request: callers own retries (the informer backs off), and a
         # --request-timeout must bound the whole request, not each of urllib3's retries.
         configuration.retries = False
+        if configuration.verify_ssl is False:  # asked for (--insecure-skip-tls-verify): no warning per request
+            import warnings
+
+            import urllib3
+
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._cfg = configuration
         self._rest = rest.RESTClientObject(configuration)
         self.host = str(configuration.host).rstrip("/")
         self.request_timeout = request_timeout
         self.describe = describe  # e.g. "context lab (https://127.0.0.1:6443)"
+        self.impersonation = dict(impersonation or {})  # Impersonate-* header -> values (--as, --as-group)
 
     @property
     def configuration(self) -> Any:
         """The client library's Configuration: TLS files and verification, for other transports."""
         return self._cfg
 
-    def auth_headers(self) -> dict[str, str]:
-        """The credentials' headers (a bearer token, refreshed by exec plugins) and our user agent."""
-        headers = {"User-Agent": "kubectl-proxyctl"}
+    def auth_headers(self) -> "HTTPHeaderDict":
+        """The credentials' headers (a bearer token, refreshed by exec plugins), impersonation
+        (`Impersonate-User`, one `Impersonate-Group` header per group, ...) and our user agent.
+        `.items()` yields a repeated header once per value."""
+        from urllib3 import HTTPHeaderDict
+
+        headers = HTTPHeaderDict({"User-Agent": "kubectl-proxyctl"})
         for setting in self._cfg.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):
                 headers[setting["key"]] = setting["value"]
+        for name, values in self.impersonation.items():
+            for value in values:
+                headers.add(name, value)
         return headers
 
-    def _headers(self, accept: str = "application/json") -> dict[str, str]:
-        return {"Accept": accept, **self.auth_headers()}
+    def _headers(self, accept: str = "application/json") -> "HTTPHeaderDict":
+        headers = self.auth_headers()
+        headers["Accept"] = accept
+        return headers
 
     def _timeout(self, read: float | None = None) -> Any:
         t = self.request_timeout or None
@@ -302,53 +324,65 @@ def _find_plugin(command: str, kubeconfig_dir: str) -> bool:
 
 
 def connect(
-    kubeconfig: str | None = None, context: str | None = None, request_timeout: float = 30.0
+    kubeconfig: str | None = None, context: str | None = None, request_timeout: float = 30.0,
+    overrides: "ClientOverrides | None" = None,
 ) -> KubeAPI:
-    """Configure a client like kubectl: explicit flags, then in-cluster, then kubeconfig.
+    """Configure a client like kubectl: the flags (`overrides`), over the kubeconfig files ($KUBECONFIG merged in
+    order, else ~/.kube/config), else the in-cluster service account.
+
+    The merge and the flags are applied by kube/kubeconfig.py (the client library's own
+    merger lets the *last* file's current-context win, kubectl the first); the client
+    library's loader then turns the one effective cluster and user into a Configuration:
+    tokens, client certificates, exec credential plugins, auth providers, TLS.
 
     Every problem with the kubeconfig (unreadable, invalid YAML, wrong field types, unknown
     context, an exec credential plugin that cannot run) is a ConfigError naming it; the
     client library's own complaints never reach the user unlogged."""
+    from dataclasses import replace
+
     from kubernetes import config as kconfig
     from kubernetes.client import Configuration
 
-    cfg = Configuration()
-    if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        try:
-            kconfig.load_incluster_config(client_configuration=cfg)
-            return KubeAPI(cfg, request_timeout, f"in-cluster service account ({cfg.host})")
-        except kconfig.ConfigException as exc:
-            log.debug("not using in-cluster config: %s", exc)
-    from kubectl_proxyctl.kube.kubeconfig import find, kubeconfig_paths, load_merged
+    from kubectl_proxyctl.kube.kubeconfig import ClientOverrides, kubeconfig_paths, resolve
 
-    paths = kubeconfig_paths(kubeconfig)
-    existing = [p for p in paths if os.path.exists(p)]
-    if not existing:
+    o = overrides or ClientOverrides()
+    if context and not o.context:
+        o = replace(o, context=context)
+    cfg = Configuration()
+    resolved = resolve(kubeconfig, o)
+    if resolved is None:  # no kubeconfig file and no --server
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            try:
+                kconfig.load_incluster_config(client_configuration=cfg)
+            except kconfig.ConfigException as exc:
+                log.debug("not using in-cluster config: %s", exc)
+            else:
+                return _in_cluster(cfg, o, request_timeout)
+        paths = kubeconfig_paths(kubeconfig)
         raise ConfigError(
             f"no kubeconfig found ({os.pathsep.join(paths)}); pass --kubeconfig, set KUBECONFIG, "
-            "or use --from-file")
-    where = os.pathsep.join(existing)
-    merged = load_merged(kubeconfig)  # ConfigError for unreadable files, bad YAML, wrong types
-    name = context or merged.get("current-context")
-    if not name:
-        raise ConfigError(f"kubeconfig {where}: no current-context; pass --context")
-    ctx = find(merged, "contexts", name)
-    if ctx is None:
-        known = sorted(str(c.get("name")) for c in merged.get("contexts", []))
-        raise ConfigError(f"kubeconfig {where}: context {name!r} not found"
-                          + (f" (contexts: {', '.join(known[:5])}{', …' if len(known) > 5 else ''})"
-                             if known else " (it defines no contexts)"))
-    user = find(merged, "users", ctx.get("user")) if ctx.get("user") else None
-    plugin = _exec_command(user)
-    if plugin and not _find_plugin(plugin, os.path.dirname(os.path.abspath(existing[0]))):
-        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {plugin!r} of user "
-                          f"{ctx.get('user')!r} (context {name!r}) cannot be run: not found"
-                          + ("" if os.sep in plugin else " on PATH"))
+            "pass --server, or use --from-file")
+    where = resolved.where
+    name = resolved.context or "(none)"
+    plugin = _exec_command(resolved.user)
+    if plugin and not _find_plugin(plugin, os.getcwd()):
+        written = _exec_command(_written_user(kubeconfig, resolved.user_name)) or plugin
+        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {written!r} of user "
+                          f"{resolved.user_name!r} (context {name!r}) cannot be run: not found"
+                          + ("" if os.sep in written else " on PATH"))
+    if not resolved.cluster.get("server"):
+        raise ConfigError(f"kubeconfig {where}: context {name!r} names no cluster with a server; "
+                          "pass --server (or --cluster)")
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "proxyctl",
+        "clusters": [{"name": "cluster", "cluster": resolved.cluster}],
+        "users": [{"name": "user", "user": resolved.user}],
+        "contexts": [{"name": "proxyctl", "context": {"cluster": "cluster", "user": "user"}}],
+    }
     with _CaptureLogs() as captured:
         try:
-            kconfig.load_kube_config(
-                config_file=where, context=context, client_configuration=cfg, persist_config=False,
-            )
+            kconfig.load_kube_config_from_dict(doc, context="proxyctl", client_configuration=cfg,
+                                               persist_config=False)
         except kconfig.ConfigException as exc:
             raise ConfigError(f"kubeconfig {where}: {' '.join(str(exc).split())}") from exc
         except Exception as exc:  # the client library's internals: a kubeconfig it cannot use
@@ -357,15 +391,47 @@ def connect(
     for message in captured.messages:
         log.debug("kubernetes client: %s", message)
     if plugin and captured.messages:
-        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {plugin!r} of user "
-                          f"{ctx.get('user')!r} (context {name!r}) failed: {captured.messages[0][:200]}")
+        written = _exec_command(_written_user(kubeconfig, resolved.user_name)) or plugin
+        raise ConfigError(f"kubeconfig {where}: the exec credential plugin {written!r} of user "
+                          f"{resolved.user_name!r} (context {name!r}) failed: {captured.messages[0][:200]}")
     host = str(cfg.host or "")
+    flags = " ".join(o.flags())
     if not host.startswith(("http://", "https://")):
-        raise ConfigError(f"kubeconfig {where}: context {name!r}: server {host!r} is not an http(s) URL")
+        said = "--server" if o.server else f"kubeconfig {where}: context {name!r}: server"
+        raise ConfigError(f"{said} {host!r} is not an http(s) URL")
+    describe = f"context {resolved.context} ({cfg.host})" if resolved.context else f"--server {cfg.host}"
+    if o.token:
+        describe = f"--token ({cfg.host})"
+    log.debug("API server %s from %s%s", cfg.host, where, f" with {flags}" if flags else "")
     try:
-        return KubeAPI(cfg, request_timeout, f"context {name} ({cfg.host})")
+        return KubeAPI(cfg, request_timeout, describe, resolved.impersonation)
     except (OSError, ValueError, TypeError) as exc:  # e.g. certificate files it cannot load
         raise ConfigError(f"kubeconfig {where}: context {name!r}: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def _written_user(kubeconfig: str | None, name: str) -> dict[str, Any] | None:
+    """The user entry as the file writes it (relative paths kept), for messages."""
+    from kubectl_proxyctl.kube.kubeconfig import find, load_merged
+
+    return find(load_merged(kubeconfig), "users", name) if name else None
+
+
+def _in_cluster(cfg: Any, o: "ClientOverrides", request_timeout: float) -> KubeAPI:
+    """The service account's configuration with the flags kubectl honours in a pod applied."""
+    from kubectl_proxyctl.kube.kubeconfig import impersonation
+
+    if o.server:
+        cfg.host = o.server.rstrip("/")
+    if o.token:
+        cfg.api_key = {"BearerToken": f"Bearer {o.token}"}
+        cfg.refresh_api_key_hook = None
+    if o.certificate_authority:
+        cfg.ssl_ca_cert = os.path.abspath(os.path.expanduser(o.certificate_authority))
+    if o.insecure_skip_tls_verify:
+        cfg.verify_ssl = False
+    if o.tls_server_name:
+        cfg.tls_server_name = o.tls_server_name
+    return KubeAPI(cfg, request_timeout, f"in-cluster service account ({cfg.host})", impersonation({}, o))
 
 
 def list_names(options: Any, resource: str, namespace: str | None = None) -> list[str]:
@@ -382,6 +448,6 @@ def list_names(options: Any, resource: str, namespace: str | None = None) -> lis
             if resource == "namespaces" and meta.get("namespace"):
                 names.add(str(meta["namespace"]))
         return sorted(names)
-    api = connect(options.kubeconfig, options.context, options.request_timeout)
+    api = connect(options.kubeconfig, options.context, options.request_timeout, options.overrides)
     items, _ = api.list(resource, namespace if RESOURCES[resource].namespaced else None)
     return sorted(str((i.get("metadata") or {}).get("name")) for i in items)

@@ -60,18 +60,11 @@ def _paint(text: str, cell: Cell | None, color: bool) -> str:
 
 
 def _grid(headers: Sequence[str], rows: Sequence[Sequence[tuple[str, Cell | None]]], color: bool) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, (text, _) in enumerate(row):
-            widths[i] = max(widths[i], len(text))
-    lines = ["   ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
-    for row in rows:
-        parts = []
-        for i, (text, cell) in enumerate(row):
-            pad = text.ljust(widths[i]) if i < len(row) - 1 else text
-            parts.append(_paint(text, cell, color) + pad[len(text):])
-        lines.append("   ".join(parts).rstrip())
-    return "\n".join(lines) + "\n"
+    """A kubectl-style table (output.table: tabulate, which measures cells without their
+    colour codes) of cells painted by their verdict."""
+    from kubectl_proxyctl.output import table
+
+    return table(headers, [[_paint(text, cell, color) for text, cell in row] for row in rows])
 
 
 def table(plan: MatrixPlan, judged: Sequence[Cell], summary: Summary, color: bool = False, wide: bool = False) -> str:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import click
 
 from kubectl_proxyctl.cli.inspect import NodeOptions, complete_services, node_options
-from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
+from kubectl_proxyctl.cli.options import TEMPLATE_FORMATS, ClusterOptions, cluster_options, list_options
+
+# --sort-by COLUMN of `-o table`: the field of the -o json record each column shows
+COLUMNS = {"TABLE": ".table", "CHAIN": ".chain", "SERVICE": ".service", "ENDPOINT": ".endpoint", "RULE": ".rule"}
 
 
 @click.command("dump")
 @click.argument("target", required=False, metavar="[svc/NAME | NAME]", shell_complete=complete_services)
+@list_options
 @node_options
-@cluster_options(outputs=("text", "raw", "table", "json", "yaml"))
-def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None) -> None:
+@cluster_options(outputs=("text", "raw", "table", "json", "yaml"), templates=TEMPLATE_FORMATS, all_namespaces=False)
+def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None, no_headers: bool,
+         sort_by: str | None) -> None:
     """Show the node's Service rules, each with the service port and endpoint it serves.
 
     Reads the rules of every proxy mode on the node (iptables from both backends, the nft
@@ -25,8 +30,11 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     Output formats:
       text    the rules in their own syntax, each followed by `# ns/svc:port -> endpoint`
       raw     the rules verbatim (iptables-save blocks, an `nft -f` script, ipvsadm/ipset lines)
-      table   one row per rule: TABLE CHAIN SERVICE ENDPOINT RULE
-      json    the same records as JSON (yaml too)
+      table   one row per rule: TABLE CHAIN SERVICE ENDPOINT RULE (--no-headers, --sort-by)
+      json    the same records as JSON (yaml too; --sort-by sorts them)
+      jsonpath=TEMPLATE, jsonpath-as-json=TEMPLATE   kubectl's templates, on
+              {"kind": "List", "items": [records]}
+      custom-columns=HEADER:JSONPATH,...   columns of your own, one row per record
 
     \b
     Examples:
@@ -36,11 +44,11 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     """
     from kubectl_proxyctl import output as out
     from kubectl_proxyctl.cli.inspect import load_cluster_state, proxy_mode, read_rules, resolve_node_name, selector_for
-    from kubectl_proxyctl.errors import NotFoundError
+    from kubectl_proxyctl.errors import ConfigError, NotFoundError
     from kubectl_proxyctl.inspect import dump as view
 
-    if target and cluster.all_namespaces:
-        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
+    if sort_by and output in ("text", "raw"):
+        raise click.UsageError(f"--sort-by sorts a list: it does not apply to -o {output}")
     selector = selector_for(target, cluster) if target else None
     graph, addresses = read_rules(node, cluster)
     mode = proxy_mode(graph, node, cluster)
@@ -56,9 +64,16 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
         click.echo(view.render_annotated(lines), nl=False)
     elif output == "raw":
         click.echo(view.render_raw(lines), nl=False)
-    elif output == "table":
-        rows = [[r.table if r.backend.startswith("iptables") else r.backend, r.chain, r.service, r.endpoint, r.text]
-                for r in view.records(lines)]
-        click.echo(out.table(["TABLE", "CHAIN", "SERVICE", "ENDPOINT", "RULE"], rows), nl=False)
     else:
-        click.echo(out.render([r.as_dict() for r in view.records(lines)], output), nl=False)
+        found = view.records(lines)
+        records = [r.as_dict() for r in found]
+        listing = out.Listing(
+            headers=list(COLUMNS),
+            rows=[([r.table if r.backend.startswith("iptables") else r.backend, r.chain, r.service, r.endpoint,
+                    r.text], rec) for r, rec in zip(found, records)],
+            records=records, columns=COLUMNS,
+        )
+        try:
+            click.echo(out.render_listing(listing, output, no_headers=no_headers, sort_by=sort_by), nl=False)
+        except out.TemplateError as exc:
+            raise ConfigError(str(exc)) from None

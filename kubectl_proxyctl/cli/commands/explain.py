@@ -36,7 +36,8 @@ CLIENT_KINDS = ("pod", "node", "external")
 @click.option("--rules", "show_rules", is_flag=True,
               help="Add the rules each path crosses, as a tree that branches where the endpoint is chosen.")
 @node_options
-@cluster_options(outputs=("text", "json", "yaml", "dot"))
+@cluster_options(outputs=("text", "json", "yaml", "dot"), templates=("jsonpath=", "jsonpath-as-json="),
+                 all_namespaces=False)
 def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str, ports: tuple[str, ...],
             clients: tuple[str, ...], source: str | None, from_pod: str | None, show_rules: bool) -> int:
     """Explain where a new connection to a Service goes on this node, and why.
@@ -64,8 +65,8 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     state (the plan for this node) and any drift from it are added.
 
     \b
-    Output: text (default), json, yaml, or dot (the Service's chain graph, for Graphviz:
-    `... -o dot | dot -Tsvg > svc.svg`). Exit status 1 when no port of the Service could
+    Output: text (default), json, yaml, jsonpath=TEMPLATE (on the json document), or dot
+    (the Service's chain graph, for Graphviz: `... -o dot | dot -Tsvg > svc.svg`). Exit status 1 when no port of the Service could
     be explained (no rules for it, or IPVS without the Service objects).
 
     \b
@@ -101,8 +102,6 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
             ipaddress.ip_address(source)
         except ValueError:
             raise ConfigError(f"--source: {source!r} is not an IP address") from None
-    if cluster.all_namespaces:
-        raise click.UsageError("explain is about one Service: -A/--all-namespaces does not apply")
     pod_name = _pod_name(from_pod) if from_pod is not None else None
     if pod_name is not None and source is not None:
         raise click.UsageError("--from and --source exclude each other: --from takes the pod's own address")
@@ -150,8 +149,8 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
 
     if output == "dot":
         click.echo(view.render_dot(explanation, graph, state), nl=False)
-    elif output in ("json", "yaml"):
-        click.echo(out.render(explanation.as_dict(), output), nl=False)
+    elif output != "text":
+        click.echo(out.render_document(explanation.as_dict(), output), nl=False)
     else:
         from kubectl_proxyctl.inspect.explaintext import render_text
 
@@ -228,10 +227,8 @@ def _client_pod(cluster: ClusterOptions, namespace: str, name: str, required: bo
                 break
         where = cluster.from_file
     else:
-        from kubectl_proxyctl.kube.client import connect
-
         try:
-            obj = connect(cluster.kubeconfig, cluster.context, cluster.request_timeout).get("pods", name, namespace)
+            obj = cluster.connect().get("pods", name, namespace)
         except NotFoundError:
             obj = None
         except (ConfigError, ClusterError) as exc:

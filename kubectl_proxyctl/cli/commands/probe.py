@@ -170,7 +170,8 @@ def _cluster_nodes(state: "ClusterState", selector: str | None, address_type: st
               help="Deadline for connecting and for authenticating (default: ConnectTimeout, else 10s).")
 @click.option("--parallel", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Nodes probed at the same time.")
-@cluster_options(outputs=("table", "wide", "json", "yaml"))
+@cluster_options(outputs=("table", "wide", "json", "yaml"), templates=("jsonpath=", "jsonpath-as-json="),
+                 all_namespaces=False)
 def probe(cluster: ClusterOptions, output: str, target: str | None, nodeport: int | None, protocol: str,
           node_list: str | None, selector: str | None, address_type: str, ssh_target: str, from_: str,
           http_path: str | None, expect_udp_reply: bool, probe_timeout: float, proxy_mode: str,
@@ -205,8 +206,6 @@ def probe(cluster: ClusterOptions, output: str, target: str | None, nodeport: in
 
     if bool(target) == bool(nodeport):
         raise click.UsageError("give either svc/NAME or --nodeport PORT")
-    if target and cluster.all_namespaces:
-        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     if node_list and selector:
         raise click.UsageError("-l/--selector selects cluster nodes; it cannot be combined with --nodes")
     if http_path is not None:
@@ -231,9 +230,9 @@ def probe(cluster: ClusterOptions, output: str, target: str | None, nodeport: in
     judged = cells(plan, found)
     summary = summarize(plan, judged)
     for detail in sorted({c.observation.detail for c in judged if c.observation.detail.startswith("HOST KEY FOR")}):
-        click.echo(f"WARNING: {detail}", err=True)
-    if output in ("json", "yaml"):
-        click.echo(out.render(report.records(plan, judged, summary), output), nl=False)
+        click.echo(f"warning: {detail}", err=True)
+    if output not in ("table", "wide"):
+        click.echo(out.render_document(report.records(plan, judged, summary), output), nl=False)
     else:
         click.echo(report.table(plan, judged, summary, color=_color(), wide=output == "wide"), nl=False)
     return 0 if summary.ok else 1

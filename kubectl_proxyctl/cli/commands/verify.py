@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from kubectl_proxyctl.cli.inspect import NodeOptions, complete_services, node_options
-from kubectl_proxyctl.cli.options import ClusterOptions, cluster_options
+from kubectl_proxyctl.cli.options import TEMPLATE_FORMATS, ClusterOptions, cluster_options, list_options
 
 if TYPE_CHECKING:
     from kubectl_proxyctl.modes.findings import Report
@@ -22,10 +22,11 @@ TEXT_LIMIT = 20  # findings of one kind shown in text output before "... and N m
               "parallel: one line per node.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True, metavar="N",
               help="With --all-nodes: how many nodes are read at once.")
+@list_options
 @node_options
-@cluster_options(outputs=("text", "json", "yaml"))
+@cluster_options(outputs=("text", "json", "yaml", "name"), templates=TEMPLATE_FORMATS, all_namespaces=False)
 def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None, all_nodes: bool,
-           parallel: int) -> int:
+           parallel: int, no_headers: bool, sort_by: str | None) -> int:
     """Check the node's rules against the desired state computed from the API.
 
     The desired state is what the engine would program on this node (the plan for
@@ -48,7 +49,9 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     With --all-nodes every Node of the cluster is read the way --node reads one (exec in its
     proxy pod, else SSH when configured, else a debug pod with --debug-pod) and checked
     against the same desired state: one line per node (mode, verdict, findings, how it was
-    reached), a progress line on a terminal, `-o json` for scripts.
+    reached), a progress line on a terminal, `-o json` for scripts; the table takes
+    --no-headers and --sort-by (a column name, e.g. VERDICT, or a JSONPath into the node's
+    -o json record), and -o name, custom-columns=... and jsonpath=... work on the nodes.
 
     Exit status: 0 in sync, 1 drift found (or, with --all-nodes, a node that could not be
     read), 2 error (3 when the API server cannot be reached, as for every command).
@@ -73,15 +76,16 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     from kubectl_proxyctl.errors import ConfigError, NotFoundError
     from kubectl_proxyctl.inspect import verify as check
 
-    if target and cluster.all_namespaces:
-        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     selector = selector_for(target, cluster) if target else None
     if all_nodes:
         if node.node or node.rules_files or node.node_name:
             raise click.UsageError("--all-nodes reads every node itself: it excludes --node, --node-name and --rules-file")
         from kubectl_proxyctl.cli.allnodes import verify_all_nodes
 
-        return verify_all_nodes(cluster, node, selector, output, parallel)
+        return verify_all_nodes(cluster, node, selector, output, parallel, no_headers, sort_by)
+    if output == "name" or output.startswith("custom-columns=") or no_headers or sort_by:
+        raise click.UsageError("-o name, -o custom-columns, --no-headers and --sort-by list nodes: they need "
+                               "--all-nodes")
     graph, addresses = read_rules(node, cluster)
     mode = proxy_mode(graph, node, cluster)
     context = context_for(graph, None, node, addresses)
@@ -96,8 +100,8 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     context = context_for(graph, state, node, addresses, name)
     report = check.verify(graph, mode, state, context, selector)
 
-    if output in ("json", "yaml"):
-        click.echo(out.render(report.as_dict(), output), nl=False)
+    if output != "text":
+        click.echo(out.render_document(report.as_dict(), output), nl=False)
     else:
         click.echo(render_text(report), nl=False)
     return 0 if report.in_sync else 1
