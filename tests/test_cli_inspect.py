@@ -332,9 +332,10 @@ def test_verify_ipvs_leftover_virtual_service(capsys: pytest.CaptureFixture[str]
                             str(DATA / "ipvsadm-list.txt"), objects=str(DATA / "ipvs-cluster.yaml"))
     assert code == 1
     assert [f["message"] for f in doc["findings"]] == [
-        "ns3/svc3:p80: no IPVS virtual service for NodePort 192.168.0.2:3003/TCP",
-        "ns6/svc6:p80: no IPVS virtual service for ClusterIP 172.30.0.46:80/TCP",
-        "IPVS virtual service TCP 172.30.0.99:443 belongs to no Service port of the API"]
+        "ns3/svc3:p80: TCP 172.30.0.43:80 has persistence 10800 s, the Service asks for none",
+        "ns3/svc3:p80: no IPVS virtual service TCP 192.168.0.2:3003",
+        "ns6/svc6:p80: no IPVS virtual service TCP 172.30.0.46:80",
+        "IPVS virtual service TCP 172.30.0.99:443 belongs to no Service port of the API (another program's, or stale)"]
 
 
 @pytest.mark.parametrize("command", ["explain", "dump", "verify"])

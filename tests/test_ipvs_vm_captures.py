@@ -1,10 +1,16 @@
 """What a real kernel printed for a node running `run --mode ipvs` (tests/data/ipvs-vm/, saved
-by tests/vm/regenerate-data from the VM suite), read back by the inspector: the tools' own
-output must parse, be recognised as IPVS mode, and trace to the pods the suite served."""
+by tests/vm/regenerate-data from the VM suite, with the suite's objects in objects.json), read
+back by the inspector: the tools' own output must parse, be recognised as IPVS mode, trace to
+the pods the suite served, and verify against the objects (seeded drift found)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import pytest
+from clihelpers import cli
 
 from kubectl_proxyctl.inspect.graph import load_texts
 from kubectl_proxyctl.inspect.paths import trace_packet
@@ -34,3 +40,41 @@ def test_the_list_form_parses_too() -> None:
     g = load_texts([(n, (DATA / n).read_text()) for n in ("ipvsadm-list.txt", "ipset-save.txt", "iptables-save.txt")])
     assert g.mode == Mode.IPVS
     assert len(g.ipvs_services()) >= 4
+
+
+CAPTURED = ["--rules-file", str(DATA / "ipvsadm-save.txt"), "--rules-file", str(DATA / "ipset-save.txt"),
+            "--rules-file", str(DATA / "iptables-save.txt"), "--from-file", str(DATA / "objects.json"),
+            "--node-name", "node1", "--node-ip", "172.18.0.2", "--node-ip", "10.244.1.1", "-o", "json"]
+
+
+def verify_captured(capsys: pytest.CaptureFixture[str], tmp_path: Path, edit: Any = None) -> tuple[int, list[Any]]:
+    args = list(CAPTURED)
+    if edit is not None:
+        name, old, new = edit
+        text = (DATA / name).read_text()
+        assert old in text, old
+        seeded = tmp_path / name
+        seeded.write_text(text.replace(old, new, 1))
+        args[args.index(str(DATA / name))] = str(seeded)
+    code, out, err = cli(capsys, "verify", *args)
+    assert err == "", err
+    return code, [(f["kind"], f["message"]) for f in json.loads(out)["findings"]]
+
+
+def test_verify_on_the_real_kernels_state_finds_only_the_foreign_virtual_server(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, findings = verify_captured(capsys, tmp_path)
+    assert code == 1 and findings == [("stale-service", "IPVS virtual service TCP 192.0.2.50:80 belongs to no "
+                                       "Service port of the API (another program's, or stale)")]
+
+
+def test_verify_finds_a_deleted_real_server_and_a_missing_ipset_member(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _, findings = verify_captured(capsys, tmp_path, ("ipvsadm-save.txt", "-a -t 10.96.0.10:80 -r 10.244.1.11:8080 -m -w 1\n", ""))
+    assert ("missing-endpoint", "e2e/web:http: TCP 10.96.0.10:80 has no real server 10.244.1.11:8080 (or its "
+            "weight is 0)") in findings
+    _, findings = verify_captured(capsys, tmp_path, ("ipset-save.txt", "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80\n", ""))
+    assert ("missing-set-member", "e2e/sticky: ipset KUBE-CLUSTER-IP lacks 10.96.0.20,tcp:80") in findings
+    _, findings = verify_captured(capsys, tmp_path, ("ipvsadm-save.txt", "-A -t 10.96.0.20:80 -s rr -p 600", "-A -t 10.96.0.20:80 -s rr"))
+    assert ("wrong-affinity", "e2e/sticky:http: TCP 10.96.0.20:80 has no persistence, the Service asks for ClientIP "
+            "affinity of 600 s") in findings

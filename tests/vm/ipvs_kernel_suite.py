@@ -276,16 +276,19 @@ def test_a_foreign_virtual_server_is_left_alone(engine: Engine) -> None:
     save = ipvsadm_save()
     assert f"-A -t {FOREIGN[0]}:{FOREIGN[1]} -s wlc" in save
     assert f"-a -t {FOREIGN[0]}:{FOREIGN[1]} -r 192.0.2.51:80 -m -w 1" in save
+    if CAPTURE:  # tests/vm/regenerate-data: the steady state, with the foreign virtual server in place
+        capture_the_steady_state()
 
 
-def test_capture_the_steady_state(engine: Engine) -> None:
-    if not CAPTURE:
-        pytest.skip("PROXYCTL_IPVS_CAPTURE=1 saves the captures (tests/vm/regenerate-data)")
+def capture_the_steady_state() -> None:
+    """tests/data/ipvs-vm/: what the tools print for this node, and the objects it serves."""
     DATA.mkdir(parents=True, exist_ok=True)
     (DATA / "ipvsadm-save.txt").write_text(ipvsadm_save())
     (DATA / "ipvsadm-list.txt").write_text(sh("ipvsadm", "-Ln"))
     (DATA / "ipset-save.txt").write_text(sh("ipset", "save"))
     (DATA / "iptables-save.txt").write_text(sh("iptables-save"))
+    (DATA / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects()}, indent=1)
+                                       + "\n")
 
 
 def test_ipvsadm_clear_is_repaired(engine: Engine) -> None:

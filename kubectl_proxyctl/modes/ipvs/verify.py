@@ -1,65 +1,107 @@
-"""`verify` for IPVS nodes, at the level that mode has: per service port, a virtual service
-per entry point (ClusterIP, each node address for a NodePort, external and LB IPs) whose real
-servers are the endpoints, with equal weights.
+"""`verify` for IPVS nodes: the node's virtual servers and ipsets against what IPVS mode
+would write for the same cluster (modes/ipvs/render.py, the engine's own renderer).
+
+Per Service: every virtual server it should have (ClusterIP, external and LB IPs, the node
+port on each node address), with its real servers (the endpoints the traffic policies pick:
+local ones for a Local policy when there are any, as kube-proxy's IPVS mode does), equal
+weights, the scheduler the node uses, and persistence for ClientIP affinity; and, when the
+input has `ipset save` output, each of its entries in kube-proxy's ipsets (KUBE-CLUSTER-IP,
+KUBE-LOOP-BACK, KUBE-NODE-PORT-*, …). Virtual servers no Service owns are reported as
+warnings (another program's, or stale). Real servers at weight 0 are draining (graceful
+termination): they take no new connections and are not counted.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 from kubectl_proxyctl.model import ClusterState
 from kubectl_proxyctl.modes.base import Mode, NodeRules
 from kubectl_proxyctl.modes.findings import Finding, Report
+from kubectl_proxyctl.modes.ipvs.render import Options, VirtualServer, nodeport_addresses, service_entries
 from kubectl_proxyctl.modes.nodecontext import NodeContext
 from kubectl_proxyctl.modes.owners import ServiceSelector
 from kubectl_proxyctl.plan.planner import ProxyConfig, ServicePortPlan, plan
 
 
-def _expected_entries(sp: ServicePortPlan) -> list[tuple[str, str, int]]:
-    """(kind, address, port) of a planned service port ("" address for the node port)."""
-    out = [("ClusterIP", sp.cluster_ip, sp.port)]
-    out += [("ExternalIP", ip, sp.port) for ip in sp.external_ips]
-    out += [("LoadBalancer", ip, sp.port) for ip in sp.load_balancer_ips]
-    if sp.node_port:
-        out.append(("NodePort", "", sp.node_port))
-    return out
+def _scheduler(graph: NodeRules) -> str:
+    """The scheduler most of the node's virtual servers use (the engine's --ipvs-scheduler)."""
+    counts = Counter(vs.scheduler for vs in graph.ipvs_services())
+    return counts.most_common(1)[0][0] if counts else "rr"
 
 
 def verify_ipvs(graph: NodeRules, state: ClusterState, node: NodeContext,
                 selector: ServiceSelector | None = None) -> Report:
-    """Per service port: a virtual service per entry point, real servers = endpoints."""
+    """Each Service's virtual servers, real servers and ipset entries, against the render."""
     report = Report(node.name, Mode.IPVS)
     desired = plan(state, ProxyConfig(node_name=node.name or "", cluster_cidrs=node.cluster_cidrs,
                                       node_ips=node.ips if node.ips_known else ()))
-    services = [sp for sp in desired.services if selector is None or selector.matches(str(sp.name))]
-    report.services_checked = len(services)
+    options = Options(scheduler=_scheduler(graph))
+    addresses = nodeport_addresses(desired, node.ips if node.ips_known else None)
+    by_service: dict[str, list[ServicePortPlan]] = {}
+    for sp in desired.services:
+        if selector is None or selector.matches(str(sp.name)):
+            by_service.setdefault(sp.name.service, []).append(sp)
+    report.services_checked = sum(len(sps) for sps in by_service.values())
     seen: set[str] = set()
-    for sp in services:
-        spn = str(sp.name)
-        # IPVS mode falls back to cluster endpoints when a Local policy finds none here.
-        want = {e.address for e in (sp.cluster_endpoints or sp.local_endpoints)}
-        for kind, address, port in _expected_entries(sp):
-            addresses = [address] if address else list(desired.node_ips)
-            for ip in addresses:
-                vs = graph.ipvs.find(sp.protocol.value, ip, port) if graph.ipvs else None
-                if vs is None:
-                    report.findings.append(Finding("missing-service", "error", f"{spn}: no IPVS virtual service "
-                                                   f"for {kind} {ip}:{port}/{sp.protocol.value}", sp.name.service,
-                                                   spn))
-                    continue
-                seen.add(vs.key)
-                have = {r.endpoint for r in vs.reals if r.weight > 0}
-                for ep in sorted(want - have):
-                    report.findings.append(Finding("missing-endpoint", "error", f"{spn}: {vs.key} has no real "
-                                                   f"server {ep} (or its weight is 0)", sp.name.service, spn))
-                for ep in sorted(have - want):
-                    report.findings.append(Finding("extra-endpoint", "error", f"{spn}: {vs.key} still sends new "
-                                                   f"connections to {ep}", sp.name.service, spn))
-                weights = {r.weight for r in vs.reals if r.weight > 0}
-                if len(weights) > 1:
-                    report.findings.append(Finding("wrong-odds", "error", f"{spn}: {vs.key} has unequal weights "
-                                                   f"{sorted(weights)}", sp.name.service, spn))
+    ipsets = graph.ipsets or {}
+    for key, sps in sorted(by_service.items()):
+        entries = service_entries(sps, desired, addresses, options)
+        spn_of = {(sp.protocol.value, sp.cluster_ip, sp.port): str(sp.name) for sp in sps}
+        for want in entries.vservers:
+            spn = _owner(want, sps) or key
+            have = graph.ipvs.find(want.protocol, want.address, want.port) if graph.ipvs else None
+            where = f"{want.protocol} {want.address}:{want.port}"
+            if have is None:
+                report.findings.append(Finding("missing-service", "error", f"{spn}: no IPVS virtual service {where}",
+                                               key, spn))
+                continue
+            seen.add(have.key)
+            report.findings += _compare(want, have, key, spn)
+        if ipsets:
+            for set_name, member in entries.members:
+                ipset = ipsets.get(set_name)
+                if ipset is None or member not in ipset.members:
+                    spn = next(iter(spn_of.values()), key)
+                    report.findings.append(Finding(
+                        "missing-set-member", "error",
+                        f"{key}: ipset {set_name} lacks {member}" + ("" if ipset else f" (no set {set_name} at all)"),
+                        key, spn))
     if selector is None:
         for vs in graph.ipvs_services():
             if vs.key not in seen:
                 report.findings.append(Finding("stale-service", "warning", f"IPVS virtual service {vs.key} belongs "
-                                               "to no Service port of the API"))
+                                               "to no Service port of the API (another program's, or stale)"))
     return report
+
+
+def _owner(vs: VirtualServer, sps: list[ServicePortPlan]) -> str:
+    for sp in sps:
+        if sp.protocol.value == vs.protocol and vs.port in (sp.port, sp.node_port):
+            return str(sp.name)
+    return ""
+
+
+def _compare(want: VirtualServer, have: object, service: str, spn: str) -> list[Finding]:
+    findings: list[Finding] = []
+    key = getattr(have, "key")
+    wanted = {f"{r.address}:{r.port}" if ":" not in r.address else f"[{r.address}]:{r.port}" for r in want.reals}
+    reals = getattr(have, "reals")
+    active = {r.endpoint for r in reals if r.weight > 0}
+    for ep in sorted(wanted - active):
+        findings.append(Finding("missing-endpoint", "error", f"{spn}: {key} has no real server {ep} "
+                                "(or its weight is 0)", service, spn))
+    for ep in sorted(active - wanted):
+        findings.append(Finding("extra-endpoint", "error", f"{spn}: {key} still sends new connections to {ep}",
+                                service, spn))
+    weights = {r.weight for r in reals if r.weight > 0}
+    if len(weights) > 1:
+        findings.append(Finding("wrong-odds", "error", f"{spn}: {key} has unequal weights {sorted(weights)}",
+                                service, spn))
+    persistent = getattr(have, "persistent") or 0
+    if persistent != want.persistent:
+        said = f"persistence {persistent} s" if persistent else "no persistence"
+        findings.append(Finding("wrong-affinity", "error", f"{spn}: {key} has {said}, the Service asks for "
+                                + (f"ClientIP affinity of {want.persistent} s" if want.persistent else "none"),
+                                service, spn))
+    return findings
