@@ -470,6 +470,7 @@ def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
     out: list[Problem] = []
     for port in results:
         spn = port.facts.service_port
+        unknown: dict[str, list[str]] = {}  # what could not be decided → the ways and clients it concerns
         for er in port.entries:
             where = f"{er.facts.kind} {address_text(er.facts.address, er.facts.port)}"
             no_local: list[str] = []  # clients dropped for want of a local endpoint
@@ -499,13 +500,16 @@ def _trap_problems(results: Sequence[PortResult]) -> list[Problem]:
                     out.append(Problem("warning", f"{spn}: loadBalancerSourceRanges: {where} drops sources outside "
                                                   f"{', '.join(er.facts.source_ranges) or 'the allowed ranges'}"))
                 elif r.verdict == Verdict.UNKNOWN:
-                    out.append(Problem("warning", f"{spn} {where} from {path.client}: " + "; ".join(r.notes)))
+                    unknown.setdefault("; ".join(r.notes), []).append(f"{where} from {path.client}")
                 if r.affinity_seconds:
                     out.append(Problem("warning", f"{spn}: sessionAffinity ClientIP ({r.affinity_seconds} s): each "
                                                   "client sticks to one endpoint; the odds shown are for a client's "
                                                   "first connection, and few clients spread load unevenly"))
             if no_local:
                 out.append(Problem("warning", _no_local_endpoint_message(spn, where, no_local, reached)))
+        for why, ways in unknown.items():
+            shown = ways[0] if len(ways) == 1 else f"{ways[0]} and {len(ways) - 1} more way(s) in and client(s)"
+            out.append(Problem("warning", f"{spn} {shown}: {why}"))
     return out
 
 

@@ -68,7 +68,17 @@ class IpvsReader:
                                    "cluster access so the Service's addresses are known")
 
     def layout_problems(self, rules: NodeRules) -> list[Problem]:
-        return []
+        problems = []
+        services = rules.ipvs_services()
+        nat = rules.ruleset.tables.get("nat") if rules.ruleset is not None else None
+        if services and (nat is None or "KUBE-SERVICES" not in nat.chains):
+            problems.append(Problem("error", "incomplete input: IPVS virtual servers without kube-proxy's iptables "
+                                    "rules (nat KUBE-SERVICES, KUBE-POSTROUTING): add the node's `iptables-save` "
+                                    "output to know whether connections are masqueraded or dropped"))
+        if services and not rules.ipsets:
+            problems.append(Problem("warning", "no `ipset save` output: the iptables rules of IPVS mode match "
+                                    "kube-proxy's ipsets (KUBE-CLUSTER-IP, KUBE-LOOP-BACK, …); add it to decide them"))
+        return problems
 
     def dump_lines(self, rules: NodeRules, state: ClusterState | None, node_ips: Sequence[str],
                    selector: ServiceSelector | None) -> list[DumpLine]:

@@ -67,6 +67,9 @@ def scheduler_note(vs: VirtualService) -> str:
     return f"IPVS scheduler {vs.scheduler}: new connections go to the real servers in turn, by weight"
 
 
+INCOMPLETE = "IPVS mode's iptables rules are not in the input (see the problems)"
+
+
 def trace_ipvs(graph: NodeRules, packet: Packet, node: LocalNode) -> TraceResult:
     vips = tuple(dict.fromkeys(vs.address for vs in graph.ipvs_services() if vs.address))
     local = LocalNode(node.addresses + vips, node.name)
@@ -75,6 +78,12 @@ def trace_ipvs(graph: NodeRules, packet: Packet, node: LocalNode) -> TraceResult
     vs = graph.ipvs.find(packet.protocol.upper(), packet.dst, packet.dport) if graph.ipvs else None
     if vs is None or not local.is_local(packet.dst):
         return base
+    if ruleset is None:
+        # IPVS alone does not tell: kube-proxy's iptables rules decide masquerading, source
+        # ranges and drops before and after it. Say what is missing rather than guess.
+        step = Step("ipvs", vs.key, 0, f"virtual server {vs.key} ({len(vs.reals)} real servers)", "?", 1.0)
+        result = summarize(packet, [Outcome(Verdict.UNKNOWN, 1.0, "", False, (), (step,), INCOMPLETE)])
+        return replace(result, notes=result.notes or (INCOMPLETE,))
     mark = masquerade_mark(graph)
     weights = sum(max(r.weight, 0) for r in vs.reals)
     outcomes: list[Outcome] = []
