@@ -457,11 +457,14 @@ def test_usage_errors_use_kubectls_prefix(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_all_namespaces_is_offered_where_it_applies_only(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("explain", "dump", "verify", "probe"):
+    for command in ("explain", "probe"):  # about one Service, or not about namespaces at all
         code, out, _ = cli(capsys, command, "--help")
         assert code == 0 and "--all-namespaces" not in out, command
-    code, out, _ = cli(capsys, "endpoints", "--help")
-    assert "--all-namespaces" in out
+    for command in ("endpoints", "dump", "verify"):  # every namespace unless a Service is named
+        code, out, _ = cli(capsys, command, "--help")
+        assert "--all-namespaces" in out, command
+    code, _, err = cli(capsys, "verify", "svc/web", "-A", "--rules-file", "/dev/null")
+    assert code == 2 and "a service name cannot be combined with -A/--all-namespaces" in err
 
 
 def test_root_help_names_the_node_engine(capsys: pytest.CaptureFixture[str]) -> None:

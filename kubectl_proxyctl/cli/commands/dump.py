@@ -15,7 +15,7 @@ COLUMNS = {"TABLE": ".table", "CHAIN": ".chain", "SERVICE": ".service", "ENDPOIN
 @click.argument("target", required=False, metavar="[svc/NAME | NAME]", shell_complete=complete_services)
 @list_options
 @node_options
-@cluster_options(outputs=("text", "raw", "table", "json", "yaml"), templates=TEMPLATE_FORMATS, all_namespaces=False)
+@cluster_options(outputs=("text", "raw", "table", "json", "yaml"), templates=TEMPLATE_FORMATS)
 def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None, no_headers: bool,
          sort_by: str | None) -> None:
     """Show the node's Service rules, each with the service port and endpoint it serves.
@@ -49,6 +49,8 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
 
     if sort_by and output in ("text", "raw"):
         raise click.UsageError(f"--sort-by sorts a list: it does not apply to -o {output}")
+    if target and cluster.all_namespaces:
+        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     selector = selector_for(target, cluster) if target else None
     graph, addresses = read_rules(node, cluster)
     mode = proxy_mode(graph, node, cluster)

@@ -24,7 +24,7 @@ TEXT_LIMIT = 20  # findings of one kind shown in text output before "... and N m
               help="With --all-nodes: how many nodes are read at once.")
 @list_options
 @node_options
-@cluster_options(outputs=("text", "json", "yaml", "name"), templates=TEMPLATE_FORMATS, all_namespaces=False)
+@cluster_options(outputs=("text", "json", "yaml", "name"), templates=TEMPLATE_FORMATS)
 def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | None, all_nodes: bool,
            parallel: int, no_headers: bool, sort_by: str | None) -> int:
     """Check the node's rules against the desired state computed from the API.
@@ -76,6 +76,8 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
     from kubectl_proxyctl.errors import ConfigError, NotFoundError
     from kubectl_proxyctl.inspect import verify as check
 
+    if target and cluster.all_namespaces:
+        raise click.UsageError("a service name cannot be combined with -A/--all-namespaces")
     selector = selector_for(target, cluster) if target else None
     if all_nodes:
         if node.node or node.rules_files or node.node_name:
