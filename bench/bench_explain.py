@@ -28,7 +28,7 @@ import time
 from common import exe, median, report, time_cmd
 from synth import cluster
 
-from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, jump_rules_text, render
+from kubectl_proxyctl.modes.iptables.render import render, with_jump_rules
 from kubectl_proxyctl.plan.planner import ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.modes.iptables.parse import parse
@@ -39,20 +39,8 @@ TARGET = f"svc/svc-{SERVICES // 2}"
 
 def payload() -> str:
     state = state_from_objects(cluster(SERVICES, ENDPOINTS), warn=lambda _m: None)
-    rendered = render(plan(state, ProxyConfig(node_name="node1", cluster_cidrs=("10.128.0.0/9",),
-                                              node_ips=("172.18.0.2",))))
-    jumps = jump_rules_text(JUMP_RULES)
-    out = []
-    for block in rendered.text.split("COMMIT\n"):
-        if not block.strip():
-            continue
-        table = block.split("\n", 1)[0][1:]
-        declared = {line[1:].split(" ", 1)[0] for line in block.splitlines() if line.startswith(":")}
-        extra = [f":{j.target} - [0:0]" for j in JUMP_RULES if j.table == table and j.target not in declared]
-        lines = [line for (t, _), rules in jumps.items() if t == table for line in rules]
-        out.append(block + "".join(f"{x}\n" for x in dict.fromkeys(extra)) + "".join(f"{x}\n" for x in lines)
-                   + "COMMIT\n")
-    return "".join(out)
+    return with_jump_rules(render(plan(state, ProxyConfig(node_name="node1", cluster_cidrs=("10.128.0.0/9",),
+                                                          node_ips=("172.18.0.2",)))).text)
 
 
 def saved_in_namespace(text: str) -> str | None:

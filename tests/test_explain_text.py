@@ -33,7 +33,7 @@ from kubectl_proxyctl.inspect.explain import PathResult
 from kubectl_proxyctl.inspect.explaintext import render_walk
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
-from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, jump_rules_text
+from kubectl_proxyctl.modes.iptables.render import with_jump_rules
 from kubectl_proxyctl.modes.iptables.render import render as render_iptables
 from kubectl_proxyctl.modes.nftables.render import render as render_nft
 from kubectl_proxyctl.modes.tracing import Outcome, Packet, Step, TraceResult, Verdict
@@ -56,19 +56,7 @@ def node1_plan() -> Any:
 
 def iptables_save_text() -> str:
     """The restore payload plus kube-proxy's jump rules, as iptables-save shows a node's rules."""
-    rendered = render_iptables(node1_plan(), nfacct=False)
-    jumps = jump_rules_text(JUMP_RULES)
-    out = []
-    for block in rendered.text.split("COMMIT\n"):
-        if not block.strip():
-            continue
-        table = block.split("\n", 1)[0][1:]
-        declared = {line[1:].split(" ", 1)[0] for line in block.splitlines() if line.startswith(":")}
-        extra = [f":{j.target} - [0:0]" for j in JUMP_RULES if j.table == table and j.target not in declared]
-        lines = [line for (t, _), rules in jumps.items() if t == table for line in rules]
-        out.append(block + "".join(f"{x}\n" for x in dict.fromkeys(extra)) + "".join(f"{x}\n" for x in lines)
-                   + "COMMIT\n")
-    return "".join(out)
+    return with_jump_rules(render_iptables(node1_plan(), nfacct=False).text)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, RenderedRules, jump_rules_text, render
+from kubectl_proxyctl.modes.iptables.render import RenderedRules, render, with_jump_rules
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig, plan
 from kubectl_proxyctl.kube.convert import state_from_objects
 from kubectl_proxyctl.kube.snapshot import load_objects
@@ -59,17 +59,7 @@ def netns() -> Iterator[str]:
 
 def payload_with_jumps(rendered: RenderedRules) -> str:
     """The restore payload plus kube-proxy's jump rules (and the empty chains they need)."""
-    jumps = jump_rules_text(JUMP_RULES)
-    out = []
-    for block in rendered.text.split("COMMIT\n"):
-        if not block.strip():
-            continue
-        table = block.split("\n", 1)[0][1:]
-        declared = {line[1:].split(" ", 1)[0] for line in block.splitlines() if line.startswith(":")}
-        extra = [f":{j.target} - [0:0]" for j in JUMP_RULES if j.table == table and j.target not in declared]
-        lines = [line for (t, _), rules in jumps.items() if t == table for line in rules]
-        out.append(block + "\n".join(dict.fromkeys(extra)) + ("\n" if extra else "") + "\n".join(lines) + "\nCOMMIT\n")
-    return "".join(out)
+    return with_jump_rules(rendered.text)
 
 
 def load_case(case: str) -> tuple[ClusterState, ProxyConfig, NodePlan, RenderedRules]:

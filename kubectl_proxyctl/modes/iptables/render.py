@@ -564,3 +564,21 @@ def jump_rules_text(rules: tuple[JumpRule, ...] = JUMP_RULES) -> dict[tuple[str,
     for rule in rules:
         out.setdefault((rule.table, rule.chain), []).insert(0, rule.restore_line())
     return out
+
+
+def with_jump_rules(payload: str, rules: tuple[JumpRule, ...] = JUMP_RULES) -> str:
+    """A restore payload plus the jump rules (and the empty chains they need), table by
+    table: what a node running this payload shows in iptables-save, and loads whole with
+    `iptables-restore` into an empty namespace."""
+    jumps = jump_rules_text(rules)
+    out = []
+    for block in payload.split("COMMIT\n"):
+        if not block.strip():
+            continue
+        table = block.split("\n", 1)[0][1:]
+        declared = {line[1:].split(" ", 1)[0] for line in block.splitlines() if line.startswith(":")}
+        extra = [f":{j.target} - [0:0]" for j in rules if j.table == table and j.target not in declared]
+        lines = [line for (t, _), chain_rules in jumps.items() if t == table for line in chain_rules]
+        out.append(block + "".join(f"{x}\n" for x in dict.fromkeys(extra)) + "".join(f"{x}\n" for x in lines)
+                   + "COMMIT\n")
+    return "".join(out)
