@@ -1,44 +1,41 @@
-"""Packaging for kubectl proxyctl."""
-from setuptools import find_packages, setup
+"""The long description for package indexes: README.md with repository paths made absolute.
 
-setup(
-    name="kubectl-proxyctl",
-    version="0.1.0",
-    description="A kube-proxy you can read: a minimal Service proxy engine plus tools to "
-    "see, explain, verify and probe Service routing on Kubernetes nodes.",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    license="Apache-2.0",
-    python_requires=">=3.11",
-    packages=find_packages(include=["kubectl_proxyctl", "kubectl_proxyctl.*"]),
-    package_data={"kubectl_proxyctl": ["py.typed"]},
-    install_requires=[
-        "click>=8.1,!=8.4.0,!=8.4.1,<9",
-        "kubernetes>=37,<38",
-        "pyroute2>=0.9.7,<0.10",
-        "tabulate>=0.9,<1",
-        "paramiko>=5.1,<6",
-        "PyYAML>=6,<7",
-        "yaml-rs>=0.1.6,<0.2",
-        "cryptography>=42",
-    ],
-    extras_require={
-        "test": [
-            "pytest>=8,<10",
-            "hypothesis>=6,<7",
-            "import-linter>=2.1,<3",
-        ],
-    },
-    entry_points={
-        "console_scripts": [
-            "kubectl-proxyctl=kubectl_proxyctl.cli.main:main",
-            "kubectl_complete-proxyctl=kubectl_proxyctl.cli.completion:main",
-        ],
-    },
-    classifiers=[
-        "License :: OSI Approved :: Apache Software License",
-        "Operating System :: POSIX :: Linux",
-        "Programming Language :: Python :: 3",
-        "Topic :: System :: Networking",
-    ],
-)
+Everything else is in pyproject.toml. README.md names files of the repository (`deploy/`,
+`completions/README.md`, relative Markdown links); on a package index those would point
+nowhere, so they become links to the repository at the release's tag.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+REPOSITORY = "https://github.com/kubectl-proxyctl/kubectl-proxyctl"
+
+
+def _version() -> str:
+    text = (ROOT / "kubectl_proxyctl" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+def long_description() -> str:
+    tag = f"v{_version()}"
+    base = f"{REPOSITORY}/blob/{tag}/"
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    # [text](relative/path) -> [text](https://github.com/.../blob/vX.Y.Z/relative/path)
+    text = re.sub(r"\]\((?!https?://|#|mailto:)([^)\s]+)\)", lambda m: f"]({base}{m.group(1).lstrip('./')})", text)
+
+    # `deploy/`, `completions/README.md`: a path of the repository, in code, becomes a link to it
+    def link(m: re.Match[str]) -> str:
+        path = m.group(1)
+        target = path.lstrip("./").split(" ")[0]
+        if (ROOT / target).exists() and "/" in target:
+            kind = "tree" if (ROOT / target).is_dir() else "blob"
+            return f"[`{path}`]({REPOSITORY}/{kind}/{tag}/{target})"
+        return m.group(0)
+
+    return re.sub(r"(?<!\[)`(\.?/?[\w.-]+/[\w./-]*)`", link, text)
+
+
+setup(long_description=long_description(), long_description_content_type="text/markdown")

@@ -31,6 +31,10 @@ def test_template_has_the_required_krew_fields() -> None:
     assert doc["metadata"]["name"] == MANIFEST.stem  # krew-index requires name == file name
     spec = doc["spec"]
     assert re.fullmatch(r"v\d+\.\d+\.\d+", spec["version"])
+    from kubectl_proxyctl import __version__
+
+    assert spec["version"] == f"v{__version__}"  # one version: the package's
+    assert "python3" not in spec["caveats"]  # the archive's executable is self-contained
     assert spec["homepage"] == HOMEPAGE
     assert 0 < len(spec["shortDescription"]) <= 50
     assert spec["description"].strip()

@@ -133,6 +133,15 @@ class EngineFlags:
         )
 
 
+def config_warnings(config: ProxyConfig) -> list[str]:
+    """What kube-proxy warns about at start: a configuration that is probably incomplete."""
+    if config.detect_local_mode == DetectLocalMode.ClusterCIDR and not config.cluster_cidrs:
+        return ["no cluster CIDR (--cluster-cidr, or clusterCIDR in --config) with --detect-local-mode "
+                "ClusterCIDR: traffic from pods cannot be told from other traffic, so traffic to cluster IPs "
+                "from outside the pod network is not masqueraded"]
+    return []
+
+
 def _writer_module(mode: str) -> Any:
     """The writer module of a mode the engine can run (None for one it cannot)."""
     entry = REGISTRY.get(Mode(mode)) if mode in Mode.__members__.values() else None
@@ -199,6 +208,8 @@ def run_engine(cluster: Any, flags: EngineFlags) -> None:
     if flags.dry_run:
         return dry_run(cluster, flags)
     _require_root("run" if not flags.once else "run --once")
+    for warning in config_warnings(flags.config):
+        log.warning("%s", warning)
     if flags.once:
         return once(cluster, flags)
     return serve(cluster, flags)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import click
 
 from kubectl_proxyctl.cli.options import DURATION, ClusterOptions, cluster_options
+
+log = logging.getLogger(__name__)
 
 MODES = ("iptables", "nftables", "ipvs")
 LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
@@ -20,7 +25,13 @@ def _default_node_name() -> str:
 
 
 @click.command("run")
-@click.option("--mode", type=click.Choice(MODES), default="iptables", show_default=True,
+@click.option("--config", "config", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Read kube-proxy's configuration file (KubeProxyConfiguration v1alpha1, e.g. the config.conf "
+                   "of the kube-proxy ConfigMap); flags given on the command line override it.")
+@click.option("--write-config-to", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the effective configuration (flags over --config) as a KubeProxyConfiguration to FILE "
+                   "('-' = stdout) and exit.")
+@click.option("--mode", "--proxy-mode", "mode", type=click.Choice(MODES), default="iptables", show_default=True,
               help="Proxy mode: iptables, nftables or ipvs (IPVS needs the kernel's ip_vs module).")
 @click.option("--ipvs-scheduler", type=click.Choice(IPVS_SCHEDULERS), default="rr", show_default=True,
               help="The IPVS scheduler of every virtual server (--mode ipvs).")
@@ -73,19 +84,87 @@ def run(cluster: ClusterOptions, **flags: object) -> None:
     programmed until Services and EndpointSlices are listed; when the API server goes away the
     last rules stay in place. Starting in one mode removes the other mode's rules.
 
+    --config reads kube-proxy's own configuration file (KubeProxyConfiguration v1alpha1, the
+    config.conf key of the kube-proxy ConfigMap): flags given on the command line override it,
+    fields left empty keep the flags' defaults, its clientConnection.kubeconfig is used unless
+    --kubeconfig is given, and fields this proxy does not implement are named in a warning.
+
     \b
     Examples:
       kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode nftables --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode ipvs --ipvs-scheduler wrr --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --config /var/lib/kube-proxy/config.conf --hostname-override "$NODE_NAME"
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
       kubectl proxyctl run --cleanup
     """
     from kubectl_proxyctl.cli.options import SETTINGS, configure_logging
     from kubectl_proxyctl.engine.app import EngineFlags, run_engine
 
-    if not flags.get("dry_run"):
+    config_file = flags.pop("config")
+    write_config_to = flags.pop("write_config_to")
+    if not flags.get("dry_run") and not write_config_to:
         # An engine logs one line per sync by default, like kube-proxy.
         SETTINGS.verbosity = max(SETTINGS.verbosity, 1)
         configure_logging()
-    run_engine(cluster, EngineFlags.from_flags(flags, default_node=_default_node_name))
+    if config_file:
+        flags, cluster = _with_config_file(str(config_file), flags, cluster)
+    engine_flags = EngineFlags.from_flags(flags, default_node=_default_node_name)
+    if write_config_to:
+        return _write_config(str(write_config_to), flags, cluster)
+    run_engine(cluster, engine_flags)
+
+
+def _explicit(ctx: click.Context, names: Any) -> set[str]:
+    """The parameters the user set (command line or environment), which a config file does not override."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in names if ctx.get_parameter_source(name) in given}
+
+
+def _with_config_file(path: str, flags: dict[str, Any], cluster: ClusterOptions
+                      ) -> tuple[dict[str, Any], ClusterOptions]:
+    """The flags with the file's values under them (kube-proxy's order: command line, file, defaults).
+
+    The file's values pass through each flag's own type, so a bad value fails as the flag would,
+    naming the file and the field."""
+    import dataclasses
+
+    from kubectl_proxyctl.engine.kubeproxyconfig import load
+    from kubectl_proxyctl.errors import ConfigError
+
+    ctx = click.get_current_context()
+    explicit = _explicit(ctx, flags)
+    config = load(path)
+    for warning in config.warnings():
+        log.warning("%s", warning)
+    mode = flags["mode"] if "mode" in explicit else (config.mode or flags["mode"])
+    params = {p.name: p for p in ctx.command.params}
+    merged = dict(flags)
+    for name, (field, value) in config.flag_values(str(mode)).items():
+        if name in explicit:
+            continue
+        param = params[name]
+        try:
+            merged[name] = value if isinstance(value, tuple) else param.type.convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise ConfigError(f"{path}: {field}: {exc.message}") from None
+    if cluster.kubeconfig is None and config.kubeconfig:  # --kubeconfig wins, as kube-proxy's flag does
+        cluster = dataclasses.replace(cluster, kubeconfig=config.kubeconfig)
+    return merged, cluster
+
+
+def _write_config(path: str, flags: dict[str, Any], cluster: ClusterOptions) -> None:
+    from kubectl_proxyctl.engine.kubeproxyconfig import dump, to_document
+    from kubectl_proxyctl.errors import ConfigError
+
+    text = dump(to_document(flags, cluster.kubeconfig))
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise ConfigError(f"--write-config-to {path}: {exc.strerror}") from None
