@@ -6,6 +6,7 @@ the pods the suite served, and verify against the objects (seeded drift found)."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,21 @@ def test_verify_finds_a_deleted_real_server_and_a_missing_ipset_member(
     _, findings = verify_captured(capsys, tmp_path, ("ipvsadm-save.txt", "-A -t 10.96.0.20:80 -s rr -p 600", "-A -t 10.96.0.20:80 -s rr"))
     assert ("wrong-affinity", "e2e/sticky:http: TCP 10.96.0.20:80 has no persistence, the Service asks for ClientIP "
             "affinity of 600 s") in findings
+
+
+def test_explain_names_what_ipvs_users_trip_over(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a for a in CAPTURED if a not in ("-o", "json")]
+    code, out, _ = cli(capsys, "explain", "svc/web", "-n", "e2e", *args)
+    assert code == 0
+    assert re.search(r"pod +→ cluster IP 10\.96\.0\.10:80 +→ 1 of 3 endpoints, 33\.3 % each, no SNAT", out), out
+    assert "KUBE-LOOP-BACK" in out and "kube-ipvs0" in out and "answers ping" in out and "br_netfilter" in out
+
+
+def test_explain_without_the_iptables_rules_says_the_input_is_incomplete(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a for a in CAPTURED if a not in ("-o", "json")]
+    at = args.index(str(DATA / "iptables-save.txt"))
+    del args[at - 1:at + 1]  # --rules-file iptables-save.txt
+    code, out, _ = cli(capsys, "explain", "svc/web", "-n", "e2e", *args)
+    assert "goes on unchanged" not in out
+    assert "cannot tell: IPVS mode's iptables rules are not in the input" in out
+    assert "error: incomplete input: IPVS virtual servers without kube-proxy's iptables rules" in out

@@ -394,7 +394,9 @@ def explain(
         results = [p for p in results if p.entries]
     problems += _trap_problems(results)
     if state is not None:
-        problems += _hairpin_problems(results, node)
+        problems += _hairpin_problems(results, node, mode)
+    if mode == Mode.IPVS:
+        problems += _ipvs_notes(results, node)
     kind = state.services[selector.key].type.value if state is not None and known else _type_of(facts)
     return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources, kind)
 
@@ -566,15 +568,35 @@ def _step_comment(step: Step) -> str | None:
     return rest.split(" ", 1)[0]
 
 
-def _hairpin_problems(results: Sequence[PortResult], node: NodeContext) -> list[Problem]:
+def _hairpin_problems(results: Sequence[PortResult], node: NodeContext, mode: Mode) -> list[Problem]:
     out: list[Problem] = []
+    how = (" (IPVS mode: the KUBE-LOOP-BACK ipset's rule in KUBE-POSTROUTING masquerades it)"
+           if mode == Mode.IPVS else "")
     for port in results:
         local = [f"{e.pod_name} ({e.address})" if e.pod_name else e.address
                  for e in port.facts.endpoints or () if node.name and e.node_name == node.name]
         if local:
             out.append(Problem("warning", f"{port.facts.service_port}: endpoint(s) {', '.join(local)} run on this "
-                                          "node: a pod that calls its own Service is SNATed to the node (hairpin); "
+                                          f"node: a pod that calls its own Service is SNATed to the node (hairpin){how}; "
                                           "the pod bridge needs hairpin mode for the reply to come back"))
+    return out
+
+
+def _ipvs_notes(results: Sequence[PortResult], node: NodeContext) -> list[Problem]:
+    """What IPVS mode does differently, where people get lost (notes, not faults)."""
+    addresses = sorted({e.facts.address for port in results for e in port.entries
+                        if e.facts.kind in ("ClusterIP", "ExternalIP", "LoadBalancer") and e.facts.address})
+    out: list[Problem] = []
+    if addresses:
+        shown = ", ".join(addresses[:4]) + (", …" if len(addresses) > 4 else "")
+        out.append(Problem("note", f"IPVS mode: {shown} {'is a local address' if len(addresses) == 1 else 'are local addresses'} "
+                                   "on the node's kube-ipvs0 dummy interface: unlike iptables and nftables modes it "
+                                   "answers ping, and connections to ports the Service does not serve are refused by "
+                                   "the node itself"))
+    if any(node.name and e.node_name == node.name for port in results for e in port.facts.endpoints or ()):
+        out.append(Problem("note", "IPVS mode: for pods on this node to reach local endpoints through a Service, the "
+                                   "bridge's traffic must pass netfilter (br_netfilter loaded, "
+                                   "net.bridge.bridge-nf-call-iptables=1), or the replies skip IPVS's reverse NAT"))
     return out
 
 
