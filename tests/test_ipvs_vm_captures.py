@@ -97,3 +97,25 @@ def test_explain_without_the_iptables_rules_says_the_input_is_incomplete(capsys:
     assert "goes on unchanged" not in out
     assert "cannot tell: IPVS mode's iptables rules are not in the input" in out
     assert "error: incomplete input: IPVS virtual servers without kube-proxy's iptables rules" in out
+
+
+def test_verify_finds_a_service_address_missing_from_kube_ipvs0(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    def links(addresses: list[str]) -> str:
+        return json.dumps([{"ifindex": 3, "ifname": "kube-ipvs0", "flags": ["BROADCAST", "NOARP"],
+                            "addr_info": [{"family": "inet", "local": ip, "prefixlen": 32, "scope": "global"}
+                                          for ip in addresses]}])
+
+    bound = ["10.96.0.10", "10.96.0.20", "10.96.0.30", "10.96.0.40"]
+    path = tmp_path / "links.json"
+    path.write_text(links(bound))
+    code, out, _ = cli(capsys, "verify", *CAPTURED, "--rules-file", str(path))
+    assert [f["kind"] for f in json.loads(out)["findings"]] == ["stale-service"]  # the foreign one only
+    path.write_text(links([ip for ip in bound if ip != "10.96.0.20"]))
+    code, out, _ = cli(capsys, "verify", *CAPTURED, "--rules-file", str(path))
+    findings = [(f["kind"], f["message"]) for f in json.loads(out)["findings"]]
+    assert code == 1 and ("missing-address", "e2e/sticky: 10.96.0.20 is not on kube-ipvs0: the node does not take "
+                          "connections to it, so IPVS never sees them") in findings
+    path.write_text("[]")
+    code, out, _ = cli(capsys, "verify", *CAPTURED, "--rules-file", str(path))
+    assert "missing-link" in {f["kind"] for f in json.loads(out)["findings"]}

@@ -22,14 +22,14 @@ ADDRESSES = ('[{"ifname": "lo", "addr_info": [{"local": "127.0.0.1", "scope": "h
              ' {"ifname": "kube-ipvs0", "addr_info": [{"local": "10.96.0.1", "scope": "global"}]}]')
 
 
-def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = ()) -> FakeExecutor:
+def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = (), ipvs: str = "") -> FakeExecutor:
     ex = FakeExecutor(default=None, missing=set(missing))
     ex.script(["iptables-nft-save"], Result(0, NFT_SAVE))
     ex.script(["iptables-legacy-save"], Result(0, legacy))
     ex.script(["iptables", "-V"], Result(0, "iptables v1.8.9 (nf_tables)\n"))
     ex.script(["nft", "-j", "list", "table", "ip", "kube-proxy"],
               Result(0, nft_table) if nft_table else Result(1, "", "Error: No such file or directory"))
-    ex.script(["ipvsadm", "-Sn"], Result(2, "", "Can't initialize ipvs: Protocol not available"))
+    ex.script(["ipvsadm", "-Sn"], Result(0, ipvs) if ipvs else Result(2, "", "Can't initialize ipvs: Protocol not available"))
     ex.script(["ipset", "save"], Result(0, ""))
     ex.script(["ip", "-json", "address", "show"], Result(0, ADDRESSES))
     return ex
@@ -96,3 +96,11 @@ def test_over_ssh_with_sudo(monkeypatch) -> None:  # type: ignore[no-untyped-def
     monkeypatch.setattr("kubectl_proxyctl.remote.ssh.SSHClient", Client)
     graph, addresses = read_rules(NodeOptions(node="node1", sudo=True, via="ssh"))
     assert graph.sources == ("node1 (ssh node1): iptables-nft-save",) and addresses == ["172.18.0.2"]
+
+
+def test_an_ipvs_node_also_gives_kube_ipvs0s_addresses() -> None:
+    found = collect(node_with(ipvs="-A -t 10.96.0.1:443 -s rr\n-a -t 10.96.0.1:443 -r 172.18.0.2:6443 -m -w 1\n"))
+    assert [s for s, _ in found.texts] == ["iptables-nft-save", "ipvsadm -Sn", "ip -json address show dev kube-ipvs0"]
+    graph = load_texts(found.texts, found.notes, found.backend_in_use)
+    assert graph.links == {"kube-ipvs0": ("10.96.0.1",)}
+    assert load_texts(collect(node_with()).texts).links is None  # no IPVS: not collected

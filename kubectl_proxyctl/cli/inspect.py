@@ -112,8 +112,9 @@ def node_options(f: F) -> F:
         click.option("--rules-file", "rules_files", multiple=True, metavar="FILE",
                      type=click.Path(dir_okay=False, allow_dash=True),
                      help="Read the rules from a file ('-' = stdin): iptables-save (either backend), "
-                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln` or `ipset save` output, detected "
-                     "automatically; repeatable, and one file may hold several. Default: this node's live rules."),
+                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln`, `ipset save` or `ip -json address show` output, "
+                     "detected automatically; repeatable, and one file may hold several. Default: this node's live "
+                     "rules."),
         click.option("--node", "node_host", metavar="NODE", shell_complete=complete_nodes,
                      help="Collect the rules from NODE instead of this host: through the API, by exec in "
                      "the proxy pod running on NODE (kube-proxy's or ours), else over SSH when an ssh "

@@ -77,6 +77,7 @@ class RuleGraph:
     nft: NftRuleset | None = None
     ipvs: IpvsTable | None = None
     ipsets: Mapping[str, IpSet] = field(default_factory=dict)
+    links: Mapping[str, tuple[str, ...]] | None = None  # `ip -json address show`: link → addresses (None: not read)
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # e.g. the backend detection's warning on a live node
     iptables_backend_in_use: str = ""  # on a live node: the backend detection's choice
@@ -157,6 +158,7 @@ class _Collected:
     nft: list[object] = field(default_factory=list)  # decoded `nft -j` documents
     ipvs: list[str] = field(default_factory=list)
     ipset: list[str] = field(default_factory=list)
+    links: list[object] = field(default_factory=list)  # decoded `ip -json address show` documents
 
 
 _NON_SPACE = re.compile(r"\S")
@@ -178,6 +180,14 @@ def _classify(text: str, source: str, out: _Collected) -> None:
             out.nft.append(doc)
             return
         del doc
+    if first.group() == "[":
+        try:
+            links = json.loads(text)
+        except ValueError:
+            links = None
+        if isinstance(links, list) and all(isinstance(x, dict) and "ifname" in x for x in links):
+            out.links.append(links)
+            return
     backend = ""
     seen: dict[str, set[str]] = {}
     pos = 0
@@ -246,7 +256,8 @@ def _classify_lines(chunk: str, source: str, out: _Collected, backend: str, firs
             )
         else:
             raise RulesetParseError(
-                "cannot tell what this is (expected iptables-save, nft -j, ipvsadm -Sn/-Ln or ipset save output): "
+                "cannot tell what this is (expected iptables-save, nft -j, ipvsadm -Sn/-Ln, ipset save or ip -json "
+                "address output): "
                 f"{line[:60]!r}", first + offset, source,
             )
     if ipvs:
@@ -276,6 +287,7 @@ def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_
     nft_tables: list[NftTable] = []
     ipvs_services: list[VirtualService] = []
     ipsets: dict[str, IpSet] = {}
+    links: dict[str, tuple[str, ...]] | None = None
     sources: list[str] = []
     for source, text in texts:
         sources.append(source)
@@ -294,11 +306,17 @@ def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_
             ipvs_services.extend(parse_ipvsadm(chunk, source).services)
         for chunk in found.ipset:
             ipsets.update(parse_ipset(chunk, source))
+        for doc in found.links:
+            links = dict(links or {})
+            for link in doc:  # type: ignore[attr-defined]
+                addresses = tuple(str(a.get("local")) for a in link.get("addr_info") or [] if a.get("local"))
+                links[str(link["ifname"])] = links.get(str(link["ifname"]), ()) + addresses
     return RuleGraph(
         iptables=tuple(dumps),
         nft=NftRuleset(tuple(nft_tables)) if nft_tables else None,
         ipvs=IpvsTable(tuple(ipvs_services)) if ipvs_services else None,
         ipsets=ipsets,
+        links=links,
         sources=tuple(sources),
         notes=tuple(notes),
         iptables_backend_in_use=backend_in_use,

@@ -103,6 +103,7 @@ class NodeRules(Protocol):
     nft: Any  # the nft ruleset, or None
     ipvs: Any  # the IPVS table, or None
     ipsets: Any  # name → ipset
+    links: Any  # `ip -json address show`: link name → its addresses, or None when not read
     notes: tuple[str, ...]
 
     @property

@@ -11,7 +11,8 @@ the node, exactly as the tools print it:
   travels with the result;
 * `nft -j list table ip kube-proxy` (or `ip6`), when nft is installed and the table exists;
 * `ipvsadm -Sn` when the kernel has IPVS, and `ipset save`;
-* the node's own addresses (`ip -json address show`).
+* the node's own addresses (`ip -json address show`), and, when there are IPVS virtual
+  servers, the addresses of `kube-ipvs0` (as that command prints them for that link).
 
 A tool that is missing, or a table that does not exist, is simply absent from the result (the
 log says which tools were missing, at -v); only a failure of the iptables-save of the
@@ -110,9 +111,24 @@ def collect(executor: Executor | None = None, family: IPFamily = IPFamily.IPv4) 
     result = ex.run(["ip", "-json", "address", "show"], timeout=30)
     if result.ok:
         out.addresses = _addresses(result.stdout)
+        if any(source == "ipvsadm -Sn" for source, _ in out.texts):
+            # IPVS mode binds every service address to kube-ipvs0: verify checks them there
+            out.texts.append((f"ip -json address show dev {IPVS_LINK}", _links_named(result.stdout, IPVS_LINK)))
     if missing:
         log.info("not installed on the node, so not inspected: %s", ", ".join(missing))
     return out
+
+
+IPVS_LINK = "kube-ipvs0"
+
+
+def _links_named(text: str, name: str) -> str:
+    """`ip -json address show` output cut down to the link `name` (`[]` when it has none)."""
+    try:
+        links = json.loads(text or "[]")
+    except ValueError:
+        return "[]"
+    return json.dumps([link for link in links if isinstance(link, dict) and link.get("ifname") == name])
 
 
 def _addresses(text: str) -> list[str]:

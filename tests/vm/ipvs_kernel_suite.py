@@ -287,6 +287,7 @@ def capture_the_steady_state() -> None:
     (DATA / "ipvsadm-list.txt").write_text(sh("ipvsadm", "-Ln"))
     (DATA / "ipset-save.txt").write_text(sh("ipset", "save"))
     (DATA / "iptables-save.txt").write_text(sh("iptables-save"))
+    (DATA / "kube-ipvs0.json").write_text(sh("ip", "-json", "address", "show", "dev", "kube-ipvs0"))
     (DATA / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects()}, indent=1)
                                        + "\n")
 

@@ -6,7 +6,8 @@ port on each node address), with its real servers (the endpoints the traffic pol
 local ones for a Local policy when there are any, as kube-proxy's IPVS mode does), equal
 weights, the scheduler the node uses, and persistence for ClientIP affinity; and, when the
 input has `ipset save` output, each of its entries in kube-proxy's ipsets (KUBE-CLUSTER-IP,
-KUBE-LOOP-BACK, KUBE-NODE-PORT-*, …). Virtual servers no Service owns are reported as
+KUBE-LOOP-BACK, KUBE-NODE-PORT-*, …), and, when the input has the node's addresses (`ip -json
+address show`, collected on live nodes), each service address on kube-ipvs0. Virtual servers no Service owns are reported as
 warnings (another program's, or stale). Real servers at weight 0 are draining (graceful
 termination): they take no new connections and are not counted.
 """
@@ -22,6 +23,8 @@ from kubectl_proxyctl.modes.ipvs.render import Options, VirtualServer, nodeport_
 from kubectl_proxyctl.modes.nodecontext import NodeContext
 from kubectl_proxyctl.modes.owners import ServiceSelector
 from kubectl_proxyctl.plan.planner import ProxyConfig, ServicePortPlan, plan
+
+DUMMY = "kube-ipvs0"
 
 
 def _scheduler(graph: NodeRules) -> str:
@@ -45,6 +48,11 @@ def verify_ipvs(graph: NodeRules, state: ClusterState, node: NodeContext,
     report.services_checked = sum(len(sps) for sps in by_service.values())
     seen: set[str] = set()
     ipsets = graph.ipsets or {}
+    links = graph.links  # None: the input has no `ip -json address` output
+    if links is not None and graph.ipvs_services() and DUMMY not in links:
+        report.findings.append(Finding("missing-link", "error", f"there is no {DUMMY} interface: no service address "
+                                       "is local to the node, so IPVS takes no connection to a cluster IP"))
+        links = None
     for key, sps in sorted(by_service.items()):
         entries = service_entries(sps, desired, addresses, options)
         spn_of = {(sp.protocol.value, sp.cluster_ip, sp.port): str(sp.name) for sp in sps}
@@ -58,6 +66,13 @@ def verify_ipvs(graph: NodeRules, state: ClusterState, node: NodeContext,
                 continue
             seen.add(have.key)
             report.findings += _compare(want, have, key, spn)
+        if links is not None:
+            bound = set(links.get(DUMMY, ()))
+            for ip in entries.bound:
+                if ip not in bound:
+                    report.findings.append(Finding("missing-address", "error", f"{key}: {ip} is not on {DUMMY}: "
+                                                   "the node does not take connections to it, so IPVS never sees "
+                                                   "them", key, next(iter(spn_of.values()), key)))
         if ipsets:
             for set_name, member in entries.members:
                 ipset = ipsets.get(set_name)
