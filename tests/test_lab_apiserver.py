@@ -74,7 +74,7 @@ def test_discovery_through_the_official_client(api_client: Any) -> None:
     assert core_resources["nodes"].namespaced is False and core_resources["nodes"].short_names == ["no"]
     assert core_resources["pods"].short_names == ["po"] and core_resources["endpoints"].short_names == ["ep"]
     groups = client.ApisApi(api_client).get_api_versions().groups
-    assert [g.name for g in groups] == ["discovery.k8s.io"]
+    assert [g.name for g in groups] == ["discovery.k8s.io", "events.k8s.io", "networking.k8s.io"]
     assert groups[0].preferred_version.group_version == "discovery.k8s.io/v1"
     slices = client.DiscoveryV1Api(api_client).get_api_resources()
     assert slices.group_version == "discovery.k8s.io/v1"
@@ -98,9 +98,9 @@ def test_aggregated_discovery_when_asked_for(apiserver: APIServer) -> None:
     assert resp.headers["Content-Type"] == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
     doc = resp.json()
     assert doc["kind"] == "APIGroupDiscoveryList"
-    (group,) = doc["items"]
-    assert group["metadata"]["name"] == "discovery.k8s.io"
-    (resource,) = group["versions"][0]["resources"]
+    groups = {g["metadata"]["name"]: g for g in doc["items"]}
+    assert list(groups) == ["discovery.k8s.io", "events.k8s.io", "networking.k8s.io"]
+    (resource,) = groups["discovery.k8s.io"]["versions"][0]["resources"]
     assert resource["responseKind"] == {"group": "discovery.k8s.io", "version": "v1", "kind": "EndpointSlice"}
     core_doc = raw_request(apiserver, "GET", "/api", headers={"Accept": accept}).json()
     by_name = {r["resource"]: r for r in core_doc["items"][0]["versions"][0]["resources"]}

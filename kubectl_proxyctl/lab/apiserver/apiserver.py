@@ -3,8 +3,12 @@
 No real kube-apiserver runs on a lab machine, so this one stands in for it. It speaks the
 Kubernetes REST protocol closely enough that the official `kubernetes` Python client and an
 unmodified `kubectl` work against it, for the kinds a Service data plane needs: Namespaces,
-Services, Endpoints, Nodes, Pods (core/v1) and EndpointSlices (discovery.k8s.io/v1), and
-`pods/exec` over a WebSocket (`kubectl exec`, the `kubernetes.stream` client).
+Services, Endpoints, Nodes, Pods (core/v1), EndpointSlices (discovery.k8s.io/v1), ServiceCIDRs
+(networking.k8s.io/v1) and Events (events.k8s.io/v1), and `pods/exec` over a WebSocket
+(`kubectl exec`, the `kubernetes.stream` client). The upstream kube-proxy runs against it
+unmodified (tests/reference/ uses it as a test oracle): its informers list and watch with
+label and field selectors and protobuf `Accept` headers (answered in JSON, which client-go
+accepts), and it POSTs its Events as protobuf.
 
 Theory of operation
 -------------------

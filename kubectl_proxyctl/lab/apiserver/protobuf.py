@@ -3,13 +3,15 @@
 Since 1.32, client-go's typed clients send built-in objects as
 `application/vnd.kubernetes.protobuf`, so `kubectl create namespace NAME` and `kubectl create
 service nodeport NAME ...` POST protobuf, not JSON (everything kubectl builds from manifests
-stays JSON). The server answers in JSON, which those clients accept.
+stays JSON). kube-proxy talks protobuf by default (`--kube-api-content-type`) and POSTs its
+events.k8s.io/v1 Events that way. The server answers in JSON, which those clients accept.
 
 A body is the 4-byte magic `k8s\\0` and a `runtime.Unknown` envelope: `typeMeta` (apiVersion,
 kind) and `raw`, the object's own message. `MESSAGES` restates the field numbers of
-k8s.io/api generated.proto for the kinds kubectl creates this way (Namespace, Service) and for
-DeleteOptions. The result is the JSON form of the object, with Go's `omitempty` behaviour:
-zero scalars are left out, nested structs are kept.
+k8s.io/api generated.proto for the kinds clients create this way (Namespace, Service, and
+events.k8s.io/v1 Event: the only Event this server serves) and for DeleteOptions. The result
+is the JSON form of the object, with Go's `omitempty` behaviour: zero scalars are left out,
+nested structs are kept.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class ProtobufError(ValueError):
 
 
 # message -> field number -> (json name, type, repeated). Types: "string", "int", "bool",
-# "time" (meta/v1 Time), "intstr" (IntOrString), "map" (map<string,string>), or a message name.
+# "time" (meta/v1 Time), "microtime" (meta/v1 MicroTime), "intstr" (IntOrString), "map"
+# (map<string,string>), or a message name.
 Field = tuple[str, str, bool]
 MESSAGES: dict[str, dict[int, Field]] = {
     "Unknown": {1: ("typeMeta", "TypeMeta", False), 2: ("raw", "bytes", False),
@@ -80,6 +83,22 @@ MESSAGES: dict[str, dict[int, Field]] = {
     "LoadBalancerIngress": {1: ("ip", "string", False), 2: ("hostname", "string", False),
                             3: ("ipMode", "string", False), 4: ("ports", "PortStatus", True)},
     "PortStatus": {1: ("port", "int", False), 2: ("protocol", "string", False), 3: ("error", "string", False)},
+    "Event": {  # events.k8s.io/v1
+        1: ("metadata", "ObjectMeta", False), 2: ("eventTime", "microtime", False),
+        3: ("series", "EventSeries", False), 4: ("reportingController", "string", False),
+        5: ("reportingInstance", "string", False), 6: ("action", "string", False),
+        7: ("reason", "string", False), 8: ("regarding", "ObjectReference", False),
+        9: ("related", "ObjectReference", False), 10: ("note", "string", False), 11: ("type", "string", False),
+        12: ("deprecatedSource", "EventSource", False), 13: ("deprecatedFirstTimestamp", "time", False),
+        14: ("deprecatedLastTimestamp", "time", False), 15: ("deprecatedCount", "int", False),
+    },
+    "EventSeries": {1: ("count", "int", False), 2: ("lastObservedTime", "microtime", False)},
+    "EventSource": {1: ("component", "string", False), 2: ("host", "string", False)},
+    "ObjectReference": {
+        1: ("kind", "string", False), 2: ("namespace", "string", False), 3: ("name", "string", False),
+        4: ("uid", "string", False), 5: ("apiVersion", "string", False), 6: ("resourceVersion", "string", False),
+        7: ("fieldPath", "string", False),
+    },
     "DeleteOptions": {
         1: ("gracePeriodSeconds", "int", False), 2: ("preconditions", "Preconditions", False),
         3: ("orphanDependents", "bool", False), 4: ("propagationPolicy", "string", False),
@@ -142,12 +161,14 @@ def _convert(kind: str, value: int | bytes) -> Any:
         entry = dict(_fields(value))
         key, val = entry.get(1, b""), entry.get(2, b"")
         return (key.decode() if isinstance(key, bytes) else "", val.decode() if isinstance(val, bytes) else "")
-    if kind == "time":
+    if kind in ("time", "microtime"):
         t = decode_message("Time", value)
         if not t.get("seconds"):
             return None
         stamp = datetime.datetime.fromtimestamp(t["seconds"], datetime.timezone.utc)
-        return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if kind == "time":
+            return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{t.get('nanos', 0) // 1000:06d}Z"
     if kind == "intstr":
         ios = decode_message("IntOrString", value)
         return ios.get("strVal", "") if ios.get("type") == 1 else ios.get("intVal", 0)

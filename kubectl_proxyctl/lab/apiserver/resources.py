@@ -90,8 +90,24 @@ ENDPOINT_SLICES = ResourceType(
     "discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", namespaced=True,
 )
 
+# kube-proxy posts its events here ("Starting", health-check failures): they are stored, listed
+# and watched like any object (no TTL; core/v1 events are not served).
+EVENTS = ResourceType(
+    "events.k8s.io", "v1", "events", "event", "Event", namespaced=True, short_names=("ev",),
+)
+# The cluster's Service IP ranges. kube-proxy (1.33+) lists and watches them: nftables mode
+# drops traffic to ClusterIPs inside them that no Service holds. The lab API server creates
+# none by itself (a real one creates "kubernetes" from --service-cluster-ip-range): whoever
+# runs it adds one when it wants that behaviour.
+SERVICE_CIDRS = ResourceType(
+    "networking.k8s.io", "v1", "servicecidrs", "servicecidr", "ServiceCIDR", namespaced=False,
+    has_status=True,
+)
+
 # In discovery order: by group, then alphabetically (kubectl expands "all" in this order).
-RESOURCES: tuple[ResourceType, ...] = (ENDPOINTS, NAMESPACES, NODES, PODS, SERVICES, ENDPOINT_SLICES)
+RESOURCES: tuple[ResourceType, ...] = (
+    ENDPOINTS, NAMESPACES, NODES, PODS, SERVICES, ENDPOINT_SLICES, EVENTS, SERVICE_CIDRS,
+)
 
 # group -> versions served, in preference order ("" is the legacy core group).
 GROUP_VERSIONS: dict[str, tuple[str, ...]] = {}

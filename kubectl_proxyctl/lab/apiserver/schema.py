@@ -7,10 +7,11 @@ the same walk over a dict: it lists (and optionally removes) the fields the sche
 does not declare.
 
 The schema restates the field names of the Kubernetes API types (as of v1.35, a superset
-of what older servers accept) for Services, EndpointSlices, Endpoints, Namespaces and
-Nodes. A field maps to None (any value: scalars, maps like labels, int-or-string), to the
-fields of an object, or to a one-element list holding the fields of each list item. Pods
-are checked down to their metadata; their spec and status are accepted as given.
+of what older servers accept) for Services, EndpointSlices, Endpoints, Namespaces, Nodes
+and ServiceCIDRs. A field maps to None (any value: scalars, maps like labels,
+int-or-string), to the fields of an object, or to a one-element list holding the fields of
+each list item. Pods are checked down to their metadata; their spec and status are accepted
+as given.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ _NODE: Fields = {
 }
 _POD: Fields = {"apiVersion": None, "kind": None, "metadata": _OBJECT_META, "spec": None, "status": None}
 
+_SERVICE_CIDR: Fields = {
+    "apiVersion": None, "kind": None, "metadata": _OBJECT_META, "spec": {"cidrs": None},
+    "status": {"conditions": [_CONDITION]},
+}
+
 KINDS: dict[str, Fields] = {
     "Service": _SERVICE,
     "EndpointSlice": _ENDPOINT_SLICE,
@@ -145,6 +151,7 @@ KINDS: dict[str, Fields] = {
     "Namespace": _NAMESPACE,
     "Node": _NODE,
     "Pod": _POD,
+    "ServiceCIDR": _SERVICE_CIDR,
 }
 
 

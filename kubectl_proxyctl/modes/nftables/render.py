@@ -30,10 +30,12 @@ nft parses one big statement much faster than thousands of small ones, and the r
 the kernel is the same. Per service port the output is cached in the state (`ServiceOut`),
 so a partial render does no work for unchanged services.
 
-Deliberate differences from kube-proxy, all documented in the README: the local-traffic
-detector for `BridgeInterface`/`InterfaceNamePrefix` matches `iifname` (kube-proxy writes
-`iif`, which nft rejects for an interface that does not exist yet and for a prefix); the
-"unallocated ClusterIPs" drop rule is written only when `service_cidrs` are passed.
+Deliberate differences from kube-proxy 1.34, all documented in the README and named in
+tests/reference/oracle.py (where the real kube-proxy checks this module): the "unallocated
+ClusterIPs" drop rule is written only when `service_cidrs` are passed. The local-traffic
+detector for `BridgeInterface`/`InterfaceNamePrefix` matches `iifname`, as kube-proxy 1.34
+writes it too (`iif` would be refused for an interface that does not exist yet and for a
+prefix).
 """
 
 from __future__ import annotations
