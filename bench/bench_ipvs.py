@@ -1,6 +1,6 @@
 """IPVS mode's sync cost on a real kernel, as ratios (run inside the VM, as root):
 
-    ../shared/vm/run-in-vm python3 bench/bench_ipvs.py [SERVICES] [ENDPOINTS]
+    scripts/run-in-vm python3 bench/bench_ipvs.py [SERVICES] [ENDPOINTS]
 
 * full: a full sync of SERVICES ClusterIP Services × ENDPOINTS endpoints into an empty
   kernel ÷ bare `ipvsadm -R` + `ipset restore` of the same virtual servers and sets (target ≤ 1.3);
