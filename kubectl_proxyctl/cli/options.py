@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 import click
@@ -142,6 +142,9 @@ class ClusterOptions:
     request_timeout: float = 30.0
     from_file: str | None = None
     overrides: ClientOverrides | None = None  # the global client flags (kubectl's --server, --token, --as, …)
+    # The connection `connect()` made, reused: a command that reads a node through its proxy
+    # pod and then the cluster's objects loads the kubeconfig (and runs its exec plugin) once.
+    _api: list[Any] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @property
     def namespace(self) -> str:
@@ -180,10 +183,12 @@ class ClusterOptions:
         return resolved.namespace
 
     def connect(self) -> Any:
-        """A kube.client.KubeAPI configured like kubectl from these options."""
-        from kubectl_proxyctl.kube.client import connect
+        """The kube.client.KubeAPI configured like kubectl from these options (made once)."""
+        if not self._api:
+            from kubectl_proxyctl.kube.client import connect
 
-        return connect(self.kubeconfig, self.context, self.request_timeout, self.overrides)
+            self._api.append(connect(self.kubeconfig, self.context, self.request_timeout, self.overrides))
+        return self._api[0]
 
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")

@@ -114,9 +114,7 @@ def _load_state(options: Any, namespace: str | None, service: str | None, includ
 
         return state_from_file(options.from_file, warn, wanted)  # converted as parsed: no tree of the whole file
 
-    from kubectl_proxyctl.kube.client import connect
-
-    api = connect(options.kubeconfig, options.context, options.request_timeout, options.overrides)
+    api = options.connect()
     objects: list[dict[str, Any]] = []
     if service:
         objects.append(api.get("services", service, namespace))
