@@ -184,6 +184,11 @@ class FakeIptables:
                                 for t, body in lines.items()), noflush=True)
         return missing
 
+    def rule_exists(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        """`iptables -C`: the rule is in the chain (compared as argv)."""
+        rules = self.tables.get(table, {}).get(chain)
+        return rules is not None and any(split_line(r.text) == list(args) for r in rules.rules)
+
     def ensure_canaries(self) -> None:
         self._apply("".join(f"*{t}\n:{CANARY_CHAIN} - [0:0]\nCOMMIT\n" for t in CANARY_TABLES), noflush=True)
 
@@ -478,6 +483,7 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _VERDICT = re.compile(r"\b(jump|goto)\s+([^\s,;{}]+)")
 _SET_REF = re.compile(r"@([^\s,;{}]+)")
 _PAYLOAD_BASES = frozenset({"ll", "nh", "th", "ih"})  # `@th,16,16` is raw payload, not a set
+_COMMENT = re.compile(r'\bcomment\s+"((?:[^"\\]|\\.)*)"')
 _ELEMENT_OPTIONS = re.compile(r'\s+(?:comment\s+"(?:[^"\\]|\\.)*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+bytes\s+\d+)?)')
 _ERRNO = {
     "ENOENT": "Could not process rule: No such file or directory",
@@ -503,6 +509,7 @@ class NftRule:
 class NftChain:
     base: tuple[str, str, int] | None = None  # (type, hook, priority) of a base chain
     rules: list[NftRule] = field(default_factory=list)
+    comment: str = ""
 
 
 @dataclass
@@ -513,6 +520,9 @@ class NftSet:
     verdicts: bool = False  # a verdict map
     elements: dict[str, str] = field(default_factory=dict)  # key → value ("" in a set)
     lines: dict[str, int] = field(default_factory=dict)  # key → line that added it
+    comment: str = ""
+    timeout: str = ""
+    comments: dict[str, str] = field(default_factory=dict)  # key → the element's comment
 
 
 @dataclass
@@ -520,6 +530,7 @@ class NftTable:
     chains: dict[str, NftChain] = field(default_factory=dict)
     sets: dict[str, NftSet] = field(default_factory=dict)
     handle: int = 0
+    comment: str = ""
 
     def next_handle(self) -> int:
         self.handle += 1
@@ -647,6 +658,44 @@ class FakeNft:
         table = self._ours()
         return set(table.chains) if table else set()
 
+    def listing(self, name: str = NFT_TABLE) -> str | None:
+        """`nft list table` of the model, laid out as nft 1.0.6 prints it (rules and
+        elements as they were written), or None without the table."""
+        table = self.tables.get((self.fam, name))
+        if table is None:
+            return None
+        out = [f"table {self.fam} {name} {{"]
+        if table.comment:
+            out.append(f'\tcomment "{table.comment}"')
+        for set_name, st in table.sets.items():
+            out.append(f"\t{st.kind} {set_name} {{")
+            out.append(f"\t\ttype {st.type}")
+            if st.flags:
+                out.append(f"\t\tflags {','.join(sorted(st.flags))}")
+            if st.timeout:
+                out.append(f"\t\ttimeout {st.timeout}")
+            if st.comment:
+                out.append(f'\t\tcomment "{st.comment}"')
+            if st.elements:
+                items = []
+                for key, value in st.elements.items():
+                    comment = st.comments.get(key, "")
+                    items.append(key + (f' comment "{comment}"' if comment else "") + (f" : {value}" if value else ""))
+                out.append("\t\telements = { " + ",\n\t\t\t     ".join(items) + " }")
+            out += ["\t}", ""]
+        for chain_name, chain in table.chains.items():
+            out.append(f"\tchain {chain_name} {{")
+            if chain.base is not None:
+                typ, hook, priority = chain.base
+                out.append(f"\t\ttype {typ} hook {hook} priority {priority}; policy accept;")
+            if chain.comment:
+                out.append(f'\t\tcomment "{chain.comment}"')
+            out += [f"\t\t{rule.text}" for rule in chain.rules]
+            out += ["\t}", ""]
+        if out[-1] == "":
+            out.pop()
+        return "\n".join(out + ["}"]) + "\n"
+
     def sets(self) -> set[str]:
         """Named sets of our table (maps excluded), as NftSystem.sets()."""
         table = self._ours()
@@ -756,6 +805,9 @@ class FakeNft:
         key = (fam, rest[0])
         if obj == "table":
             self._table(tables, number, verb, key)
+            comment = _COMMENT.search(_body(text))
+            if comment is not None and key in tables:
+                tables[key].comment = comment.group(1)
             return
         table = tables.get(key)
         if table is None:
@@ -811,7 +863,8 @@ class FakeNft:
                     raise _NftRefused(number, "SYNTAX", "a base chain needs `type T hook H priority P`") from None
                 base = (typ, hook, priority)
             if chain is None:
-                table.chains[name] = NftChain(base)
+                table.chains[name] = chain = NftChain(base)
+                chain.comment = fields.get("comment", "").strip().strip('"')
             elif verb == "create":
                 raise _NftRefused(number, "EEXIST", f"chain {name} exists")
             elif base is not None and chain.base is None:
@@ -850,6 +903,8 @@ class FakeNft:
                 raise _NftRefused(number, "SYNTAX", f"{kind} {name} needs `type KEY{' : VALUE' if kind == 'map' else ''}`")
             flags = frozenset(f.strip() for f in fields.get("flags", "").split(",") if f.strip())
             new = NftSet(kind, typ, flags, verdicts=kind == "map" and typ.endswith(": verdict"))
+            new.comment = fields.get("comment", "").strip('"')
+            new.timeout = fields.get("timeout", "")
             if current is None:
                 table.sets[name] = new
             elif verb == "create" or (current.kind, current.type, current.flags) != (kind, typ, flags):
@@ -886,6 +941,7 @@ class FakeNft:
             colon = re.search(r"\s:\s", _QUOTED.sub(lambda m: "\0" * len(m.group(0)), item))
             if colon is not None:
                 key, value = item[:colon.start()], " ".join(item[colon.end():].split())
+            comment = _COMMENT.search(key)
             key = " ".join(_ELEMENT_OPTIONS.sub("", " " + key).split())
             if verb in ("delete", "destroy"):
                 if key not in target.elements:
@@ -894,6 +950,7 @@ class FakeNft:
                     raise _NftRefused(number, "ENOENT", f"no element {key} in {name}")
                 del target.elements[key]
                 target.lines.pop(key, None)
+                target.comments.pop(key, None)
                 continue
             if (target.kind == "map") != bool(value):
                 raise _NftRefused(number, "SYNTAX", f"element {item!r} of {target.kind} {name}: "
@@ -913,6 +970,7 @@ class FakeNft:
                 raise _NftRefused(number, "EEXIST", f"element {key} of {name} exists" + (f" with {held}" if held else ""))
             target.elements[key] = value
             target.lines[key] = number
+            target.comments[key] = comment.group(1) if comment is not None else ""
 
     @staticmethod
     def _rule(table: NftTable, number: int, verb: str, name: str, text: str) -> None:

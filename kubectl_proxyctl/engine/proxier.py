@@ -54,6 +54,8 @@ class _Applied:
 
     plan: NodePlan | None = None
     udp_serving: dict[str, frozenset[str]] = field(default_factory=dict)
+    # UDP service port → (its addresses, node port, serving endpoint IPs), for the cleanup
+    udp_ports: dict[Any, tuple[tuple[str, ...], int, frozenset[str]]] = field(default_factory=dict)
 
 
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -159,9 +161,9 @@ class Proxier:
     def _succeeded(self, node_plan: NodePlan, full: bool, start: float, rules: int, snap: Any) -> SyncResult:
         """Bookkeeping after the kernel accepted a sync; returns the result (also logged)."""
         self.applied.plan = node_plan
-        self._pending_changed = set()
+        changed, self._pending_changed = self._pending_changed, set()
         self.schedule.record_success(full)
-        deleted = self._conntrack_cleanup(node_plan) if self.conntrack_cleanup else 0
+        deleted = self._conntrack_cleanup(node_plan, full, changed) if self.conntrack_cleanup else 0
         self._follow_health(node_plan)
         seconds = time.perf_counter() - start
         result = SyncResult(full=full, services=len(node_plan.services), endpoints=node_plan.total_endpoints,
@@ -189,21 +191,40 @@ class Proxier:
         self.last_result = result
         return result
 
-    def _conntrack_cleanup(self, node_plan: NodePlan) -> int:
-        """Delete UDP flows whose reply source is no longer a serving endpoint (kube-proxy ≥ 1.32)."""
+    def _conntrack_cleanup(self, node_plan: NodePlan, full: bool, changed: set[str]) -> int:
+        """Delete UDP flows whose reply source is no longer a serving endpoint (kube-proxy ≥ 1.32).
+
+        What each UDP service port serves is kept between syncs, so a partial sync looks at
+        the changed Services' ports only, and the conntrack table is read only when what a
+        UDP address or node port serves changed."""
         if self.conntrack is None:
             return 0
+        udp = self.applied.udp_ports
+        if full:
+            touched: set[Any] = set(udp) | {sp.name for sp in node_plan.services}
+        else:
+            touched = {n for svc in changed for n in node_plan.ports_of(svc)}
+            touched |= {n for n in udp if n.service in changed}
+        moved = False
+        for name in touched:
+            sp = node_plan.service(name)
+            if sp is None or sp.protocol != Protocol.UDP:
+                moved |= udp.pop(name, None) is not None
+                continue
+            now = (tuple(ip for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips) if ip),
+                   sp.node_port, frozenset(e.ip for e in sp.endpoints if e.serving))
+            if udp.get(name) != now:
+                udp[name] = now
+                moved = True
+        if not moved and self.applied.udp_serving:
+            return 0  # nothing about UDP serving endpoints changed since the last cleanup
         by_ip: dict[str, set[str]] = {}
         by_nodeport: dict[int, set[str]] = {}
-        for sp in node_plan.services:
-            if sp.protocol != Protocol.UDP:
-                continue
-            serving = {e.ip for e in sp.endpoints if e.serving}
-            for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
-                if ip:
-                    by_ip.setdefault(ip, set()).update(serving)
-            if sp.node_port:
-                by_nodeport.setdefault(sp.node_port, set()).update(serving)
+        for ips, node_port, serving in udp.values():
+            for ip in ips:
+                by_ip.setdefault(ip, set()).update(serving)
+            if node_port:
+                by_nodeport.setdefault(node_port, set()).update(serving)
         snapshot = {k: frozenset(v) for k, v in by_ip.items()}
         snapshot.update({f":{k}": frozenset(v) for k, v in by_nodeport.items()})
         if snapshot == self.applied.udp_serving:
@@ -213,6 +234,7 @@ class Proxier:
             deleted = int(self.conntrack.reconcile_udp(by_ip, by_nodeport))
         except ProxyctlError as exc:
             log.warning("UDP conntrack cleanup failed: %s", exc)
+            self.applied.udp_serving = {}  # so the next sync tries again
             return 0
         self.applied.udp_serving = snapshot
         if self.metrics is not None:

@@ -50,6 +50,15 @@ are created empty in the same restore. Steady state: those reads, nothing writte
 kube-proxy's 14 jump rules and a 14,000-rule nat table ~35 ms (nft) and ~60 ms (legacy),
 where 14 `iptables -C` calls take ~75 ms and ~110 ms.
 
+**One save per full sync.** The iptables writer reads the tables once per full sync
+(`iptables-save` without `-t`: every table that exists, nothing instantiated) and takes from
+that one text the stale service chains, the jump rules missing from the built-in chains
+and the missing canaries (`scan_save`, `repair_lines`); what is missing goes into the
+sync's own restore payload, so a full sync is one save and one restore. A jump rule counts
+as missing only when no rule of its built-in chain jumps to its target (no other spelling of
+it can exist then); a rule with the same target spelled differently is confirmed with one
+`iptables -C`, as `ensure_jumps` does.
+
 **Clean-up.** `cleanup()` reads one `iptables-save` and builds one restore payload: every
 rule outside our chains that jumps (`-j`/`-g`) into a chain with one of the prefixes is
 deleted with `-D` (the saved rule text is valid `-D` input), and every prefixed chain is
@@ -69,7 +78,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
@@ -247,6 +256,85 @@ def summarize_save(text: str, out: RulesSummary | None = None) -> RulesSummary:
         elif line.startswith("*"):
             table = line[1:].strip()
     return out
+
+
+BUILTIN_CHAIN_NAMES: tuple[str, ...] = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+_CHAIN_DECL_RE = re.compile(r"\n:([^ \n]+)")  # starts with a literal: the regex engine skips ahead fast
+
+
+@dataclass
+class SavedChains:
+    """What one `iptables-save` shows that a full sync needs: the chains of every table, and
+    the rules of the built-in chains as token tuples (after `-A CHAIN`)."""
+
+    chains: dict[str, set[str]] = field(default_factory=dict)
+    builtin_rules: dict[tuple[str, str], list[tuple[str, ...]]] = field(default_factory=dict)
+
+
+def scan_save(text: str) -> SavedChains:
+    """Scan `iptables-save` output for chain names and the rules of built-in chains. Cheap at
+    200,000 rules: it jumps from one `:` or built-in `-A` line to the next (a regular
+    expression with a literal start, `str.find`), never splitting the rules of other chains
+    into lines."""
+    out = SavedChains()
+    body = "\n" + text
+    heads = []
+    at = body.find("\n*")
+    while at >= 0:
+        heads.append(at)
+        at = body.find("\n*", at + 2)
+    heads.append(len(body))
+    for start, stop in zip(heads, heads[1:]):
+        eol = body.find("\n", start + 1)
+        table = body[start + 2:eol if 0 <= eol < stop else stop].strip()
+        out.chains.setdefault(table, set()).update(_CHAIN_DECL_RE.findall(body, start, stop))
+        for chain in BUILTIN_CHAIN_NAMES:
+            head = f"\n-A {chain} "
+            at = body.find(head, start, stop)
+            while at >= 0:
+                end = body.find("\n", at + 1, stop)
+                line = body[at + 1:end if end >= 0 else stop]
+                out.builtin_rules.setdefault((table, chain), []).append(tuple(_tokens(line)[2:]))
+                at = body.find(head, at + 1, stop)
+    return out
+
+
+def repair_lines(saved: SavedChains, jumps: Iterable[Jump], canary_tables: Sequence[str] = CANARY_TABLES,
+                 declared: Mapping[str, Iterable[str]] | None = None,
+                 confirm: Callable[[Jump], bool] | None = None) -> dict[str, list[str]]:
+    """Table → the restore lines that put back what `saved` lacks: the missing jump rules
+    (`-I CHAIN POS ...`, in the given order, so the final order is that of one `iptables -I`
+    per rule), the target chains they need that neither exist nor are `declared` by the
+    payload they join, and the missing canary chains. `confirm(jump)` (`iptables -C`) is asked
+    only about a rule whose chain jumps to the same target with a different spelling."""
+    wanted: list[Jump] = []
+    for jump in jumps:
+        if all((j.table, j.chain, j.args) != (jump.table, jump.chain, jump.args) for j in wanted):
+            wanted.append(jump)
+    known = {t: set(names) for t, names in (declared or {}).items()}
+
+    def absent(j: Jump) -> bool:
+        rules = saved.builtin_rules.get((j.table, j.chain), [])
+        if j.args in rules:
+            return False
+        if all(_target_of(r) != j.target for r in rules) or confirm is None:
+            return True
+        return not confirm(j)
+
+    lines: dict[str, list[str]] = {}
+    for table in canary_tables:
+        if CANARY_CHAIN not in saved.chains.get(table, ()):
+            lines.setdefault(table, []).append(f":{CANARY_CHAIN} - [0:0]")
+    missing = [j for j in wanted if absent(j)]
+    for j in missing:
+        target = j.target
+        exists = target in saved.chains.get(j.table, ()) or target in known.get(j.table, ())
+        if target and names_chain(target) and not exists:
+            lines.setdefault(j.table, []).append(f":{target} - [0:0]")
+            known.setdefault(j.table, set()).add(target)
+    for j in missing:
+        lines.setdefault(j.table, []).append(f"-I {j.chain} {j.position} " + " ".join(quote_arg(a) for a in j.args))
+    return lines
 
 
 def extract_lines(payload: str, line: int, count: int = CONTEXT_LINES) -> list[tuple[int, str]]:

@@ -6,7 +6,10 @@ netlink batch: either every command commits or none does, so a failed sync leave
 rules in place and there is nothing to roll back. A failure becomes an ApplyError naming the
 failing line of the script with the lines around it (nft reports `/dev/stdin:LINE:COL-COL:`).
 
-Reading back is cheap and narrow: `chains()` and `sets()` list only names (`nft -j list
+`listing()` reads our whole table once, in nft's text form: what the engine reconciles a
+populated table against when it starts (`modes/nftables/reconcile.py`).
+
+Reading back is otherwise cheap and narrow: `chains()` and `sets()` list only names (`nft -j list
 chains ip` / `list sets ip`, filtered to our table), which the engine needs on a full sync to
 find stale chains; `set_present()` notices that someone deleted our table or flushed the ruleset (the
 nftables counterpart of iptables mode's canary chains); it stays cheap on a large table,
@@ -183,6 +186,18 @@ class NftSystem:
                     if kind in item:
                         out.elements[str(item[kind].get("name"))] = len(item[kind].get("elem") or ())
         return out
+
+    def listing(self, table: str | None = None) -> str | None:
+        """`nft list table` of our table (or `table`) in nft's text form, or None when the
+        table does not exist. Cheaper than the JSON form (nft 1.0.6, 10,000 services: about
+        two thirds of the time, a third of the size) and what people compare."""
+        name = table or self.table
+        result = self.executor.run(["nft", "list", "table", self.fam, name], timeout=300.0)
+        if not result.ok:
+            if "No such file" in result.stderr or "does not exist" in result.stderr:
+                return None
+            raise ProxyctlError(f"nft list table {self.fam} {name} failed: {result.stderr.strip()}")
+        return result.stdout
 
     def list_table(self) -> str:
         """`nft -j list table` of our table (JSON text), for inspection tools and tests."""

@@ -26,7 +26,15 @@ Partial syncs: with `changed` (ServicePortNames, or `namespace/name` of whole Se
 kube-proxy tracks changes per Service) only those per-service chains are written; the
 top-level chains are always rewritten. With
 `existing_nat_chains` (the nat chain names `iptables-save -t nat` shows) stale service chains
-are declared and removed with `-X`.
+are declared and removed with `-X`. With `previous` (the RenderedRules of the sync before)
+a service port whose plan is the very object planned then (the planner keeps unchanged
+ports' objects) reuses that render's lines for the top-level chains, its chain names and
+its rule count: a partial sync does no per-rule work for unchanged services, only copies
+their top-level lines into the payload (which must hold them: declaring KUBE-SERVICES
+flushes it).
+
+`with_extra_lines(payload, lines)` adds lines at the end of table blocks (and new blocks
+for other tables): how a writer puts missing jump rules and canaries into the same restore.
 
 Hot path: one f-string per rule, no per-rule objects; 10,000 services with 5 endpoints each
 render in well under a second.
@@ -35,7 +43,7 @@ render in well under a second.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Mapping
+from typing import Collection, Mapping, Sequence
 
 from kubectl_proxyctl.model import Endpoint, IPFamily, Protocol, ServicePortName
 from kubectl_proxyctl.modes.iptables.naming import (
@@ -161,9 +169,26 @@ class RenderedRules:
     nat_rules: int  # rules written in *nat (not counting -X lines)
     nat_rules_total: int  # nat rules that exist after the sync (skipped services included)
     skipped_services: tuple[ServicePortName, ...] = field(default=())
+    # What `render(previous=...)` reuses: the render options, the plan, and per service port
+    # plan object (by id; the entry keeps the object alive) the lines it wrote.
+    reuse_key: tuple[object, ...] = field(default=(), compare=False, repr=False)
+    plan: NodePlan | None = field(default=None, compare=False, repr=False)
+    lines_by_plan: Mapping[int, "_ServiceLines"] = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.text
+
+
+@dataclass(frozen=True)
+class _ServiceLines:
+    """One service port's part of a render: its plan object, its lines in the top-level
+    chains, its chains and how many rules they hold."""
+
+    plan: ServicePortPlan
+    filter_entry: tuple[str, ...]
+    nat_entry: tuple[str, ...]
+    chains: tuple[str, ...]
+    chain_rules: int
 
 
 # (is-local match, is-not-local match) per detector criterion, `{}` the detector's value.
@@ -226,6 +251,7 @@ def render(
     large_cluster: bool | None = None,
     changed: Collection[ServicePortName | str] | None = None,
     existing_nat_chains: Collection[str] | None = None,
+    previous: RenderedRules | None = None,
 ) -> RenderedRules:
     """Render the full restore payload for `plan`.
 
@@ -236,6 +262,8 @@ def render(
     changed: write per-service chains only for these service ports, or for every port of
         these Services given as `namespace/name` (a partial sync).
     existing_nat_chains: nat chains present on the node; stale service chains get `-X`.
+    previous: the render of the sync before, whose per-service lines a partial sync reuses
+        (same output, less work; ignored when the options or node-wide facts differ).
 
     The payload: the fixed chains, then per service port its entry rules in the top-level
     chains (always written) and its own chains (skipped but counted in a partial sync of an
@@ -258,24 +286,66 @@ def render(
             "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
         )
 
-    skipped_chain_lines: list[str] = []
-    skipped_rules: list[str] = []
+    skipped_rules = 0
     active: set[str] = set()
     written: set[str] = set()
     chains_by_service: dict[ServicePortName, tuple[str, ...]] = {}
     skipped_services: list[ServicePortName] = []
+    reuse_key = (ctx, random_fully, nfacct, tcp_be_liberal)
+    lines_by_plan: dict[int, _ServiceLines] = {}
+    touched: set[int] | None = None  # ids of the plan objects of the changed service ports
+    reusing = (previous is not None and previous.plan is not None and changed_set is not None
+               and previous.reuse_key == reuse_key)
+    if reusing:
+        # Start from the previous render's bookkeeping without the changed ports' entries;
+        # every other port whose plan object is the one rendered then reuses its lines.
+        assert previous is not None and previous.plan is not None and changed_set is not None
+        names = _changed_names(changed_set, plan, previous.plan)
+        active = set(previous.service_chains)
+        chains_by_service = dict(previous.chains_by_service)
+        lines_by_plan = dict(previous.lines_by_plan)
+        for name in names:
+            active.difference_update(chains_by_service.pop(name, ()))
+            old = previous.plan.service(name)
+            if old is not None:
+                lines_by_plan.pop(id(old), None)
+        touched = {id(sp) for sp in map(plan.service, names) if sp is not None}
 
     for sp in plan.services:
-        _entry_rules(sp, ctx, filter_rules, nat_rules)
-        writing = changed_set is None or sp.name in changed_set or sp.name.service in changed_set
-        if writing:
-            mine = _service_port_chains(sp, ctx, nat_chains, nat_rules)
-            written.update(mine)
-        else:
-            mine = _service_port_chains(sp, ctx, skipped_chain_lines, skipped_rules)
+        known = lines_by_plan.get(id(sp))
+        if known is not None and known.plan is sp:  # only when reusing: unchanged, not rendered again
+            filter_rules += known.filter_entry
+            nat_rules += known.nat_entry
+            skipped_rules += known.chain_rules
             skipped_services.append(sp.name)
+            continue
+        name = sp.name
+        if touched is not None:
+            writing = id(sp) in touched
+        else:
+            writing = changed_set is None or name in changed_set or name.service in changed_set
+        f0, n0 = len(filter_rules), len(nat_rules)
+        _entry_rules(sp, ctx, filter_rules, nat_rules)
+        f1, n1 = len(filter_rules), len(nat_rules)
+        if writing:
+            mine = tuple(_service_port_chains(sp, ctx, nat_chains, nat_rules))
+            written.update(mine)
+            count = len(nat_rules) - n1
+        else:  # not written, but its chains and rules are counted
+            skipped: list[str] = []
+            mine = tuple(_service_port_chains(sp, ctx, [], skipped))
+            count = len(skipped)
+            skipped_rules += count
+            skipped_services.append(name)
+        lines_by_plan[id(sp)] = _ServiceLines(sp, tuple(filter_rules[f0:f1]), tuple(nat_rules[n0:n1]),
+                                              mine, count)
         active.update(mine)
-        chains_by_service[sp.name] = tuple(mine)
+        chains_by_service[name] = mine
+    if reusing and (len(chains_by_service) != len(plan.services) or len(lines_by_plan) != len(plan.services)):
+        # A port left the plan without being named in `changed`: recount from the plan.
+        lines_by_plan = {id(sp): lines_by_plan[id(sp)] for sp in plan.services}
+        chains_by_service = {sp.name: lines_by_plan[id(sp)].chains for sp in plan.services}
+        active = {c for chains in chains_by_service.values() for c in chains}
 
     deleted = _delete_stale_chains(existing_nat_chains, active, nat_chains, nat_rules)
     nat_rules += _nodeports_jumps(plan, ctx)
@@ -300,9 +370,25 @@ def render(
         partial=changed_set is not None,
         filter_rules=len(filter_rules),
         nat_rules=nat_written,
-        nat_rules_total=nat_written + len(skipped_rules),
+        nat_rules_total=nat_written + skipped_rules,
         skipped_services=tuple(skipped_services),
+        reuse_key=reuse_key,
+        plan=plan,
+        lines_by_plan=lines_by_plan,
     )
+
+
+def _changed_names(changed: Collection[ServicePortName | str], plan: NodePlan,
+                   previous: NodePlan) -> set[ServicePortName]:
+    """The service ports `changed` names, in the plan or in the previous one."""
+    out: set[ServicePortName] = set()
+    for item in changed:
+        if isinstance(item, ServicePortName):
+            out.add(item)
+        else:
+            out.update(plan.ports_of(item))
+            out.update(previous.ports_of(item))
+    return out
 
 
 def _postrouting_rules(mark: str, random_fully: bool) -> list[str]:
@@ -487,7 +573,8 @@ def _delete_stale_chains(existing: Collection[str] | None, active: set[str], nat
     """Stale service chains: declare them (flushing them), then delete them with `-X`."""
     deleted: list[str] = []
     if existing is not None:
-        for chain in sorted(set(existing) - active):
+        present = existing if isinstance(existing, (set, frozenset)) else set(existing)
+        for chain in sorted(present - active):
             if is_service_chain(chain):
                 nat_chains.append(f":{chain} - [0:0]")
                 nat_rules.append(f"-X {chain}")
@@ -564,6 +651,25 @@ def jump_rules_text(rules: tuple[JumpRule, ...] = JUMP_RULES) -> dict[tuple[str,
     for rule in rules:
         out.setdefault((rule.table, rule.chain), []).insert(0, rule.restore_line())
     return out
+
+
+def with_extra_lines(payload: str, extra: Mapping[str, Sequence[str]]) -> str:
+    """`payload` with `extra[table]` appended to each table's block (before its COMMIT), and
+    a block of their own, after the others, for tables the payload does not hold."""
+    if not any(extra.values()):
+        return payload
+    out = []
+    done = set()
+    for block in payload.split("COMMIT\n"):
+        if not block.strip():
+            continue
+        table = block.split("\n", 1)[0][1:]
+        done.add(table)
+        out.append(block + "".join(f"{line}\n" for line in extra.get(table, ())) + "COMMIT\n")
+    for table, lines in extra.items():
+        if table not in done and lines:
+            out.append(f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n")
+    return "".join(out)
 
 
 def with_jump_rules(payload: str, rules: tuple[JumpRule, ...] = JUMP_RULES) -> str:

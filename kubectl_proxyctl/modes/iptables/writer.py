@@ -1,10 +1,17 @@
 """The engine's side of iptables mode: one `iptables-restore --noflush` per sync.
 
-* A **full sync** rewrites every chain of our layout, deletes stale service chains found by
-  `iptables-save` (with `-X` in the same payload), then ensures the jump rules in the
-  built-in chains and the canaries (`KUBE-PROXY-CANARY` in mangle/nat/filter).
+* A **full sync** is one `iptables-save` and one restore. The save (every table that exists)
+  shows the stale service chains, which the payload deletes with `-X`, the jump rules missing
+  from the built-in chains and the missing canaries (`KUBE-PROXY-CANARY` in
+  mangle/nat/filter); those are added to the same payload (`system.iptables.repair_lines`,
+  `render.with_extra_lines`), so the rules, the jumps into them and the canaries commit in
+  one restore. When the save fails, the sync still restores its payload and then ensures
+  the jumps and canaries the slow way (`ensure_jumps`, `ensure_canaries`), as it cannot know
+  what is missing.
 * A **partial sync** writes the top-level chains plus the changed Services' chains; stale
-  chains of deleted Services are removed with `-X` in the same payload.
+  chains of deleted Services are removed with `-X` in the same payload. It reuses the last
+  render's lines of every unchanged service port (`render(previous=...)`): its cost grows
+  with the top-level rules it must rewrite, not with all the chains and rules of the table.
 * `iptables-restore` commits table by table, so a failure in `nat` may follow a committed
   `filter`: after a failure the last good full payload is restored again.
 * **Tamper detection** (`state_missing`, every sync period): first a fingerprint of the
@@ -27,13 +34,13 @@ from typing import Any, Callable
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
-from kubectl_proxyctl.modes.iptables.naming import is_service_chain
 from kubectl_proxyctl.modes.iptables.render import (
     KUBE_FORWARD,
     KUBE_MARK_MASQ,
     KUBE_POSTROUTING,
     RenderedRules,
     render,
+    with_extra_lines,
 )
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 
@@ -55,7 +62,7 @@ OWNED_CHAIN_PREFIXES = (
 
 class IptablesWriter:
     """Writes kube-proxy's iptables layout through `system.iptables.IptablesSystem` (or a fake
-    with `restore`, `save`, `ensure_jumps`, `ensure_canaries`, `missing_canaries`)."""
+    with `restore`, `save`, `rule_exists`, `ensure_jumps`, `ensure_canaries`)."""
 
     mode = Mode.IPTABLES
 
@@ -76,6 +83,7 @@ class IptablesWriter:
         self.payload = ""  # the last good full payload: the rollback point
         self.service_chains: frozenset[str] = frozenset()  # our service chains in the kernel
         self._jumps: tuple[tuple[str, str, str], ...] = ()  # (table, built-in chain, target) ensured
+        self._rendered: RenderedRules | None = None  # the last render the kernel holds, reused by partial syncs
         self._fingerprint: object = None  # the tables' fingerprint after our last write or check
         self._last_deep_check = monotonic()
 
@@ -83,18 +91,26 @@ class IptablesWriter:
         # A change by someone else since our last write or check must still be checked, even
         # though this write moves the fingerprint again.
         unchecked = self._fingerprint is None or self._read_fingerprint() != self._fingerprint
+        self._rendered, previous = None, self._rendered  # unknown until the restore succeeded
         if full:
+            saved = self._saved_chains()
+            # every nat chain: render picks the stale service chains among those it does not write
+            existing = set(self.service_chains) if saved is None else saved.chains.get("nat", set())
             rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
-                              existing_nat_chains=self._existing_nat_chains())
-        else:
-            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
-                              changed=changed, existing_nat_chains=self.service_chains)
-        self.system.restore(rendered.text)
-        if full:
-            self.system.ensure_jumps(_system_jumps(rendered))
-            self.system.ensure_canaries()
+                              existing_nat_chains=existing)
+            if saved is None:
+                self.system.restore(rendered.text)
+                self.system.ensure_jumps(_system_jumps(rendered))
+                self.system.ensure_canaries()
+            else:
+                self.system.restore(self._with_repairs(rendered, saved))
             self.payload = rendered.text  # partial syncs after it are redone by the next full sync
             self._jumps = tuple((j.table, j.chain, j.target) for j in rendered.jump_rules)
+        else:
+            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+                              changed=changed, existing_nat_chains=self.service_chains, previous=previous)
+            self.system.restore(rendered.text)
+        self._rendered = rendered
         self.service_chains = rendered.service_chains
         # The next check looks at the rules themselves after a full sync (it takes long enough
         # for someone to change something meanwhile; full syncs are rare), and after a partial
@@ -166,19 +182,34 @@ class IptablesWriter:
                    else metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
         counter.labels(ip_family=family).inc()
 
-    def _existing_nat_chains(self) -> set[str]:
+    def _saved_chains(self) -> Any:
+        """The one `iptables-save` of a full sync, scanned (`system.iptables.SavedChains`), or
+        None when it failed."""
+        from kubectl_proxyctl.system.iptables import scan_save
+
         try:
-            text = self.system.save("nat")
+            return scan_save(self.system.save())
         except ProxyctlError as exc:
-            log.warning("cannot list existing chains (%s); stale chains stay until the next full sync", exc)
-            return set(self.service_chains)
-        chains = set()
-        for line in text.splitlines():
-            if line.startswith(":"):
-                name = line[1:].split(" ", 1)[0]
-                if is_service_chain(name):
-                    chains.add(name)
-        return chains
+            log.warning("cannot read the tables (%s); stale chains stay until the next full sync", exc)
+            return None
+
+    def _with_repairs(self, rendered: RenderedRules, saved: Any) -> str:
+        """The payload plus the jump rules and canaries `saved` lacks (usually nothing)."""
+        from kubectl_proxyctl.system.iptables import repair_lines
+
+        declared = {"filter": rendered.filter_chains, "nat": rendered.nat_chains}
+        extra = repair_lines(saved, _system_jumps(rendered), self.CANARY_TABLES, declared, self._confirm)
+        if extra:
+            log.info("adding to this sync's restore what is missing: %s",
+                     "; ".join(f"{t}: {len(lines)} line(s)" for t, lines in extra.items()))
+        return with_extra_lines(rendered.text, extra)
+
+    def _confirm(self, jump: Any) -> bool:
+        """`iptables -C`: is the rule there in another spelling?"""
+        try:
+            return bool(self.system.rule_exists(jump.table, jump.chain, jump.args))
+        except ProxyctlError:
+            return False
 
 
 CANARY_CHAIN = "KUBE-PROXY-CANARY"
@@ -219,7 +250,7 @@ def prepare_node(config: ProxyConfig) -> None:
             log.info("set %s=1 so NodePorts answer on 127.0.0.1", ROUTE_LOCALNET)
 
 
-def cleanup(family: IPFamily) -> tuple[bool, str]:
+def cleanup(family: IPFamily, config: ProxyConfig | None = None) -> tuple[bool, str]:
     """Remove our iptables chains and jumps of one family: (anything removed?, what)."""
     from kubectl_proxyctl.system.iptables import IptablesSystem
 

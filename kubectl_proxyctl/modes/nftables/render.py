@@ -59,6 +59,12 @@ from kubectl_proxyctl.system.nftables import KUBE_PROXY_TABLE, family_word
 
 TABLE = KUBE_PROXY_TABLE
 TABLE_COMMENT = "rules for kube-proxy"
+# eBPF mode's table: kube-proxy's layout, with the entry points reached from outside only
+ENTRY_POINTS_TABLE_COMMENT = "kubectl proxyctl eBPF mode: entry points from outside the node"
+
+
+def table_comment(entry_points_only: bool) -> str:
+    return ENTRY_POINTS_TABLE_COMMENT if entry_points_only else TABLE_COMMENT
 STALE_CHAIN_DELAY = 1.0  # seconds a stale chain stays (flushed) before it is deleted
 NAME_LENGTH_MAX = 256  # knftables.NameLengthMax
 _BASE_LENGTH_MAX = NAME_LENGTH_MAX - 16  # chainNameBaseLengthMax
@@ -250,6 +256,7 @@ class NftState:
     stale: dict[str, float] = field(default_factory=dict)  # stale chain → when it became stale
     affinity_sets: set[str] = field(default_factory=set)
     fixed_signature: str = ""  # the fixed part; a change needs a full transaction
+    table: str = TABLE  # the table's name (eBPF mode keeps its entry points in its own)
 
     # (container, key) → every service port claiming that element key, for the rare keys
     # claimed by more than one (e.g. two Services sharing an externalIP and port)
@@ -285,6 +292,7 @@ class NftState:
             stale=dict(self.stale),
             affinity_sets=set(self.affinity_sets),
             fixed_signature=self.fixed_signature,
+            table=self.table,
             by_service=dict(self.by_service),
             contested=dict(self.contested),
         )
@@ -349,19 +357,25 @@ class _Ctx:
     masq_all: bool
     if_local: str
     if_not_local: str
+    # Only the entry points from outside the node (node ports, external and load-balancer
+    # IPs): eBPF mode serves cluster IPs at connect() and leaves the rest to this table.
+    entry_points_only: bool = False
 
 
-def _context(plan: NodePlan) -> _Ctx:
+def _context(plan: NodePlan, entry_points_only: bool = False) -> _Ctx:
     ipx = family_word(plan.family)
     if_local, if_not_local = _detector(plan.local_detector, ipx)
     addr = "ipv6_addr" if ipx == "ip6" else "ipv4_addr"
-    return _Ctx(ipx, addr, plan.internal_masquerade == InternalMasquerade.ALL, if_local, if_not_local)
+    return _Ctx(ipx, addr, plan.internal_masquerade == InternalMasquerade.ALL, if_local, if_not_local,
+                entry_points_only)
 
 
 def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     """The chains, rules, elements and affinity sets of one service port (kube-proxy's loop
     body in syncProxyRules)."""
     spn = sp.name
+    if ctx.entry_points_only and not sp.externally_accessible:
+        return ServiceOut((), (), ())  # reached through its cluster IP only: not this table's
     # Element comments are cut to what nft accepts: valid names can be longer (63 + 63 + 15).
     spn_text = str(spn)[:COMMENT_LENGTH_MAX]
     proto = _PROTO[sp.protocol]
@@ -381,10 +395,13 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     external_policy_chain = names.local if sp.external_policy_local else names.service
 
     elements: list[Element] = []
-    elements.append((CLUSTER_IPS, sp.cluster_ip, "", ""))
-    if sp.has_internal_endpoints:
+    if ctx.entry_points_only:
+        pass  # no cluster-IP elements: nothing from outside is sent to a cluster IP
+    elif sp.has_internal_endpoints:
+        elements.append((CLUSTER_IPS, sp.cluster_ip, "", ""))
         elements.append((SERVICE_IPS, f"{sp.cluster_ip} . {proto} . {port}", f"goto {internal_chain}", ""))
     else:
+        elements.append((CLUSTER_IPS, sp.cluster_ip, "", ""))
         verdict = f"goto {REJECT_CHAIN}" if (sp.internal_filter or FilterAction.REJECT) == FilterAction.REJECT else "drop"
         elements.append((NO_ENDPOINT_SERVICES, f"{sp.cluster_ip} . {proto} . {port}", verdict, spn_text))
     ext_verdict = ""
@@ -494,7 +511,7 @@ def _fixed_part(plan: NodePlan, ctx: _Ctx, t: str, service_cidrs: tuple[str, ...
     nodeport_ips = [ip for ip in plan.nodeport_ips if not _is_loopback(ip)]
     match_all = plan.nodeport_match_all
 
-    out = [f'add table {t} {{ comment "{TABLE_COMMENT}" ; }}']
+    out = [f'add table {t} {{ comment "{table_comment(ctx.entry_points_only)}" ; }}']
     if first:
         for name in (*(b[0] for b in BASE_CHAINS), *LEGACY_BASE_CHAINS):
             out.append(f"add chain {t} {name}")
@@ -612,6 +629,9 @@ def render(
     first: bool = False,
     now: float = 0.0,
     service_cidrs: Iterable[str] = (),
+    table: str = TABLE,
+    entry_points_only: bool = False,
+    state_only: bool = False,
 ) -> RenderedNft:
     """Render one transaction for `plan`.
 
@@ -623,25 +643,39 @@ def render(
     first: the first transaction of this process (base chains are re-created).
     now: the time stale chains are stamped with.
     service_cidrs: the cluster's service CIDRs of the family, for the unallocated-IP drop.
+    table: the table's name.
+    entry_points_only: leave out every cluster IP (eBPF mode's table for traffic from outside).
+    state_only: for a full transaction, only the state it leaves (the text stays empty): what
+        a reconciliation (`reconcile.py`) compares the kernel's table with.
     """
-    ctx = _context(plan)
-    t = f"{ctx.ipx} {TABLE}"
+    ctx = _context(plan, entry_points_only)
+    t = f"{ctx.ipx} {table}"
     cidrs = tuple(service_cidrs)
     fixed, signature = _fixed_part(plan, ctx, t, cidrs, first)
-    if previous is not None and (previous.fixed_signature != signature or previous.family != plan.family):
+    if previous is not None and (previous.fixed_signature != signature or previous.family != plan.family
+                                 or previous.table != table):
         # The fixed part changed (node IPs, flags): only a full transaction fits; what the
         # kernel holds is what the previous state says.
         return _full(plan, ctx, t, fixed, signature, previous.chains, previous.affinity_sets, now,
                      previous.stale)
     if previous is None:
-        return _full(plan, ctx, t, fixed, signature, existing_chains, existing_affinity_sets, now)
+        return _full(plan, ctx, t, fixed, signature, existing_chains, existing_affinity_sets, now,
+                     with_text=not state_only)
     return _partial(plan, ctx, t, previous, changed, now)
+
+
+def fixed_lines(plan: NodePlan, *, service_cidrs: Iterable[str] = (), table: str = TABLE,
+                entry_points_only: bool = False) -> list[str]:
+    """The fixed part of a full transaction (the table, base and fixed chains with their
+    rules, sets and maps, each flushed), as `render` writes it when not `first`."""
+    ctx = _context(plan, entry_points_only)
+    return _fixed_part(plan, ctx, f"{ctx.ipx} {table}", tuple(service_cidrs), False)[0]
 
 
 def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
           existing_chains: Collection[str] | None, existing_affinity: Collection[str] | None,
-          now: float, stale_since: Mapping[str, float] | None = None) -> RenderedNft:
-    state = NftState(family=plan.family, fixed_signature=signature)
+          now: float, stale_since: Mapping[str, float] | None = None, with_text: bool = True) -> RenderedNft:
+    state = NftState(family=plan.family, fixed_signature=signature, table=t.split(" ", 1)[1])
     out = list(fixed)
     chain_lines: list[str] = []
     rule_lines: list[str] = []
@@ -652,12 +686,17 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
     for name in CONTAINER_ORDER:
         elements[name] = {}
     for sp in plan.services:
+        if ctx.entry_points_only and not sp.externally_accessible:
+            continue  # nothing of it in this table (nor in its state: partial syncs stay small)
         so = service_out(sp, ctx)
         state.put(sp.name, so)
         for set_name, timeout in so.affinity_sets:
             set_lines.append(_affinity_set_line(t, set_name, timeout, ctx))
             state.affinity_sets.add(set_name)
-        _write_chains(t, so, chain_lines, rule_lines, written)
+        if with_text:
+            _write_chains(t, so, chain_lines, rule_lines, written)
+        else:
+            written.extend(so.chain_names)
         for container, key, value, comment in so.elements:
             store = elements[container]
             held = store.get(key)
@@ -667,7 +706,7 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
                 _contest(state.contested, (container, key), held[2], sp.name)
                 continue
             store[key] = (value, comment, sp.name)
-    for container in CONTAINER_ORDER:
+    for container in CONTAINER_ORDER if with_text else ():
         adds[container] = [_element_text(k, v, c) for k, (v, c, _) in elements[container].items()]
     active = set(written)
     state.chains = set(active)
@@ -686,7 +725,7 @@ def _full(plan: NodePlan, ctx: _Ctx, t: str, fixed: list[str], signature: str,
     for name in deleted_affinity:
         out.append(f"delete set {t} {name}")
     return RenderedNft(
-        text="\n".join(out) + "\n", family=plan.family, state=state, partial=False,
+        text="\n".join(out) + "\n" if with_text else "", family=plan.family, state=state, partial=False,
         rules_written=len(rule_lines), elements_written=n_elements, chains_written=tuple(written),
         stale_flushed=tuple(stale), affinity_deleted=tuple(deleted_affinity),
     )
@@ -721,6 +760,8 @@ def _partial(plan: NodePlan, ctx: _Ctx, t: str, previous: NftState,
     for name in touched:
         old = state.drop(name)
         sp = plan.service(name)
+        if sp is not None and ctx.entry_points_only and not sp.externally_accessible:
+            sp = None  # not in this table
         new = service_out(sp, ctx) if sp is not None else None
         if new is not None:
             state.put(name, new)
@@ -844,7 +885,7 @@ def stale_deletion(state: NftState, now: float, delay: float = STALE_CHAIN_DELAY
     due = tuple(sorted(c for c, since in state.stale.items() if now - since >= delay))
     if not due:
         return "", ()
-    text = "".join(f"delete chain {family_word(state.family)} {TABLE} {c}\n" for c in due)
+    text = "".join(f"delete chain {family_word(state.family)} {state.table} {c}\n" for c in due)
     return text, due
 
 
@@ -854,7 +895,7 @@ def forget_chains(state: NftState, chains: Iterable[str]) -> None:
         state.chains.discard(chain)
 
 
-def cleanup_script(family: IPFamily) -> str:
+def cleanup_script(family: IPFamily, table: str = TABLE) -> str:
     """Delete our table (no error when it does not exist: it is added first)."""
     fam = family_word(family)
-    return f"add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n"
+    return f"add table {fam} {table}\ndelete table {fam} {table}\n"

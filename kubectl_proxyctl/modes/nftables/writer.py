@@ -1,8 +1,12 @@
 """The engine's side of nftables mode: one atomic `nft -f -` transaction per sync.
 
-A full transaction (first sync, after a failure, when the node changed or our table was
-deleted or flushed) rebuilds the table; a partial one rewrites only the changed services'
-chains and the map elements that differ (`render.py`). Stale chains are deleted by a separate
+A full sync (first sync, after a failure, when the node changed or our table was deleted or
+flushed) reads our table once when it exists (`nft list table`) and, when its layout is
+ours, writes only the difference to the full transaction's result (`reconcile.py`: over the
+table a previous run left, a few dozen lines instead of minutes of nft work); without a
+table, after a failed read or over another layout it writes the full transaction, which
+rebuilds the table. A partial sync rewrites only the changed services' chains and the map
+elements that differ (`render.py`). Stale chains are deleted by a separate
 small transaction at the start of a later sync without pending changes, at least a second
 after they were flushed. Unlike iptables mode there is no hourly full sync (as in
 kube-proxy's nftables mode: a full transaction into a populated 10,000-service table takes
@@ -29,6 +33,7 @@ from typing import Any, Callable
 from kubectl_proxyctl.errors import ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
+from kubectl_proxyctl.modes.nftables.reconcile import ListingError, parse_listing, reconcile
 from kubectl_proxyctl.modes.nftables.render import (
     CLUSTER_IPS,
     STALE_CHAIN_DELAY,
@@ -50,7 +55,7 @@ LOCALHOST_NODEPORTS = False  # no NodePorts on 127.0.0.1, whatever --localhost-n
 
 class NftablesWriter:
     """Writes kube-proxy's `kube-proxy` table through `system.nftables.NftSystem` (or a fake
-    with `run`, `chains`, `sets`, `set_present`, `chain_rule_count`, `fam`)."""
+    with `run`, `listing`, `chains`, `sets`, `set_present`, `chain_rule_count`, `fam`)."""
 
     mode = Mode.NFTABLES
     full_sync_period = float("inf")
@@ -66,9 +71,12 @@ class NftablesWriter:
     LISTING_SPACING = 20.0
 
     def __init__(self, system: Any, *, service_cidrs: tuple[str, ...] = (),
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, table: str = TABLE,
+                 entry_points_only: bool = False) -> None:
         self.system = system
         self.service_cidrs = service_cidrs
+        self.table = table  # eBPF mode writes its entry points into a table of its own
+        self.entry_points_only = entry_points_only
         self.monotonic = monotonic
         self.state: Any = None  # render.NftState after the last transaction
         self._recreated_base_chains = False
@@ -84,11 +92,15 @@ class NftablesWriter:
         unchecked = self._generation is None or self._read_generation() != self._generation
         now = self.monotonic()
         if full:
-            affinity = {s for s in self.system.sets() if is_affinity_set(s)}
-            rendered = render(plan, existing_chains=self.system.chains(), existing_affinity_sets=affinity,
-                              first=not self._recreated_base_chains, now=now, service_cidrs=self.service_cidrs)
+            rendered = self._reconciled(plan, now)
+            if rendered is None:
+                affinity = {s for s in self.system.sets() if is_affinity_set(s)}
+                rendered = render(plan, existing_chains=self.system.chains(), existing_affinity_sets=affinity,
+                                  first=not self._recreated_base_chains, now=now, service_cidrs=self.service_cidrs,
+                                  table=self.table, entry_points_only=self.entry_points_only)
         else:
-            rendered = render(plan, previous=self.state, changed=changed, now=now, service_cidrs=self.service_cidrs)
+            rendered = render(plan, previous=self.state, changed=changed, now=now, service_cidrs=self.service_cidrs,
+                              table=self.table, entry_points_only=self.entry_points_only)
         self.system.run(rendered.text)
         self.state = rendered.state
         self._recreated_base_chains = True
@@ -99,6 +111,36 @@ class NftablesWriter:
         # when someone else committed before it (None forces the listing).
         self._generation = None if not rendered.partial or unchecked else self._read_generation()
         return Written(not rendered.partial, rendered.rules_written, rendered)
+
+    def _reconciled(self, plan: NodePlan, now: float) -> RenderedNft | None:
+        """The full sync as the difference to what our table holds (`reconcile.py`), or None
+        when there is no table, it cannot be read or its layout is not ours."""
+        listing = getattr(self.system, "listing", None)
+        if listing is None:  # an adapter that cannot read the table back: write it whole
+            return None
+        started = self.monotonic()
+        try:
+            text = listing(self.table)
+        except ProxyctlError as exc:
+            log.warning("cannot read table %s %s (%s): writing it whole", self.system.fam, self.table, exc)
+            return None
+        if text is None:
+            return None
+        try:
+            listed = parse_listing(text)
+        except ListingError as exc:
+            log.warning("cannot read the listing of table %s %s (%s): writing it whole",
+                        self.system.fam, self.table, exc)
+            return None
+        rendered, problem = reconcile(plan, listed, now=now, service_cidrs=self.service_cidrs, table=self.table,
+                                      entry_points_only=self.entry_points_only)
+        if rendered is None:
+            log.info("table %s %s is not in our layout (%s): writing it whole", self.system.fam, self.table, problem)
+            return None
+        log.info("table %s %s read in %.1fs; writing the difference: %d chains, %d element changes",
+                 self.system.fam, self.table, self.monotonic() - started, len(rendered.chains_written),
+                 rendered.elements_written)
+        return rendered
 
     def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
         """Delete the chains stale for long enough: in a sync without pending changes, or once
@@ -131,7 +173,7 @@ class NftablesWriter:
             # Listed a moment ago (other software keeps committing): spend at most 1/LISTING_SPACING
             # of a core on listings; meanwhile only the cheap "table still there" check.
             try:
-                return [] if self.system.set_present(CLUSTER_IPS) else [f"table {self.system.fam} {TABLE}"]
+                return [] if self.system.set_present(CLUSTER_IPS) else [f"table {self.system.fam} {self.table}"]
             except ProxyctlError as exc:
                 log.warning("cannot check our nftables table: %s", exc)
                 return []
@@ -156,7 +198,7 @@ class NftablesWriter:
             return None
 
     def _missing(self, summary: Any) -> list[str]:
-        title = f"{self.system.fam} {TABLE}"
+        title = f"{self.system.fam} {self.table}"
         if summary is None:
             return [f"table {title}"]
         if self.state is None:
@@ -222,7 +264,7 @@ def prepare_node(config: ProxyConfig) -> None:
     pass  # nothing node-wide to set
 
 
-def cleanup(family: IPFamily) -> tuple[bool, str]:
+def cleanup(family: IPFamily, config: ProxyConfig | None = None) -> tuple[bool, str]:
     """Delete our table of one family: (deleted?, what)."""
     from kubectl_proxyctl.system.nftables import NftSystem
 
