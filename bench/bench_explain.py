@@ -1,18 +1,25 @@
-"""`explain svc/X --rules-file` on a 10,000-service × 5-endpoint iptables-save dump.
+"""`explain svc/X --rules-file DUMP`: does its cost follow the Service, or the dump?
 
-  python bench/bench_explain.py [--dump FILE] [--keep FILE]
+  python bench/bench_explain.py [--small 100] [--large 10000] [--endpoints 5] [--runs 3]
+                                [--dumps DIR] [--before SRC] [--formats iptables,nft]
 
-The dump is made once: synth.cluster(10000, 5) → plan → our renderer (plus kube-proxy's jump
-rules) → `iptables-legacy-restore` in a throwaway network namespace → `iptables-legacy-save`
-(~230,000 lines, large-cluster mode: no SVC/SEP comments). Without root (or without the
-tools) the rendered payload is normalised the way iptables-save prints it instead (`-d IP/32`,
-`-s`/`-d`/`-p` first, quoted comments, `--set-xmark`, 11-decimal probabilities, chains
-sorted), near enough for timing. `--dump FILE`
-reuses a dump, `--keep FILE` writes the one made here.
+Four dumps of one shape (synth.cluster: N ClusterIP services x 5 endpoints, planned for node1,
+rendered by our own renderers): iptables-save text and `nft -j list ruleset` JSON, at
+`--small` and `--large` services. As root, each is what the kernel gives back: the payload
+(plus kube-proxy's jump rules) goes through `iptables-legacy-restore` / `nft -f` in a
+throwaway network namespace and comes out of `iptables-legacy-save` / `nft -j list ruleset`
+there (loading 10,000 services into nft takes a few minutes; `--dumps DIR` keeps the dumps
+and reuses them). Without root, iptables text is the payload normalised the way
+iptables-save prints it (near enough for timing) and nft JSON cannot be made: that format is
+skipped.
 
-Prints the wall time of the whole command, interpreter start-up included (median and worst
-of 5, `-o json`, a service in the middle of the chain), target ≤ 2 s; and how much of it is
-start-up (`kubectl-proxyctl --help`).
+Each measurement is one `explain svc/svc-<N/2> -n bench --rules-file DUMP -o json` in a fresh
+interpreter, started from a small probe interpreter that takes its wall time, CPU time (user +
+system: steadier than wall time on a busy machine) and peak RSS (RUSAGE_CHILDREN); best of
+`--runs`. Printed per format: both sizes, and large / small. Targets: wall
+ratio <= 2 and peak RSS <= 60 MB at the large size. `--before SRC` measures another source
+tree too (a `git worktree` of an earlier commit, put first on PYTHONPATH), for a before/after
+table; both outputs are compared, and must be the same.
 """
 
 from __future__ import annotations
@@ -25,37 +32,54 @@ import sys
 import tempfile
 import time
 
-from common import exe, median, report, time_cmd
+from common import netns, remove_all_netns, report
 from synth import cluster
 
-from kubectl_proxyctl.modes.iptables.render import render, with_jump_rules
-from kubectl_proxyctl.plan.planner import ProxyConfig, plan
-from kubectl_proxyctl.kube.convert import state_from_objects
-from kubectl_proxyctl.modes.iptables.parse import parse
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SERVICES, ENDPOINTS = 10000, 5
-TARGET = f"svc/svc-{SERVICES // 2}"
+from kubectl_proxyctl.kube.convert import state_from_objects  # noqa: E402
+from kubectl_proxyctl.modes.iptables.parse import parse  # noqa: E402
+from kubectl_proxyctl.modes.iptables.render import render as render_iptables, with_jump_rules  # noqa: E402
+from kubectl_proxyctl.modes.nftables.render import render as render_nft  # noqa: E402
+from kubectl_proxyctl.plan.planner import ProxyConfig, plan  # noqa: E402
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENDPOINTS = 5
+RSS_TARGET_MB = 60.0
+RATIO_TARGET = 2.0
 
 
-def payload() -> str:
-    state = state_from_objects(cluster(SERVICES, ENDPOINTS), warn=lambda _m: None)
-    return with_jump_rules(render(plan(state, ProxyConfig(node_name="node1", cluster_cidrs=("10.128.0.0/9",),
-                                                          node_ips=("172.18.0.2",)))).text)
+def node_plan(services: int, endpoints: int):  # type: ignore[no-untyped-def]
+    state = state_from_objects(cluster(services, endpoints), warn=lambda _m: None)
+    return plan(state, ProxyConfig(node_name="node1", cluster_cidrs=("10.128.0.0/9",), node_ips=("172.18.0.2",)))
 
 
-def saved_in_namespace(text: str) -> str | None:
-    """iptables-legacy-save after restoring `text` in a throwaway namespace; None without root."""
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables-legacy-restore", "iptables-legacy-save")):
+def is_root() -> bool:
+    return os.geteuid() == 0 and bool(shutil.which("ip"))
+
+
+def iptables_dump(services: int, endpoints: int) -> tuple[str, str]:
+    payload = with_jump_rules(render_iptables(node_plan(services, endpoints)).text)
+    if is_root() and shutil.which("iptables-legacy-restore") and shutil.which("iptables-legacy-save"):
+        with netns("iptables") as ns:
+            subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy-restore", "-w", "5"], input=payload, text=True,
+                           check=True, capture_output=True)
+            saved = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy-save"], check=True,
+                                   capture_output=True, text=True).stdout
+        return saved, "iptables-legacy-save in a network namespace"
+    return normalised(payload), "rendered and normalised like iptables-save (no root)"
+
+
+def nft_dump(services: int, endpoints: int) -> tuple[str, str] | None:
+    if not (is_root() and shutil.which("nft")):
         return None
-    name = f"pxbench{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "iptables-legacy-restore", "-w", "5"], input=text, text=True,
-                       check=True, capture_output=True)
-        return subprocess.run(["ip", "netns", "exec", name, "iptables-legacy-save"], check=True, capture_output=True,
-                              text=True).stdout
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    script = render_nft(node_plan(services, endpoints)).text
+    with netns("nft") as ns:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True, check=True,
+                       capture_output=True)
+        saved = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset"], check=True,
+                               capture_output=True, text=True).stdout
+    return saved, "nft -j list ruleset in a network namespace"
 
 
 def normalised(text: str) -> str:
@@ -103,31 +127,109 @@ def _mark_option(option: str, value: str) -> str:
     return f"{option} {value}"
 
 
+def dump_path(directory: str, fmt: str, services: int, endpoints: int) -> str:
+    suffix = "json" if fmt == "nft" else "txt"
+    return os.path.join(directory, f"{fmt}-{services}x{endpoints}.{suffix}")
+
+
+def ensure_dump(directory: str, fmt: str, services: int, endpoints: int) -> str | None:
+    """The dump's path, made unless it is there already; None when it cannot be made here."""
+    path = dump_path(directory, fmt, services, endpoints)
+    if os.path.exists(path):
+        return path
+    started = time.perf_counter()
+    made = iptables_dump(services, endpoints) if fmt == "iptables" else nft_dump(services, endpoints)
+    if made is None:
+        print(f"{fmt} {services} services: cannot make the dump here (needs root and nft)")
+        return None
+    text, how = made
+    with open(path + ".tmp", "w") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+    print(f"{fmt} {services} services: {len(text) / 1e6:.1f} MB, {text.count(chr(10)) + 1} lines, {how}, "
+          f"made in {time.perf_counter() - started:.1f} s")
+    return path
+
+
+# Runs one command and prints its wall time and peak RSS. A child's peak RSS (wait4, or
+# RUSAGE_CHILDREN) starts from what its parent held when it forked, so the command is started
+# from this small interpreter, not from the benchmark's own (which holds the rendered dumps).
+_PROBE = """
+import os, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], "wb"), stderr=subprocess.PIPE).returncode
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+"""
+
+
+def measure(source: str, dump: str, services: int, runs: int) -> tuple[float, float, float, bytes]:
+    """(best wall s, best CPU s, best peak RSS MB, output) of `explain` on `dump` with the code
+    in `source`."""
+    env = dict(os.environ, PYTHONPATH=source + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = [sys.executable, "-m", "kubectl_proxyctl", "explain", f"svc/svc-{services // 2}", "-n", "bench",
+            "--rules-file", dump, "--node-ip", "172.18.0.2", "-o", "json"]
+    walls, cpus, peaks, output = [], [], [], b""
+    for _ in range(runs):
+        with tempfile.NamedTemporaryFile() as out:
+            # not run from the source tree: the current directory would come first on sys.path
+            probe = subprocess.run([sys.executable, "-c", _PROBE, out.name, *argv], env=env, check=True,
+                                   capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(dump)))
+            code, wall, cpu, peak_kb = probe.stdout.split()
+            if int(code) not in (0, 1):
+                raise SystemExit(f"explain failed ({code}) on {dump}")
+            output = out.read()
+        walls.append(float(wall))
+        cpus.append(float(cpu))
+        peaks.append(int(peak_kb) / 1024.0)
+    return min(walls), min(cpus), min(peaks), output
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dump", help="use this iptables-save file instead of making one")
-    parser.add_argument("--keep", help="write the dump made here to this file")
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--large", type=int, default=10000)
+    parser.add_argument("--endpoints", type=int, default=ENDPOINTS)
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the best counts (default 3)")
+    parser.add_argument("--dumps", help="keep the dumps in DIR and reuse those found there")
+    parser.add_argument("--before", help="another source tree to measure too (e.g. a git worktree of HEAD)")
+    parser.add_argument("--formats", default="iptables,nft")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.dump
-        if path is None:
-            started = time.perf_counter()
-            text = payload()
-            saved = saved_in_namespace(text)
-            how = "iptables-legacy-save in a network namespace"
-            if saved is None:
-                saved, how = normalised(text), "rendered and normalised like iptables-save (no root)"
-            path = args.keep or os.path.join(tmp, "iptables-save.txt")
-            with open(path, "w") as fh:
-                fh.write(saved)
-            print(f"dump: {saved.count(chr(10))} lines, {how}, made in {time.perf_counter() - started:.1f} s")
-        argv = [exe("kubectl-proxyctl"), "explain", TARGET, "-n", "bench", "--rules-file", path,
-                "--node-ip", "172.18.0.2", "-o", "json"]
-        times = time_cmd(argv, runs=5)
-        startup = median(time_cmd([exe("kubectl-proxyctl"), "--help"], runs=5))
-        print(f"explain {TARGET}: " + ", ".join(f"{t:.2f}" for t in times) + f" s   (start-up alone: {startup:.2f} s)")
-        ok = report("explain --rules-file, 10000 svc x 5 ep dump (s, median of 5)", median(times), 2.0)
-        ok &= report("explain --rules-file, 10000 svc x 5 ep dump (s, worst of 5)", max(times), 2.0)
+    directory = args.dumps or os.path.join("/tmp", f"bench-explain-{os.getpid()}")
+    os.makedirs(directory, exist_ok=True)
+    trees = [("after", HERE)] + ([("before", os.path.abspath(args.before))] if args.before else [])
+    ok = True
+    try:
+        for fmt in args.formats.split(","):
+            paths = [ensure_dump(directory, fmt, n, args.endpoints) for n in (args.small, args.large)]
+            if None in paths:
+                continue
+            outputs: dict[tuple[str, int], bytes] = {}
+            for label, tree in trees:
+                figures = []
+                for n, path in zip((args.small, args.large), paths):
+                    assert path is not None
+                    wall, cpu, rss, outputs[(label, n)] = measure(tree, path, n, args.runs)
+                    figures.append((wall, cpu, rss))
+                    print(f"{fmt:8} {label:6} {n:6} services: wall {wall:6.3f} s   CPU {cpu:6.3f} s   "
+                          f"peak RSS {rss:6.1f} MB")
+                (small_wall, small_cpu, small_rss), (large_wall, large_cpu, large_rss) = figures
+                print(f"{fmt:8} {label:6} {args.large} / {args.small}: wall x{large_wall / small_wall:.2f}   "
+                      f"CPU x{large_cpu / small_cpu:.2f}   RSS x{large_rss / small_rss:.2f}")
+                if label == "after":
+                    ok &= report(f"{fmt} explain, wall {args.large} / {args.small} services", large_wall / small_wall,
+                                 RATIO_TARGET)
+                    ok &= report(f"{fmt} explain, peak RSS at {args.large} services (MB)", large_rss, RSS_TARGET_MB)
+            if args.before:
+                for n in (args.small, args.large):
+                    same = outputs[("after", n)] == outputs[("before", n)]
+                    print(f"{fmt:8} {n:6} services: before and after explain the same: {'yes' if same else 'NO'}")
+                    ok &= same
+    finally:
+        remove_all_netns()
+        if not args.dumps:
+            shutil.rmtree(directory, ignore_errors=True)
     return 0 if ok else 1
 
 

@@ -16,11 +16,16 @@ live collection gathered), and tells them apart line by line:
 * a line (or a whole text) that is a JSON document with an `"nftables"` list is `nft -j`
   output;
 * `create NAME TYPE …` / `add NAME MEMBER` lines are `ipset save` output;
-* `-A -t VIP:PORT …` / `-a -t …` lines, or `ipvsadm -Ln`'s table, are IPVS.
+* `-A -t VIP:PORT …` / `-a -t …` lines, or `ipvsadm -Ln`'s table, are IPVS;
+* a JSON document with `"kind": "proxyctl-ebpf"` is eBPF mode's maps and programs, as the
+  collector gathers them (`modes.ebpf.maps.document`); its entry-point table is `nft -j`
+  output like any other.
 
 Anything else is an error naming the line: never a silent guess. iptables text is parsed
 lazily (see `iptables_text.parse(lazy=True)`), so a 170,000-rule dump costs only what is
-looked at.
+looked at. A `--rules-file` that is one iptables-save dump or one `nft -j` document is read
+where it lies (`modes/dumpfile.py`): indexed by chain on a first pass, never held whole in
+memory, its chains, sets and maps parsed when first reached (`modes/nftables/jsondump.py`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from typing import Iterable, Iterator, Mapping
 from kubectl_proxyctl.errors import ConfigError, RulesetParseError
 from kubectl_proxyctl.modes import reader
 from kubectl_proxyctl.modes.base import Mode
+from kubectl_proxyctl.modes.ebpf.parse import EbpfState, looks_like_document, parse_document
 from kubectl_proxyctl.modes.iptables.naming import SERVICE_CHAIN_PREFIXES
-from kubectl_proxyctl.modes.iptables.parse import Ruleset, parse, table_blocks
+from kubectl_proxyctl.modes.dumpfile import DumpBuffer
+from kubectl_proxyctl.modes.iptables.parse import Ruleset, dump_blocks, parse, parse_dump, table_blocks
 from kubectl_proxyctl.modes.ipvs.parse import (
     IpSet,
     IpvsTable,
@@ -46,6 +53,7 @@ from kubectl_proxyctl.modes.ipvs.parse import (
     parse_ipset,
     parse_ipvsadm,
 )
+from kubectl_proxyctl.modes.nftables.jsondump import parse_nft_dump
 from kubectl_proxyctl.modes.nftables.parse import NftRuleset, NftTable, parse_nft_doc
 
 
@@ -78,6 +86,7 @@ class RuleGraph:
     ipvs: IpvsTable | None = None
     ipsets: Mapping[str, IpSet] = field(default_factory=dict)
     links: Mapping[str, tuple[str, ...]] | None = None  # `ip -json address show`: link → addresses (None: not read)
+    ebpf: EbpfState | None = None  # eBPF mode's maps and attached programs
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # e.g. the backend detection's warning on a live node
     iptables_backend_in_use: str = ""  # on a live node: the backend detection's choice
@@ -121,6 +130,8 @@ class RuleGraph:
         """The proxy mode the node runs: IPVS when virtual services exist, else the one of
         iptables / nftables that holds services (iptables when both do)."""
         present = self.modes_present()
+        if Mode.EBPF in present:
+            return Mode.EBPF
         if self.ipvs_services():
             return Mode.IPVS
         if Mode.IPTABLES in present:
@@ -159,6 +170,7 @@ class _Collected:
     ipvs: list[str] = field(default_factory=list)
     ipset: list[str] = field(default_factory=list)
     links: list[object] = field(default_factory=list)  # decoded `ip -json address show` documents
+    ebpf: list[object] = field(default_factory=list)  # decoded eBPF documents
 
 
 _NON_SPACE = re.compile(r"\S")
@@ -178,6 +190,9 @@ def _classify(text: str, source: str, out: _Collected) -> None:
                 doc = None
         if isinstance(doc, dict) and "nftables" in doc:
             out.nft.append(doc)
+            return
+        if looks_like_document(doc):
+            out.ebpf.append(doc)
             return
         del doc
     if first.group() == "[":
@@ -243,8 +258,12 @@ def _classify_lines(chunk: str, source: str, out: _Collected, backend: str, firs
                 doc = json.loads(line)
             except ValueError:
                 raise RulesetParseError("a line starting with '{' that is not JSON", first + offset, source) from None
+            if looks_like_document(doc):
+                out.ebpf.append(doc)
+                continue
             if not (isinstance(doc, dict) and "nftables" in doc):
-                raise RulesetParseError("JSON that is not `nft -j` output", first + offset, source)
+                raise RulesetParseError("JSON that is not `nft -j` output (nor an eBPF document)", first + offset,
+                                        source)
             out.nft.append(doc)
         elif looks_like_ipset(line):
             ipset.append(line)
@@ -267,7 +286,8 @@ def _classify_lines(chunk: str, source: str, out: _Collected, backend: str, firs
     return backend
 
 
-def load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str] = (), backend_in_use: str = "") -> RuleGraph:
+def load_texts(texts: Iterable[tuple[str, str | DumpBuffer]], notes: Iterable[str] = (),
+               backend_in_use: str = "") -> RuleGraph:
     """Parse (source name, text) pairs of any supported format into one RuleGraph.
 
     Each text is let go once it is parsed (an iterator of texts is read one at a time), but
@@ -282,18 +302,27 @@ def load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str] = (), back
             gc.enable()
 
 
-def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_in_use: str) -> RuleGraph:
+def _load_texts(texts: Iterable[tuple[str, str | DumpBuffer]], notes: Iterable[str],
+                backend_in_use: str) -> RuleGraph:
     dumps: list[IptablesDump] = []
     nft_tables: list[NftTable] = []
     ipvs_services: list[VirtualService] = []
     ipsets: dict[str, IpSet] = {}
     links: dict[str, tuple[str, ...]] | None = None
+    ebpf: EbpfState | None = None
     sources: list[str] = []
     for source, text in texts:
         sources.append(source)
+        if isinstance(text, DumpBuffer):
+            read = _read_in_place(source, text)
+            if read is not None:
+                dumps += read[0]
+                nft_tables += read[1]
+                continue
+            text = _as_text(text.data[:])
         found = _Collected()
         _classify(text, source, found)
-        alone = len(found.iptables_order) == 1 and not (found.nft or found.ipvs or found.ipset)
+        alone = len(found.iptables_order) == 1 and not (found.nft or found.ipvs or found.ipset or found.ebpf)
         for key in found.iptables_order:
             spans = found.iptables[key]
             ruleset = parse(text if alone else _blocks_in_place(text, spans), source, lazy=True)
@@ -306,6 +335,11 @@ def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_
             ipvs_services.extend(parse_ipvsadm(chunk, source).services)
         for chunk in found.ipset:
             ipsets.update(parse_ipset(chunk, source))
+        for doc in found.ebpf:
+            if ebpf is not None:
+                raise RulesetParseError(f"a second eBPF document (the first is from {ebpf.source}): give one node's "
+                                        "at a time", None, source)
+            ebpf = parse_document(doc, source)
         for doc in found.links:
             links = dict(links or {})
             for link in doc:  # type: ignore[attr-defined]
@@ -317,10 +351,46 @@ def _load_texts(texts: Iterable[tuple[str, str]], notes: Iterable[str], backend_
         ipvs=IpvsTable(tuple(ipvs_services)) if ipvs_services else None,
         ipsets=ipsets,
         links=links,
+        ebpf=ebpf,
         sources=tuple(sources),
         notes=tuple(notes),
         iptables_backend_in_use=backend_in_use,
     )
+
+
+_NON_SPACE_BYTE = re.compile(rb"\S")
+
+
+def _read_in_place(source: str, buf: DumpBuffer) -> tuple[list[IptablesDump], list[NftTable]] | None:
+    """A file that is one iptables-save dump (one backend), or one `nft -j` document, read
+    where it lies: cut up by offsets, each piece parsed when it is first looked at
+    (`modes/dumpfile.py`). None for anything else (mixed outputs, restore input, odd bytes),
+    which is read as text like any other."""
+    first = _NON_SPACE_BYTE.search(buf.data, 0, 4096)
+    if first is None:
+        return None
+    if first.group() == b"{":
+        nft = parse_nft_dump(buf, source)
+        return ([], list(nft.tables)) if nft is not None else None
+    blocks = dump_blocks(buf) if first.group() in (b"#", b"*") else []
+    if not blocks:
+        return None
+    backends: set[str] = set()
+    backend, pos = "", 0
+    for start, stop in blocks:
+        out = _Collected()
+        try:
+            backend = _classify_lines(buf.text(pos, start), source, out, backend, 1)
+        except RulesetParseError:
+            return None
+        if out.nft or out.ipvs or out.ipset:
+            return None
+        backends.add(backend)
+        pos = stop
+    ruleset = parse_dump(buf, source) if len(backends) == 1 else None
+    if ruleset is None:
+        return None
+    return [IptablesDump(ruleset, backend, source)], []
 
 
 def load_files(paths: Iterable[str]) -> RuleGraph:
@@ -328,13 +398,13 @@ def load_files(paths: Iterable[str]) -> RuleGraph:
     return load_texts(_read_files(list(paths)))
 
 
-def _read_files(paths: list[str]) -> Iterator[tuple[str, str]]:
+def _read_files(paths: list[str]) -> Iterator[tuple[str, str | DumpBuffer]]:
     # no local holds a text while the caller parses it: each is let go with the caller's
     for path in paths:
         if path == "-":
             yield "<stdin>", _read_stdin()
         else:
-            yield path, _as_text(_read_bytes(path))
+            yield path, DumpBuffer.open(path) or _as_text(_read_bytes(path))
 
 
 def _read_stdin() -> str:

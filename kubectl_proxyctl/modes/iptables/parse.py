@@ -23,22 +23,31 @@ in which a restore input rule and its `iptables-save` echo compare equal.
 Parsing is pure and lenient: a rule for an undeclared chain creates it; anything that is not
 iptables text raises RulesetParseError (a ConfigError) naming the line.
 
-Big dumps: `parse(text, lazy=True)` cuts iptables-save output into tables and chains with a
-few regular expressions and parses a chain's rules only when it is read, and
-`Ruleset.candidates` indexes big chains by their single `-d` address, so the tracer visits
-the few rules a packet can match (one service of a 230,000-line dump costs milliseconds
-after the cut).
+Big dumps: `parse(text, lazy=True)` (and `parse_dump` for a file read in place, see
+`modes/dumpfile.py`) cuts iptables-save output into tables and chains by byte offsets, with a
+few regular expressions and C-level iterators over one window of the dump at a time, and
+keeps one index entry per chain: where its rules start. A chain's rules are parsed only when
+it is read, and `Ruleset.candidates` indexes big chains by their single `-d` address, so the
+tracer visits the few rules a packet can match: one service of a 230,000-line dump costs the
+cut (a few hundredths of a second) and the chains its packets reach. Whatever the cut
+cannot read exactly as the full parser would (restore input, a chain written in pieces, a
+chain declared twice, quoted chain names, bytes that end or split lines differently) is
+parsed in full.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
+import operator
 import re
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Iterable, Iterator, Mapping, Protocol, Sequence
 
 from kubectl_proxyctl.errors import RulesetParseError
+from kubectl_proxyctl.modes.dumpfile import WINDOW, Bytes, DumpBuffer
 
 BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -204,7 +213,7 @@ class Table:
     def policy(self, chain: str) -> str | None:
         """The chain's policy (`-` for a user chain), None when the table has no such chain."""
         if isinstance(self.chains, _LazyChains):
-            return self.chains.policies.get(chain) if chain in self.chains else None
+            return self.chains.policy(chain)
         c = self.chains.get(chain)
         return c.policy if c is not None else None
 
@@ -541,10 +550,9 @@ class _Shared:
     dump holds a few distinct `-p tcp`, not 500,000), and a rule's plan is read once per
     shape (the words that decide it, with addresses, chain names and numbers left out)."""
 
-    __slots__ = ("words", "matches", "plans")
+    __slots__ = ("matches", "plans")
 
     def __init__(self) -> None:
-        self.words: dict[str, str] = {}  # chain names (targets are chain names too)
         self.matches: dict[tuple[str, str, tuple[str, ...], bool], Match] = {}
         self.plans: dict[object, _Plan] = {}
 
@@ -576,7 +584,6 @@ class _Shared:
         options: tuple[Match, ...] = ()
         if target_at >= 0:
             target = args[target_at]
-            target = self.words.get(target, target)
             if option_plan:
                 opts: list[Match] = []
                 for option, i, count, neg in option_plan:
@@ -618,30 +625,72 @@ class _TableBuilder:
         return Table(self.name, chains, tuple(self.deleted))
 
 
+class _Lines:
+    """Line numbers of byte offsets in one buffer: checkpoints a first pass leaves (offset →
+    number of the line starting there), and a count of newlines from the nearest one."""
+
+    __slots__ = ("buf", "offsets", "numbers")
+
+    def __init__(self, buf: DumpBuffer) -> None:
+        self.buf = buf
+        self.offsets: list[int] = [0]
+        self.numbers: list[int] = [1]
+
+    def mark(self, offset: int, number: int) -> None:
+        if offset > self.offsets[-1]:
+            self.offsets.append(offset)
+            self.numbers.append(number)
+
+    def number(self, offset: int) -> int:
+        """The number of the line holding `offset`."""
+        i = bisect.bisect_right(self.offsets, offset) - 1
+        return self.numbers[i] + self.buf.count(b"\n", self.offsets[i], offset)
+
+
 class _LazyChains(Mapping[str, Chain]):
     """A table's chains whose rules are parsed when a chain is first looked at.
 
-    Holds each chain's policy and where its `-A` lines are in the text (one span per run of
-    consecutive lines, with the line number of its first line: iptables-save prints a chain's
-    rules together); a malformed rule raises RulesetParseError when its chain is read. A
-    chain read in full keeps its rules (the raw lines and single rules read before are
-    dropped then); the rules of one table share equal words and Matches (`_Shared`)."""
+    The index is one dict entry per chain, in the table's order: where its first run of `-A`
+    lines starts in the dump, -1 for a chain without rules (iptables-save prints a chain's
+    rules together; a chain written in several pieces keeps the others in `more`). Policies
+    other than `-` sit in `policies`. A run's end and its lines' numbers are found again when
+    the chain is read (`_RUN` from its start, `_Lines` for the number), so a 60,000-chain
+    table costs one small entry per chain. A malformed rule raises RulesetParseError when its
+    chain is read. A chain read in full keeps its rules (the raw lines and single rules read
+    before are dropped then); the rules of one table share equal words and Matches
+    (`_Shared`)."""
 
-    def __init__(self, table: str, source: str, text: str, shared: "_Shared | None" = None) -> None:
+    def __init__(self, table: str, source: str, buf: DumpBuffer, lines: _Lines,
+                 shared: "_Shared | None" = None) -> None:
         self.table = table
         self.source = source
-        self.text = text
-        self.policies: dict[str, str] = {}
-        self.spans: dict[str, list[tuple[int, int, int]]] = {}  # (start, end, first line number)
+        self.buf = buf
+        self.lines = lines
+        self.index: dict[str, int] = {}  # name → the start of its first run of rules, -1: none
+        self.policies: dict[str, str] = {}  # every policy other than "-"
+        self.more: dict[str, list[int]] = {}  # the starts of a chain's further runs
         self._raw: dict[str, list[tuple[int, str]]] = {}
         self._built: dict[str, Chain] = {}
         self._rules: dict[str, dict[int, Rule]] = {}
         self._shared = shared if shared is not None else _Shared()
 
+    def policy(self, name: str) -> str | None:
+        if name not in self.index:
+            return None
+        return self.policies.get(name, "-")
+
+    def _runs(self, name: str) -> list[int]:
+        first = self.index[name]
+        return ([first] if first >= 0 else []) + self.more.get(name, [])
+
+    # -- the rules --
+
     def __getitem__(self, name: str) -> Chain:
         chain = self._built.get(name)
         if chain is None:
-            policy = self.policies[name]  # KeyError for an unknown chain, as a dict would
+            policy = self.policy(name)
+            if policy is None:
+                raise KeyError(name)
             if name in self._rules:
                 lines = self.raw_lines(name)
                 rules = tuple(self.rule(name, i) for i in range(len(lines)))
@@ -653,16 +702,25 @@ class _LazyChains(Mapping[str, Chain]):
             self._rules.pop(name, None)
         return chain
 
+    def _lines_of(self, name: str) -> Iterator[tuple[int, str]]:
+        """(line number, text after `-A CHAIN `) of each of the chain's rules, from the dump."""
+        buf, skip = self.buf, len(name) + 4  # "-A " + name + " "
+        for start in self._runs(name):
+            found = _RUN.match(buf.data, start - 1)
+            end = found.end() if found is not None else start
+            number = self.lines.number(start)
+            for offset, line in enumerate(buf.text(start, end).split("\n")):
+                yield number + offset, line[skip:].strip()
+
     def _parse_all(self, name: str) -> tuple[Rule, ...]:
-        """Every rule of a chain none of whose rules was read yet, straight from the text."""
+        """Every rule of a chain none of whose rules was read yet, straight from the dump."""
         parse_one = self._shared.rule
-        table, text, skip = self.table, self.text, len(name) + 4  # "-A " + name + " "
+        table = self.table
         out: list[Rule] = []
         number = 0
         try:
-            for start, end, first in self.spans.get(name, ()):
-                for number, line in enumerate(text[start:end].split("\n"), first):
-                    out.append(parse_one(table, name, line[skip:], number))
+            for number, rest in self._lines_of(name):
+                out.append(parse_one(table, name, rest, number))
         except ValueError as exc:
             raise RulesetParseError(f"bad rule: {exc}", number, self.source) from None
         return tuple(out)
@@ -689,13 +747,13 @@ class _LazyChains(Mapping[str, Chain]):
         return rule
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.policies)
+        return iter(self.index)
 
     def __len__(self) -> int:
-        return len(self.policies)
+        return len(self.index)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.policies
+        return name in self.index
 
     def raw_lines(self, name: str) -> list[tuple[int, str]]:
         """(line number, text after `-A CHAIN `) of a chain's rules, unparsed."""
@@ -704,16 +762,12 @@ class _LazyChains(Mapping[str, Chain]):
             return [(r.line, r.text) for r in built.rules]
         found = self._raw.get(name)
         if found is None:
-            found = []
-            skip = len(name) + 4  # "-A " + name + " "
-            text = self.text
-            for start, end, first in self.spans.get(name, ()):
-                found += [(first + i, line[skip:]) for i, line in enumerate(text[start:end].split("\n"))]
-            self._raw[name] = found
+            found = self._raw[name] = list(self._lines_of(name))
         return found
 
 
 _INDEX_MIN_RULES = 32  # smaller chains are simply walked rule by rule
+
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _RAW_DESTINATION = re.compile(r"(?:^|\s)(!\s+)?(?:-d|--destination|--dst)\s+(\S+)")
 _RAW_TARGET = re.compile(r"(?:^|\s)(?:-j|--jump|-g|--goto)\s")
@@ -793,91 +847,148 @@ class _DestinationIndex:
         return tuple((i + 1, rules[i]) for i in positions)
 
 
-# A run of consecutive rules of one chain, and a chain line.
-_RULE_RUN = re.compile(r"^-A (\S+) (?:[^\n]*\n-A \1 )*[^\n]*$", re.M)
-_CHAIN_LINE = re.compile(r"^:(\S+)[ \t]*(\S*)", re.M)
+# A run of consecutive rules of one chain (from the newline before its first line), and a
+# chain line (from the newline before it). A chain name the full parser would read otherwise
+# (quotes, backslashes, anything but printable ASCII) is no match: such a dump is parsed in full.
+_NAME = rb"[\x21\x23-\x26\x28-\x5b\x5d-\x7e]+"
+_RUN = re.compile(rb"\n-A (" + _NAME + rb") (?:[^\n]*\n-A \1 )*[^\n]*")
+_RUN_TEXT = re.compile(rb"(\n-A (" + _NAME + rb") (?:[^\n]*\n-A \2 )*[^\n]*)")
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_DECLARATION = re.compile(rb"\n:(" + _NAME + rb")[ \t]*([\x21-\x7e]*)")
+# Bytes the full parser's str.splitlines() would end a line at, and whitespace only str.split()
+# knows: a dump holding one is parsed in full.
+_ODD_ASCII = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f")
+_ODD_UTF8 = (b"\xc2\x85", b"\xc2\xa0", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+def _plain(chunk: bytes) -> bool:
+    """No byte in `chunk` that makes lines or words differ between the cut and the full parser."""
+    if any(odd in chunk for odd in _ODD_ASCII):
+        return False
+    return chunk.isascii() or not any(odd in chunk for odd in _ODD_UTF8)
 
 
 def table_blocks(text: str) -> Iterator[tuple[int, int]]:
     """(start, end) of every `*table` … `COMMIT` block; `end` is just after COMMIT.
 
     str.find only, so a 20 MB dump is cut up in milliseconds."""
+    return _blocks(text, "\n*", "\nCOMMIT", ("", "\n", " ", "\t", "\r"))  # type: ignore[arg-type]
+
+
+def _blocks(text: "str | Bytes", opening: "str | bytes", closing: "str | bytes",
+            after: tuple[object, ...]) -> Iterator[tuple[int, int]]:
     pos = 0
+    star = opening[1:]
     while True:
-        if pos == 0 and text.startswith("*"):
+        if pos == 0 and text[:1] == star:
             start = 0
         else:
-            found = text.find("\n*", pos)
+            found = text.find(opening, pos)  # type: ignore[arg-type]
             if found < 0:
                 return
             start = found + 1
-        end = text.find("\nCOMMIT", start)
-        while end >= 0 and text[end + 7 : end + 8] not in ("", "\n", " ", "\t", "\r"):
-            end = text.find("\nCOMMIT", end + 7)
+        end = text.find(closing, start)  # type: ignore[arg-type]
+        while end >= 0 and text[end + 7: end + 8] not in after:
+            end = text.find(closing, end + 7)  # type: ignore[arg-type]
         if end < 0:
             return
         pos = end + 7
         yield start, pos
 
 
-def _parse_lazy(text: str, source: str) -> Ruleset | None:
+def _only_comments(buf: DumpBuffer, start: int, end: int) -> bool:
+    return not any(ln.strip() and not ln.lstrip().startswith("#") for ln in buf.text(start, end).splitlines())
+
+
+def _parse_lazy(buf: DumpBuffer, source: str) -> Ruleset | None:
     """iptables-save output cut into tables and chains without parsing a single rule; None
-    when the text holds anything else than chain lines and `-A` rules inside its tables
-    (restore input with -X/-I/-D, counters, stray lines): the full parser handles those.
+    when the dump holds anything else than chain lines and `-A` rules inside its tables
+    (restore input with -X/-I/-D, counters, stray lines, odd bytes, a chain written in
+    pieces): the full parser handles those.
 
     Every line is accounted for: a table must be its chain lines, then runs of `-A CHAIN
-    ...` lines that `_RULE_RUN` finds back to back up to COMMIT (regular expressions and
-    str methods only, so a 230,000-line dump is cut up in a few tenths of a second)."""
+    ...` lines that `_RUN` finds back to back up to COMMIT. The dump is scanned a window at a
+    time with regular expressions and C-level iterators only (a window's pages are handed
+    back once it is scanned), so a 230,000-line dump is cut up in a few hundredths of a second
+    and what stays is one index entry per chain."""
+    data = buf.data
+    lines = _Lines(buf)
     tables: dict[str, _LazyChains] = {}
     shared = _Shared()
-    pos = 0
-    counted, line = 0, 1  # line is the number of the line at position `counted`
-    for start, stop in table_blocks(text):
-        if text[pos:start].strip() and any(
-            ln.strip() and not ln.lstrip().startswith("#") for ln in text[pos:start].splitlines()
-        ):
+    pos, number = 0, 1  # number: the number of the line starting at `pos`
+    blocks = dump_blocks(buf)
+    buf.release(0, buf.size)  # what finding them touched
+    for start, stop in blocks:
+        if not _only_comments(buf, pos, start):
             return None
+        number += buf.count(b"\n", pos, start)
         pos = stop
-        head_end = text.find("\n", start)
-        name = text[start + 1 : head_end].strip()
+        head_end = data.find(b"\n", start)
+        name = buf.text(start + 1, head_end).strip()
         if not name or name in tables:
             return None
         body, commit = head_end + 1, stop - len("COMMIT")
-        chains = _LazyChains(name, source, text, shared)
+        number += 1
+        chains = _LazyChains(name, source, buf, lines, shared)
+        index, policies = chains.index, chains.policies
         # iptables-save prints every chain line first, then the rules, chain by chain.
-        first_rule = text.find("\n-A ", body - 1, commit)
+        first_rule = data.find(b"\n-A ", body - 1, commit)
         rules_start = commit if first_rule < 0 else first_rule + 1
-        declared = _CHAIN_LINE.findall(text, body, rules_start)
-        if len(declared) != text.count("\n", body, rules_start):
-            return None  # something else than chain lines before the first rule
-        for chain, policy in declared:
-            chains.policies[shared.words.setdefault(chain, chain)] = policy or "-"
-        if len(chains.policies) != len(declared):
-            return None  # a chain declared twice (restore input): the full parser flushes it
-        builtin = BUILTIN_CHAINS.get(name, ())
-        policies, spans = chains.policies, chains.spans
-        expected = rules_start
-        for m in _RULE_RUN.finditer(text, rules_start, commit):
-            begin, finish = m.span()
-            if begin != expected:
+        declared = 0
+        for low, high in buf.windows(body, rules_start, WINDOW // 4):
+            head = data[low - 1:high]
+            found = _DECLARATION.findall(head)
+            if not _plain(head) or len(found) != head.count(b"\n") - 1:
+                return None  # something else than chain lines before the first rule
+            number += len(found)
+            declared += len(found)
+            index.update(dict.fromkeys(map(bytes.decode, map(_FIRST, found)), -1))
+            for chain, policy in found:
+                if policy not in (b"-", b""):
+                    policies[chain.decode()] = policy.decode()
+        if len(index) != declared:
+            return None  # a chain declared twice (restore input): the full parser redoes it
+        runs, last = 0, b""
+        for low, high in buf.windows(rules_start, commit):
+            chunk = data[low:high]
+            if not _plain(chunk):
+                return None
+            lines.mark(low, number)
+            number += chunk.count(b"\n")
+            del chunk
+            found = _RUN_TEXT.findall(data, low - 1, high - 1)
+            if sum(map(len, map(_FIRST, found))) != high - low:
                 return None  # a line between runs that is not `-A CHAIN ...`
-            expected = finish + 1
-            chain = shared.words.setdefault(m.group(1), m.group(1))
-            if chain not in policies:
-                policies[chain] = "ACCEPT" if chain in builtin else "-"
-            line += text.count("\n", counted, begin)
-            counted = begin
-            found = spans.get(chain)
-            if found is None:
-                spans[chain] = [(begin, finish, line)]
-            else:
-                found.append((begin, finish, line))
-        if expected != commit:
-            return None
+            starts = accumulate(map(len, map(_FIRST, found)), initial=low)
+            pairs = zip(map(bytes.decode, map(_SECOND, found)), starts)
+            if found and found[0][1] == last:
+                next(pairs)  # the run the last window ended in, going on
+            runs += len(found) - (found[0][1] == last if found else 0)
+            index.update(pairs)
+            if found:
+                last = found[-1][1]
+            del found
+        if len(index) - list(index.values()).count(-1) != runs:
+            return None  # a chain with several runs of rules (restore input)
+        builtin = BUILTIN_CHAINS.get(name, ())
+        for chain in list(index)[declared:]:  # rules of chains never declared
+            if chain in builtin:
+                policies[chain] = "ACCEPT"
         tables[name] = chains
-    if text[pos:].strip() and any(ln.strip() and not ln.lstrip().startswith("#") for ln in text[pos:].splitlines()):
+    if not _only_comments(buf, pos, buf.size):
         return None
     return Ruleset({name: Table(name, chains) for name, chains in tables.items()})
+
+
+def parse_dump(buf: DumpBuffer, source: str) -> Ruleset | None:
+    """A dump (a file read in place) cut lazily, or None when it is not plain iptables-save
+    output (see `_parse_lazy`)."""
+    return _parse_lazy(buf, source)
+
+
+def dump_blocks(buf: DumpBuffer) -> list[tuple[int, int]]:
+    """table_blocks of a dump: (start, end) byte offsets of every `*table` … `COMMIT` block."""
+    return list(_blocks(buf.data, b"\n*", b"\nCOMMIT", (b"", b"\n", b" ", b"\t", b"\r")))
 
 
 def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:
@@ -889,7 +1000,7 @@ def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:
     than `-A` (restore input) is parsed in full either way.
     """
     if lazy:
-        ruleset = _parse_lazy(text, source)
+        ruleset = _parse_lazy(DumpBuffer.from_text(text), source)
         if ruleset is not None:
             return ruleset
     tables: dict[str, _TableBuilder] = {}

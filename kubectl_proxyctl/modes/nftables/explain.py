@@ -4,18 +4,41 @@ read back from the verdict maps and chain names, the graph of one Service, layou
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
 from kubectl_proxyctl.modes.facts import KINDS, Edge, EntryFacts, PortFacts, Problem
-from kubectl_proxyctl.modes.nftables.names import NftNames, resolve_nft
+from kubectl_proxyctl.modes.nftables.names import NftNames, nft_chain_owner, resolve_nft
 from kubectl_proxyctl.modes.nftables.parse import NftTable, value_text
+from kubectl_proxyctl.modes.nftables.trace import base_chains
 from kubectl_proxyctl.modes.nftables.verify import missing_jumps
-from kubectl_proxyctl.modes.owners import ServiceSelector
+from kubectl_proxyctl.modes.owners import Owner, ServiceSelector
 
 
-def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: ServiceSelector) -> list[PortFacts]:
-    """Ports and entry points read back from the kube-proxy table's maps and chain names."""
+def owners_by_name(tables: Sequence[NftTable]) -> Callable[[str], Owner | None]:
+    """`resolve_nft(tables).owners.get`, worked out only for the names asked about (a table
+    of 60,000 chains need not have every name hashed to explain one Service)."""
+    found: dict[str, Owner | None] = {}
+
+    def owner(name: str) -> Owner | None:
+        if name not in found:
+            known = any(name in t.chains or name in t.sets for t in tables)
+            found[name] = nft_chain_owner(name) if known else None
+        return found[name]
+
+    return owner
+
+
+def facts_from_nft(tables: Sequence[NftTable], names: NftNames | None, selector: ServiceSelector) -> list[PortFacts]:
+    """Ports and entry points read back from the kube-proxy table's maps and chain names
+    (`names`: the tables' names resolved already, None: resolved as needed).
+
+    A map element belongs to the Service when its target chain's name or else its comment
+    names a port of it: either holds the Service's `namespace/name` (up to any colon) in
+    clear, so elements without it are passed over before any name is resolved."""
     ports: dict[str, PortFacts] = {}
+    owner_of = names.owners.get if names is not None else owners_by_name(tables)
+    needle = selector.key.partition(":")[0]
 
     def port_of(spn: str, proto: str) -> PortFacts:
         if spn not in ports:
@@ -24,8 +47,7 @@ def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: Servic
         return ports[spn]
 
     for table in tables:
-        cluster_ips = {value_text(e.key) for e in table.sets["cluster-ips"].elements} \
-            if "cluster-ips" in table.sets else set()
+        cluster_ips: set[str] | None = None
         firewall = table.sets.get("firewall-ips")
         firewall_chains = {value_text(e.key): _verdict_target(e.value) for e in (firewall.elements if firewall else ())}
         lb_ips = {k.split(" . ", 1)[0] for k in firewall_chains}
@@ -33,7 +55,9 @@ def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: Servic
             nmap = table.sets.get(map_name)
             for element in nmap.elements if nmap else ():
                 target = _verdict_target(element.value)
-                owner = names.owners.get(target) if target else None
+                if needle not in target and needle not in element.comment:
+                    continue
+                owner = owner_of(target) if target else None
                 spn = owner.service_port if owner else element.comment
                 if not spn or not selector.matches(spn):
                     continue
@@ -51,7 +75,10 @@ def facts_from_nft(tables: Sequence[NftTable], names: NftNames, selector: Servic
                 ip, proto, port = values
                 p = port_of(spn, proto)
                 role = owner.role if owner else ""
-                if role in ("cluster", "local") or ip in cluster_ips:
+                if role not in ("cluster", "local") and cluster_ips is None:
+                    cluster_ips = {value_text(e.key) for e in table.sets["cluster-ips"].elements} \
+                        if "cluster-ips" in table.sets else set()
+                if role in ("cluster", "local") or ip in (cluster_ips or ()):
                     p.port = p.port or int(port)
                     p.entries.append(EntryFacts("ClusterIP", ip, int(port)))
                 elif value_text(element.key) in firewall_chains:
@@ -139,6 +166,8 @@ def _nft_stmt_edges(chain: str, stmt: Any) -> list[Edge]:
 
 
 def hook_problems(tables: Sequence[NftTable]) -> list[Problem]:
-    """Base chains that do not jump where kube-proxy's layout needs them to."""
+    """Base chains that do not jump where kube-proxy's layout needs them to (only the base
+    chains are read: a table read in place does not read its service chains for this)."""
     return [Problem("warning", f"{table.title}: no {jump.where()} jumps to {jump.target}: {jump.consequence}")
-            for table in tables for jump, _ in missing_jumps(table)]
+            for table in tables
+            for jump, _ in missing_jumps(replace(table, chains={c.name: c for c in base_chains(table)}))]

@@ -187,22 +187,53 @@ def _fields(x: Any, name: str, strings: tuple[str, ...] = (), ints: tuple[str, .
             _check_expr(x[key])
 
 
+_LITERALS = (str, int, float, bool)  # what json.loads makes of a literal (and None)
+
+
+def _plain_expr(e: Any) -> bool:
+    """A literal, a concatenation of literals or a jump/goto: what `_check_expr` accepts at
+    any depth but the last few, told without a call per part (a big map's keys and verdicts)."""
+    if e is None or isinstance(e, _LITERALS):
+        return True
+    if type(e) is not dict or len(e) != 1:
+        return False
+    parts = e.get("concat")
+    if type(parts) is list:
+        return all(p is None or isinstance(p, _LITERALS) for p in parts)
+    verdict = e.get("goto", e.get("jump"))
+    return type(verdict) is dict and isinstance(verdict.get("target"), str)
+
+
+def _plain_element(item: Any) -> bool:
+    """A set or map element (a key, or a [key, value] pair) that `_plain_expr` vouches for."""
+    if type(item) is list:
+        return all(map(_plain_expr, item))
+    return _plain_expr(item)
+
+
 def _check_expr(e: Any, depth: int = 0) -> None:
-    """An expression: a literal, a list of expressions, or a one-key object nft knows."""
+    """An expression: a literal, a list of expressions, or a one-key object nft knows.
+    (Literals in a list are passed over in the loop: a big set's elements are mostly literals.)"""
     _want(depth < 64, "expressions nested too deeply")
-    if e is None or isinstance(e, (str, int, float, bool)):
+    if e is None or isinstance(e, _LITERALS):
         return
     if isinstance(e, list):
+        deep = depth + 4 >= 64
         for item in e:
-            _check_expr(item, depth + 1)
+            if deep or not (item is None or isinstance(item, _LITERALS) or _plain_element(item)):
+                _check_expr(item, depth + 1)
         return
     _want(isinstance(e, dict) and len(e) == 1, f"an expression is not a one-key object: {str(e)[:40]!r}")
     k, x = next(iter(e.items()))
+    if k in ("jump", "goto") and isinstance(x, dict) and isinstance(x.get("target"), str):
+        return  # what `_fields(x, k, strings=("target",), required=("target",))` accepts
     if k in ("concat", "range", "&", "|", "^", "<<", ">>"):
         _want(isinstance(x, list), f'"{k}" takes a list')
         _want(k == "concat" or len(x) == 2, f'"{k}" takes two operands')
+        deep = depth + 1 >= 64
         for item in x:
-            _check_expr(item, depth + 1)
+            if deep or not (item is None or isinstance(item, _LITERALS)):
+                _check_expr(item, depth + 1)
     elif k == "set":
         _check_expr(x, depth + 1)
     elif k in ("map", "vmap"):
@@ -265,7 +296,9 @@ def _check_elements(elements: list[Any], types: tuple[str, ...], data_type: str 
             _want(isinstance(parts, list) and len(parts) == len(types),
                   f"an element does not have the {len(types)} parts of its type")
         for part, typ in zip(parts, types):
-            _check_key_part(part, typ)
+            if not ((typ in _ADDRESS_TYPES and isinstance(part, str))
+                    or (typ in _NUMBER_TYPES and isinstance(part, int) and not isinstance(part, bool))):
+                _check_key_part(part, typ)
         if data_type == "verdict" and value is not None:
             _want(isinstance(value, dict) and len(value) == 1, f"a map verdict is not an object: {str(value)[:40]!r}")
 
@@ -402,17 +435,7 @@ def parse_nft_doc(doc: Any, source: str = "<input>") -> NftRuleset:
             rules.setdefault((fam, tab, str(obj["name"])), [])
         elif kind in ("set", "map"):
             fam, tab = table_of(obj)
-            typ = obj.get("type")
-            types = tuple(typ) if isinstance(typ, list) else (str(typ),)
-            flags = obj.get("flags") or []
-            timeout = obj.get("timeout")
-            sets.setdefault((fam, tab), {})[str(obj["name"])] = NftSet(
-                family=fam, table=tab, name=str(obj["name"]), type=types,
-                map=str(obj["map"]) if kind == "map" else None,
-                flags=tuple(str(f) for f in flags) if isinstance(flags, list) else (str(flags),),
-                timeout=int(timeout) if isinstance(timeout, (int, float)) else None,
-                comment=str(obj.get("comment", "")), elements=_elements(obj.get("elem")),
-            )
+            sets.setdefault((fam, tab), {})[str(obj["name"])] = _set_of(kind, obj, fam, tab)
         elif kind == "rule":
             fam, tab = table_of(obj)
             chain = str(obj.get("chain", ""))
@@ -428,15 +451,31 @@ def parse_nft_doc(doc: Any, source: str = "<input>") -> NftRuleset:
         for (cf, ct, name), obj in chains.items():
             if (cf, ct) != (fam, tab):
                 continue
-            table_chains[name] = NftChain(
-                fam, tab, name, obj.get("type"), obj.get("hook"), _priority(obj.get("prio")), obj.get("policy"),
-                tuple(rules.get((fam, tab, name), ())),
-            )
+            table_chains[name] = _chain_of(obj, fam, tab, name, tuple(rules.get((fam, tab, name), ())))
         for (cf, ct, name), chain_rules in rules.items():
             if (cf, ct) == (fam, tab) and name not in table_chains:
                 table_chains[name] = NftChain(fam, tab, name, rules=tuple(chain_rules))
         out.append(NftTable(fam, tab, table_chains, sets.get((fam, tab), {}), str(info.get("comment", ""))))
     return NftRuleset(tuple(out))
+
+
+def _set_of(kind: str, obj: Mapping[str, Any], fam: str, tab: str) -> NftSet:
+    typ = obj.get("type")
+    types = tuple(typ) if isinstance(typ, list) else (str(typ),)
+    flags = obj.get("flags") or []
+    timeout = obj.get("timeout")
+    return NftSet(
+        family=fam, table=tab, name=str(obj["name"]), type=types,
+        map=str(obj["map"]) if kind == "map" else None,
+        flags=tuple(str(f) for f in flags) if isinstance(flags, list) else (str(flags),),
+        timeout=int(timeout) if isinstance(timeout, (int, float)) else None,
+        comment=str(obj.get("comment", "")), elements=_elements(obj.get("elem")),
+    )
+
+
+def _chain_of(obj: Mapping[str, Any], fam: str, tab: str, name: str, rules: tuple[NftRule, ...]) -> NftChain:
+    return NftChain(fam, tab, name, obj.get("type"), obj.get("hook"), _priority(obj.get("prio")), obj.get("policy"),
+                    rules)
 
 
 # --- nft syntax ------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from kubectl_proxyctl.modes.facts import DumpLine, Edge, Problem
 from kubectl_proxyctl.modes.findings import Report
 from kubectl_proxyctl.modes.nftables import explain
 from kubectl_proxyctl.modes.nftables.dump import nft_lines
-from kubectl_proxyctl.modes.nftables.names import resolve_nft
 from kubectl_proxyctl.modes.nftables.trace import family_tables, trace_nft
 from kubectl_proxyctl.modes.nftables.verify import verify_nft
 from kubectl_proxyctl.modes.nodecontext import NodeContext
@@ -40,7 +39,7 @@ class NftablesReader:
         v6 = any(t.family == "ip6" for t in tables) and not any(t.family == "ip" for t in tables)
         if not facts:
             return PortsRead(None, v6)
-        return PortsRead(explain.facts_from_nft(tables, resolve_nft(tables), selector), v6)
+        return PortsRead(explain.facts_from_nft(tables, None, selector), v6)
 
     def layout_problems(self, rules: NodeRules) -> list[Problem]:
         return explain.hook_problems(rules.nft_tables())

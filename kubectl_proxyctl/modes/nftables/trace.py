@@ -32,6 +32,7 @@ which backend produced them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
@@ -39,6 +40,7 @@ from kubectl_proxyctl.modes.nftables.parse import (
     NftChain,
     NftRule,
     NftRuleset,
+    NftSet,
     NftTable,
     statement_text,
 )
@@ -187,7 +189,8 @@ class _Tracer:
                 raise _Unknown(f"cannot evaluate {want}: no such set in {table.title}")
             if "dynamic" in named.flags or (named.timeout and not named.elements):
                 return False  # a dynamic (affinity) set: a new client has no entry yet
-            return any(self._matches(have, e.key, table, st) for e in named.elements)
+            elements = named.elements
+            return any(self._matches(have, elements[i].key, table, st) for i in _candidates(named, have))
         if isinstance(want, dict) and len(want) == 1:
             k, x = next(iter(want.items()))
             if k == "set":
@@ -225,7 +228,8 @@ class _Tracer:
             named = table.sets.get(data[1:])
             if named is None or not named.is_map:
                 raise _Unknown(f"cannot evaluate {data}: no such map in {table.title}")
-            pairs = [(e.key, e.value) for e in named.elements]
+            elements = named.elements
+            pairs = [(elements[i].key, elements[i].value) for i in _candidates(named, key)]
         elif isinstance(data, dict) and "set" in data:
             pairs = [(i[0], i[1]) for i in data["set"] if isinstance(i, list) and len(i) == 2]
         else:
@@ -423,7 +427,7 @@ class _Tracer:
     # -- hooks --
 
     def _base_chains(self, hook: str) -> list[tuple[NftTable, NftChain]]:
-        found = [(t, c) for t in self.tables for c in t.chains.values() if c.hook == hook]
+        found = [(t, c) for t in self.tables for c in base_chains(t) if c.hook == hook]
         return sorted(found, key=lambda tc: tc[1].priority if tc[1].priority is not None else 0)
 
     def _hook(self, states: list[_State], hook: str, finals: list[tuple[_State, str]]) -> list[_State]:
@@ -451,6 +455,124 @@ class _Tracer:
         pkt = self.packet
         start = _State(prob=1.0, dst=pkt.dst, dport=pkt.dport, mark=pkt.mark)
         return walk_hooks(pkt, self.node, start, self._hook, HOOK_PATHS, accept_word="accept")
+
+
+def base_chains(table: NftTable) -> list[NftChain]:
+    """The table's chains with a hook; a table read in place names them without reading
+    the others (`jsondump`)."""
+    hooked = getattr(table.chains, "hooked", None)
+    if hooked is not None:
+        return [table.chains[name] for name in hooked()]
+    return [c for c in table.chains.values() if c.hook]
+
+
+# --- named sets and maps by key ----------------------------------------------------------
+#
+# A map of 10,000 service addresses is looked up several times per packet: it is indexed
+# once by a token per element key, such that a packet value can only match an element whose
+# token is among the value's (`_tokens`); keys that are not plain literals (prefixes, ranges,
+# interface wildcards, numbers written as strings) have no token and are always tried. The
+# candidates are tried in element order, with the same `_matches`, so the first match is the
+# one a walk over every element finds.
+
+_INDEX_MIN = 32  # smaller sets are simply walked
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_DIGIT = re.compile(r"[0-9]")
+_INDEXES: dict[int, tuple[NftSet, dict[Any, Any], list[int]]] = {}
+
+
+def _key_token(key: Any) -> Any:
+    """The token of an element key (an address's one spelling, a number, ("s", text), a
+    concatenation's tokens in a tuple); None when the key is no plain literal."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str):
+        if key.endswith("*") or key.startswith("@"):
+            return None
+        if _IPV4.fullmatch(key):
+            return key  # an IPv4 address in its one spelling (ipaddress takes no other)
+        if ":" in key:
+            addr = _ip(key)
+            if addr is not None:
+                return str(addr)
+        if _DIGIT.search(key) and _number(key) is not None:
+            return None
+        return ("s", key)
+    if isinstance(key, dict) and len(key) == 1 and isinstance(key.get("concat"), list):
+        parts: list[Any] = []
+        for part in key["concat"]:
+            if type(part) is int or (type(part) is str and _IPV4.fullmatch(part)):
+                parts.append(part)  # the common parts, without a call
+                continue
+            token = _key_token(part)
+            if token is None or (isinstance(token, tuple) and token[0] != "s"):
+                return None
+            parts.append(token)
+        return tuple(parts)
+    return None
+
+
+def _tokens(have: Any) -> list[Any] | None:
+    """The tokens an element key must have for `have` to match it; None: any key may."""
+    if isinstance(have, bool):
+        return None
+    if isinstance(have, int):
+        return [have]
+    if isinstance(have, str):
+        addr = _ip(have)
+        if addr is not None:
+            return [str(addr)]
+        out: list[Any] = [("s", have)]
+        if have in _PROTOCOL_NUMBERS:
+            out.append(_PROTOCOL_NUMBERS[have])
+        elif have.lstrip("-").isdecimal() and str(int(have)) == have:
+            out.append(int(have))  # the text of a number key
+        return out
+    if isinstance(have, tuple):
+        combos: list[tuple[Any, ...]] = [()]
+        for part in have:
+            options = _tokens(part)
+            if options is None or isinstance(part, tuple):
+                return None
+            combos = [c + (o,) for c in combos for o in options]
+        return combos
+    return None
+
+
+def _candidates(named: NftSet, have: Any) -> Sequence[int]:
+    """Positions of the elements of `named` that `have` may match, in element order."""
+    elements = named.elements
+    if len(elements) < _INDEX_MIN:
+        return range(len(elements))
+    wanted = _tokens(have)
+    if wanted is None:
+        return range(len(elements))
+    found = _INDEXES.get(id(named))
+    if found is None or found[0] is not named:
+        by: dict[Any, Any] = {}  # token → position, or a list of positions
+        always: list[int] = []
+        for i, e in enumerate(elements):
+            token = _key_token(e.key)
+            if token is None:
+                always.append(i)
+            elif token in by:
+                held = by[token]
+                by[token] = held + [i] if isinstance(held, list) else [held, i]
+            else:
+                by[token] = i
+        if len(_INDEXES) > 64:
+            _INDEXES.clear()
+        found = _INDEXES[id(named)] = (named, by, always)
+    _, by, always = found
+    hits: list[int] = []
+    for token in wanted:
+        held = by.get(token)
+        if held is not None:
+            hits += held if isinstance(held, list) else [held]
+    return sorted(set(hits).union(always)) if always or len(wanted) > 1 else hits
 
 
 def _affinity_checked(match: Any, table: NftTable) -> tuple[str, int] | None:
