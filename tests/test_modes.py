@@ -9,6 +9,7 @@ import pytest
 
 import kubectl_proxyctl.modes as modes
 from kubectl_proxyctl.errors import ConfigError
+from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Reader, Writer
 from kubectl_proxyctl.plan.planner import ProxyConfig
 
@@ -29,8 +30,8 @@ def _assert_implements(obj: Any, protocol: type) -> None:
 
 
 def test_the_registry_lists_every_mode_once() -> None:
-    assert list(modes.REGISTRY) == [Mode.IPTABLES, Mode.NFTABLES, Mode.IPVS]
-    assert [str(m) for m in modes.REGISTRY] == ["iptables", "nftables", "ipvs"]
+    assert list(modes.REGISTRY) == [Mode.IPTABLES, Mode.NFTABLES, Mode.IPVS, Mode.EBPF]
+    assert [str(m) for m in modes.REGISTRY] == ["iptables", "nftables", "ipvs", "ebpf"]
     assert all(entry.mode == mode for mode, entry in modes.REGISTRY.items())
 
 
@@ -44,13 +45,22 @@ def test_every_mode_has_a_reader(mode: Mode) -> None:
 @pytest.mark.parametrize("mode", [m for m, e in modes.REGISTRY.items() if e.has_writer])
 def test_every_writable_mode_has_a_writer_and_node_functions(mode: Mode) -> None:
     module = modes.REGISTRY[mode].module("writer")
-    writer_class = {Mode.IPTABLES: "IptablesWriter", Mode.NFTABLES: "NftablesWriter", Mode.IPVS: "IpvsWriter"}[mode]
-    writer = getattr(module, writer_class)(object())
+    writer_class = {Mode.IPTABLES: "IptablesWriter", Mode.NFTABLES: "NftablesWriter", Mode.IPVS: "IpvsWriter",
+                    Mode.EBPF: "EbpfWriter"}[mode]
+    if mode == Mode.EBPF:  # its maps are opened when it is made
+        writer = module.EbpfWriter(_NoMaps(), IPFamily.IPv4)
+    else:
+        writer = getattr(module, writer_class)(object())
     _assert_implements(writer, Writer)
     assert writer.mode == mode and writer.full_sync_period > 0
     for function in ("make_writer", "dry_run", "prepare_node", "cleanup"):
         assert callable(getattr(module, function)), function
     assert isinstance(module.DEFAULT_NODEPORT_ADDRESSES, tuple) and isinstance(module.LOCALHOST_NODEPORTS, bool)
+
+
+class _NoMaps:
+    def map(self, name: str) -> object:
+        return object()
 
 
 def test_ipvs_on_a_kernel_without_ip_vs_is_a_clear_configuration_error() -> None:

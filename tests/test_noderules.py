@@ -32,6 +32,7 @@ def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = ()
     ex.script(["ipvsadm", "-Sn"], Result(0, ipvs) if ipvs else Result(2, "", "Can't initialize ipvs: Protocol not available"))
     ex.script(["ipset", "save"], Result(0, ""))
     ex.script(["ip", "-json", "address", "show"], Result(0, ADDRESSES))
+    ex.script(["test", "-d"], Result(1))  # nothing pinned under eBPF mode's directory
     return ex
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from kubectl_proxyctl.system.noderules import NodeRules
 
 F = TypeVar("F", bound=Callable[..., Any])
-PROXY_MODES = ("auto", "iptables", "nftables", "ipvs")
+PROXY_MODES = ("auto", "iptables", "nftables", "ipvs", "ebpf")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class NodeOptions:
     proxy_pod_selector: str | None = None
     debug_pod: bool = False
     image: str | None = None
+    bpf_pin_path: str = ""  # eBPF mode's pin directory ("": the default)
 
     @property
     def ssh_requested(self) -> bool:
@@ -98,6 +99,7 @@ def node_options(f: F) -> F:
             proxy_pod_selector=kwargs.pop("proxy_pod_selector"),
             debug_pod=kwargs.pop("debug_pod"),
             image=kwargs.pop("image"),
+            bpf_pin_path=kwargs.pop("bpf_pin_path") or "",
         )
         _validate(node)
         return f(node=node, **kwargs)
@@ -112,7 +114,8 @@ def node_options(f: F) -> F:
         click.option("--rules-file", "rules_files", multiple=True, metavar="FILE",
                      type=click.Path(dir_okay=False, allow_dash=True),
                      help="Read the rules from a file ('-' = stdin): iptables-save (either backend), "
-                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln`, `ipset save` or `ip -json address show` output, "
+                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln`, `ipset save` or `ip -json address show` output, or "
+                     "eBPF mode's maps document (`\"kind\": \"proxyctl-ebpf\"`), "
                      "detected automatically; repeatable, and one file may hold several. Default: this node's live "
                      "rules."),
         click.option("--node", "node_host", metavar="NODE", shell_complete=complete_nodes,
@@ -145,6 +148,9 @@ def node_options(f: F) -> F:
         click.option("--ip-family", type=click.Choice(["IPv4", "IPv6"]), default="IPv4", show_default=True,
                      help="Which family's tables to collect from a live node or over SSH (iptables or "
                      "ip6tables, nft `ip` or `ip6`)."),
+        click.option("--bpf-pin-path", metavar="DIR",
+                     help="Where eBPF mode's maps are pinned on the node (the engine's --bpf-pin-path; "
+                     "default /sys/fs/bpf/proxyctl)."),
         click.option("--sudo", is_flag=True, help=f"Run the node's tools with `sudo -n` {ssh}."),
         click.option("--ssh-config", metavar="PATH", envvar="PROXYCTL_SSH_CONFIG",
                      help=f"ssh config file, like `ssh -F` {ssh} [env: PROXYCTL_SSH_CONFIG]."),
@@ -232,11 +238,14 @@ def collect_rules(node: NodeOptions, cluster: ClusterOptions | None = None,
     from kubectl_proxyctl.model import IPFamily
     from kubectl_proxyctl.system.noderules import collect
 
+    from kubectl_proxyctl.modes.ebpf.parse import collection
+
     family = IPFamily(node.ip_family)
+    pinned = (collection(node.bpf_pin_path),)  # eBPF mode's pinned maps
     if not node.node:
-        return collect(family=family), ""
+        return collect(family=family, pinned=pinned), ""
     with open_node(node, cluster or ClusterOptions(), api=api) as access:
-        return collect(access.executor, family), access.where
+        return collect(access.executor, family, pinned), access.where
 
 
 def graph_of(found: "NodeRules", node: str | None, where: str) -> "RuleGraph":

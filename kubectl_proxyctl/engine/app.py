@@ -123,6 +123,8 @@ class EngineFlags:
                 writer_module is None or writer_module.LOCALHOST_NODEPORTS),
             ipvs_scheduler=str(flags.get("ipvs_scheduler") or "rr"),
             ipvs_strict_arp=bool(flags.get("ipvs_strict_arp")),
+            bpf_cgroup_path=str(flags.get("cgroup_path") or ""),
+            bpf_pin_path=str(flags.get("bpf_pin_path") or ""),
         )
         return cls(
             mode=str(flags["mode"]), config=config, sync_period=sync_period, min_sync_period=min_sync,
@@ -204,7 +206,7 @@ def run_engine(cluster: Any, flags: EngineFlags) -> None:
     writer_factory(flags.mode)  # a ConfigError for a mode the engine cannot run
     if flags.cleanup:
         _require_root("--cleanup")
-        return cleanup()
+        return cleanup(flags.config)
     if flags.dry_run:
         return dry_run(cluster, flags)
     _require_root("run" if not flags.once else "run --once")
@@ -242,7 +244,7 @@ def _prepare_node(config: ProxyConfig, mode: str) -> None:
         if other == mode:
             continue
         for family in (IPFamily.IPv4, IPFamily.IPv6):
-            removed, what = _writer_module(other).cleanup(family)
+            removed, what = _writer_module(other).cleanup(family, config)
             if removed:
                 log.info("%s-mode rules left from an earlier run (%s): %s", other, family, what)
     _writer_module(mode).prepare_node(config)
@@ -269,13 +271,13 @@ def once(cluster: Any, flags: EngineFlags) -> None:
                f"{result.rules} rules in {result.seconds:.3f}s", err=True)
 
 
-def cleanup() -> None:
+def cleanup(config: ProxyConfig | None = None) -> None:
     """Remove every mode's rules for both families (what `run --cleanup` does)."""
     import click
 
     for family in (IPFamily.IPv4, IPFamily.IPv6):
         for mode in _writable_modes():
-            _, what = _writer_module(mode).cleanup(family)
+            _, what = _writer_module(mode).cleanup(family, config)
             click.echo(f"{family} {mode}: {what}", err=True)
 
 

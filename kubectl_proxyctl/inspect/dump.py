@@ -10,8 +10,9 @@ Views: `render_annotated` (the rules in their own syntax, an `# ns/svc:port → 
 note after each), `render_raw` (exactly the tools' syntax, nothing added: iptables-save
 blocks that `iptables-restore` accepts, an `nft -f` script per nft table (the table, chains
 and sets declared first, then rules and map elements, so a whole table loads back as it
-was), `ipvsadm -S` and `ipset save` lines), and `records` (TABLE CHAIN SERVICE ENDPOINT
-RULE, for `-o table` and `-o json`).
+was), `ipvsadm -S` and `ipset save` lines, and for eBPF mode the `bpftool map update` and
+`bpftool cgroup attach` commands that write the same entries and attach the same programs),
+and `records` (TABLE CHAIN SERVICE ENDPOINT RULE, for `-o table` and `-o json`).
 
 In the nft table, a `cluster-ips` element belongs to the service ports whose map elements
 send that address to a service-/local- chain or to a no-endpoints verdict.
@@ -82,5 +83,7 @@ def render_raw(lines: Sequence[DumpLine]) -> str:
 
 
 def records(lines: Sequence[DumpLine]) -> list[DumpLine]:
-    """The lines that are rules or elements (not table/chain headers)."""
-    return [ln for ln in lines if ln.kind in ("rule", "element", "real-server", "virtual-service", "member")]
+    """The lines that are rules or elements (not table/chain headers); eBPF mode's attached
+    programs count as rules."""
+    return [ln for ln in lines if ln.kind in ("rule", "element", "real-server", "virtual-service", "member",
+                                              "program")]

@@ -5,14 +5,17 @@ node port on each node address, external IPs, load-balancer IPs) and every kind 
 pod on this node, the node itself, a client outside the cluster), build the first packet of
 a connection and trace it through the node's real rules (each mode's Reader, `inspect.paths`). Each path becomes
 one plain sentence ("pod → 10.96.0.10:80 → 1 of 3 endpoints, 33.3 % each, no SNAT") and the
-list of rules it crossed.
+list of rules it crossed. A path a socket hook decided (eBPF mode: the pod's or the node's
+connect() rewritten, or refused, before any packet exists) says so instead: "connect() is
+rewritten to 1 of 3 endpoints, 33.3 % each, no NAT: the socket was rewritten".
 
 The Service facts (cluster IP, ports, node port, external and load-balancer IPs, source
 ranges) come from the Service object when there is one (API or `--from-file`); with only a
 rules dump they are read back from the rules: kube-proxy's entry-rule comments in iptables
 mode (`"ns/svc:port cluster IP"`, `loadbalancer IP`, `external IP`, the node-port rules,
 the filter REJECT/DROP twins for ports without endpoints), the maps and chain names in
-nftables mode. IPVS virtual services carry no names, so IPVS needs the Service objects.
+nftables mode, the `names` map in eBPF mode. IPVS virtual services carry no names, so IPVS
+needs the Service objects.
 
 Then the classic traps are named, from the traces rather than from the API (the rules are
 what packets meet): no endpoints (REJECT), a Local traffic policy without a local endpoint on
@@ -44,7 +47,7 @@ from kubectl_proxyctl.modes.nodecontext import (
     NodeContext,
 )
 from kubectl_proxyctl.modes.owners import ServiceSelector
-from kubectl_proxyctl.modes.tracing import Origin, Packet, Step, TraceResult, Verdict
+from kubectl_proxyctl.modes.tracing import SOCKET_HOOK, Origin, Packet, Step, TraceResult, Verdict
 
 CLIENTS = ("pod", "node", "external")
 
@@ -188,9 +191,12 @@ def _split_endpoint(text: str) -> tuple[str, int | None]:
 
 def step_text(step: Step) -> str:
     """A traversed rule as people write it: `-A CHAIN …`, `add rule ip kube-proxy CHAIN …`
-    (an nft step's table is `family name`), `ipvs VS: -r …`."""
+    (an nft step's table is `family name`), `ipvs VS: -r …`, `bpf PROGRAM: MAP …` (a socket
+    hook's map lookup)."""
     if step.table == "ipvs":
         return f"ipvs {step.chain}: {step.rule}"
+    if step.table == SOCKET_HOOK:
+        return f"bpf {step.chain}: {step.rule}"
     if " " in step.table:
         return f"add rule {step.table} {step.chain} {step.rule}"
     if step.index == 0:
@@ -217,6 +223,11 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     """Where the packet ends up, with the odds: the part of a sentence after the address.
     `name` turns an `ip:port` into what to call the endpoint (e.g. its pod); `of` is how many
     endpoints the service port has, when the path reaches only some of them (0: unknown)."""
+    if r.verdict == Verdict.DNAT and socket_rewrite(r):
+        return _socket_phrase(r, name, of)
+    if r.verdict == Verdict.REJECT and socket_rewrite(r):
+        return ("connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()") + \
+            " fails with ECONNREFUSED (no endpoints)"
     if r.verdict == Verdict.DNAT:
         eps = r.endpoints
         total = sum(e.probability for e in eps)
@@ -253,6 +264,34 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     if r.verdict == Verdict.NONE:
         return "no service rule matches: the packet goes on unchanged"
     return "cannot tell: " + "; ".join(r.notes)
+
+
+def socket_rewrite(r: TraceResult) -> bool:
+    """Did a socket hook decide this path (eBPF mode: connect() rewritten or refused, no
+    packet rewritten, no NAT)?"""
+    decided = [o for o in r.outcomes if o.verdict in (Verdict.DNAT, Verdict.REJECT)]
+    return bool(decided) and all(o.steps and o.steps[-1].table == SOCKET_HOOK for o in decided)
+
+
+def _socket_phrase(r: TraceResult, name: Callable[[str], str], of: int) -> str:
+    """`connect() is rewritten to 1 of 3 endpoints, 33.3 % each, no NAT: the socket was rewritten`."""
+    eps = r.endpoints
+    probs = [e.probability for e in eps]
+    if len(eps) == 1:
+        what = f"endpoint {name(eps[0].destination)}"
+    elif max(probs) - min(probs) < 1e-6:
+        what = f"1 of {len(eps)} endpoints, {percent(probs[0])} each"
+        if len(eps) < of:
+            what = f"1 of {len(eps)} endpoints ({', '.join(name(e.destination) for e in eps)}), {percent(probs[0])} each"
+    else:
+        what = ", ".join(f"{name(e.destination)} {percent(e.probability)}" for e in eps)
+    if sum(probs) < 0.9999:
+        what += f" (the rest: {_other_verdicts(r)})"
+    call = "connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()"
+    text = f"{call} is rewritten to {what}, no NAT: the socket was rewritten"
+    if r.affinity_seconds:
+        text += f", sticky per pod network namespace for {r.affinity_seconds} s"
+    return text
 
 
 def _other_verdicts(r: TraceResult) -> str:
@@ -573,6 +612,8 @@ def _hairpin_problems(results: Sequence[PortResult], node: NodeContext, mode: Mo
     how = (" (IPVS mode: the KUBE-LOOP-BACK ipset's rule in KUBE-POSTROUTING masquerades it)"
            if mode == Mode.IPVS else "")
     for port in results:
+        if any(p.client == "pod" and socket_rewrite(p.result) for er in port.entries for p in er.paths):
+            continue  # connect() was rewritten: no NAT, so no hairpin either
         local = [f"{e.pod_name} ({e.address})" if e.pod_name else e.address
                  for e in port.facts.endpoints or () if node.name and e.node_name == node.name]
         if local:

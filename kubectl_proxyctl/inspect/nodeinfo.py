@@ -4,7 +4,8 @@ Theory of operation: the tracer needs the node's own addresses (NodePort entries
 LOCAL`, `fib daddr type local`) and a pod address for "a pod on this node calls the
 service". They come, in order of preference, from the flags (`--node-name`, `--node-ip`,
 `--cluster-cidr`), from the Node object (API or `--from-file`), from the live node's
-interfaces, and for the pod range from the rules themselves: kube-proxy's local-traffic
+interfaces, then from eBPF mode's node-port entries (keyed by the node's addresses), and for
+the pod range from the rules themselves: kube-proxy's local-traffic
 detector writes the cluster CIDR into every KUBE-SVC masquerade rule (`! -s CIDR -j
 KUBE-MARK-MASQ`), into KUBE-EXT's "pod traffic" rule (`-s CIDR`) and into nftables'
 `ip saddr != CIDR jump mark-for-masquerade`. When the node's address is unknown, a stand-in
@@ -80,7 +81,9 @@ def node_context(
     given = tuple(ips)
     from_node = tuple(a for kind, a in node.addresses if kind in ("InternalIP", "ExternalIP")) if node else ()
     live = tuple(a for a in live_addresses if not a.startswith("127.") and a != "::1")
-    addresses = given or from_node or live
+    # eBPF mode's node-port entries are keyed by the node's addresses: the rules name them
+    from_rules = graph.ebpf.node_addresses() if graph.ebpf is not None else ()
+    addresses = given or from_node or live or from_rules
     cidrs = tuple(cluster_cidrs)
     cidrs_from = "flag" if cidrs else ""
     if not cidrs:

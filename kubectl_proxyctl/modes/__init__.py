@@ -35,6 +35,9 @@ REGISTRY: dict[Mode, ModeEntry] = {
                              "kube-proxy's nftables table, one atomic nft transaction per sync"),
     Mode.IPVS: ModeEntry(Mode.IPVS, "kubectl_proxyctl.modes.ipvs", True,
                          "kube-proxy's IPVS layout: virtual servers and ipsets over netlink, plus iptables rules"),
+    Mode.EBPF: ModeEntry(Mode.EBPF, "kubectl_proxyctl.modes.ebpf", True,
+                         "socket load balancing: cgroup BPF programs rewrite connect(), plus an nftables "
+                         "table for entry points from outside the node"),
 }
 
 

@@ -38,6 +38,7 @@ class Mode(enum.StrEnum):
     IPTABLES = "iptables"
     NFTABLES = "nftables"
     IPVS = "ipvs"
+    EBPF = "ebpf"
 
 
 # --- the engine's side -------------------------------------------------------------------
@@ -104,6 +105,7 @@ class NodeRules(Protocol):
     ipvs: Any  # the IPVS table, or None
     ipsets: Any  # name → ipset
     links: Any  # `ip -json address show`: link name → its addresses, or None when not read
+    ebpf: Any  # eBPF mode's maps and attached programs (`modes.ebpf.parse.EbpfState`), or None
     notes: tuple[str, ...]
 
     @property

@@ -25,6 +25,12 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from kubectl_proxyctl.model import NodeInfo
 
+# The `table` of a Step taken in a socket hook (eBPF mode's cgroup programs): the destination
+# is rewritten in the socket at connect() or sendmsg(), before any packet exists, so there is
+# no NAT and no conntrack entry for the service address. An outcome whose steps rewrite there
+# (action "rewrite …") reached its endpoint that way.
+SOCKET_HOOK = "bpf"
+
 # How a way through the rules stopped (the statuses `finals` carry).
 DROP = "drop"
 REJECT = "reject"

@@ -119,6 +119,8 @@ class ProxyConfig:
     prefer_same_node: bool = True  # the PreferSameTrafficDistribution gate (GA in 1.33)
     ipvs_scheduler: str = "rr"  # IPVS mode: every virtual server's scheduler
     ipvs_strict_arp: bool = False  # IPVS mode: arp_ignore/arp_announce so kube-ipvs0's addresses stay quiet
+    bpf_cgroup_path: str = ""  # eBPF mode: the cgroup v2 directory to attach to ("": the hierarchy's root)
+    bpf_pin_path: str = ""  # eBPF mode: where maps and program links are pinned ("": /sys/fs/bpf/proxyctl)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "ProxyConfig":

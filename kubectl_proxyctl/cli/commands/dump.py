@@ -21,7 +21,8 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     """Show the node's Service rules, each with the service port and endpoint it serves.
 
     Reads the rules of every proxy mode on the node (iptables from both backends, the nft
-    `kube-proxy` table, IPVS virtual services and ipsets) and names kube-proxy's hashed
+    `kube-proxy` table, IPVS virtual services and ipsets, eBPF mode's maps, cgroup programs
+    and `proxyctl-ebpf` table) and names kube-proxy's hashed
     chains: from the rule comments, by following the jumps from the entry rules, and by
     recomputing the hashes (which also works in large clusters, where kube-proxy drops the
     SVC/SEP comments). With svc/NAME only that Service's chains and entry rules are shown.
@@ -29,7 +30,8 @@ def dump(cluster: ClusterOptions, node: NodeOptions, output: str, target: str | 
     \b
     Output formats:
       text    the rules in their own syntax, each followed by `# ns/svc:port -> endpoint`
-      raw     the rules verbatim (iptables-save blocks, an `nft -f` script, ipvsadm/ipset lines)
+      raw     the rules verbatim (iptables-save blocks, an `nft -f` script, ipvsadm/ipset lines,
+              bpftool commands for eBPF maps and programs)
       table   one row per rule: TABLE CHAIN SERVICE ENDPOINT RULE (--no-headers, --sort-by)
       json    the same records as JSON (yaml too; --sort-by sorts them)
       jsonpath=TEMPLATE, jsonpath-as-json=TEMPLATE   kubectl's templates, on

@@ -45,7 +45,8 @@ def explain(cluster: ClusterOptions, node: NodeOptions, output: str, target: str
     For every port, every way in (the cluster IP, the node port on each node address,
     external IPs, load-balancer IPs) and every kind of client (a pod on this node, the node
     itself, a client outside the cluster), the first packet is traced through the node's
-    real rules (iptables, nftables or IPVS). The answer comes first, one line per verdict
+    real rules (iptables, nftables, IPVS, or eBPF mode's socket hooks and entry-point table).
+    The answer comes first, one line per verdict
     (clients and ways in that end up the same way share a line), with the odds of each
     endpoint and whether it is SNATed, then the endpoints by pod, node and zone, then the
     problems: the classic traps (no endpoints, externalTrafficPolicy Local without a local

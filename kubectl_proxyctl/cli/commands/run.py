@@ -1,4 +1,5 @@
-"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables, nftables or IPVS mode)."""
+"""`kubectl proxyctl run`: the node engine, a drop-in for kube-proxy (iptables, nftables or IPVS
+mode), or socket load balancing through cgroup BPF programs (eBPF mode)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kubectl_proxyctl.cli.options import DURATION, ClusterOptions, cluster_optio
 
 log = logging.getLogger(__name__)
 
-MODES = ("iptables", "nftables", "ipvs")
+MODES = ("iptables", "nftables", "ipvs", "ebpf")
 LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 # ipvsadm's schedulers (modes/ipvs/render.py SCHEDULERS; repeated here so --help imports nothing).
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
@@ -32,12 +33,18 @@ def _default_node_name() -> str:
               help="Write the effective configuration (flags over --config) as a KubeProxyConfiguration to FILE "
                    "('-' = stdout) and exit.")
 @click.option("--mode", "--proxy-mode", "mode", type=click.Choice(MODES), default="iptables", show_default=True,
-              help="Proxy mode: iptables, nftables or ipvs (IPVS needs the kernel's ip_vs module).")
+              help="Proxy mode: iptables, nftables, ipvs (needs the kernel's ip_vs module) or ebpf (socket load "
+                   "balancing through cgroup BPF programs, plus an nftables table for traffic from outside).")
 @click.option("--ipvs-scheduler", type=click.Choice(IPVS_SCHEDULERS), default="rr", show_default=True,
               help="The IPVS scheduler of every virtual server (--mode ipvs).")
 @click.option("--ipvs-strict-arp", is_flag=True,
               help="Set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for kube-ipvs0's "
                    "addresses (--mode ipvs).")
+@click.option("--cgroup-path", metavar="DIR", default="",
+              help="The cgroup v2 directory whose processes' sockets are load-balanced (--mode ebpf; default: "
+                   "the cgroup v2 root, i.e. every process on the node).")
+@click.option("--bpf-pin-path", metavar="DIR", default="",
+              help="Where the BPF maps and program links are pinned (--mode ebpf; default /sys/fs/bpf/proxyctl).")
 @click.option("--node-name", "--hostname-override", "node_name", metavar="NAME",
               help="This node's name: decides which endpoints are local (default: $NODE_NAME, else the hostname).")
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
@@ -69,18 +76,22 @@ def _default_node_name() -> str:
               help="Serve /metrics, /proxyMode, /configz here; empty disables.")
 @click.option("--bind-address-hard-fail", is_flag=True, help="Exit when a server port cannot be bound.")
 @click.option("--cleanup", is_flag=True,
-              help="Remove every chain, rule, table, virtual server, ipset and kube-ipvs0 of every mode, then exit.")
+              help="Remove every chain, rule, table, virtual server, ipset and kube-ipvs0 of every mode, and eBPF "
+                   "mode's programs and pinned maps (under --bpf-pin-path), then exit.")
 @click.option("--dry-run", is_flag=True,
               help="Print the payload one full sync would apply and exit; changes nothing (no root needed).")
 @click.option("--once", is_flag=True, help="Apply one full sync and exit.")
 @cluster_options(outputs=(), namespaced=False)
 def run(cluster: ClusterOptions, **flags: object) -> None:
-    """Run the node engine: turn Services and EndpointSlices into iptables, nftables or IPVS state.
+    """Run the node engine: turn Services and EndpointSlices into iptables, nftables, IPVS or eBPF state.
 
     Watches Services, EndpointSlices and Nodes and programs kube-proxy's exact layout (same
     chains, hashes, probabilities and comments in iptables mode; the same table, verdict maps
     and chain names in nftables mode; the same virtual servers, kube-ipvs0 addresses, ipsets
-    and iptables rules in IPVS mode), so runbooks written for kube-proxy apply. Nothing is
+    and iptables rules in IPVS mode), so runbooks written for kube-proxy apply. eBPF mode has
+    no kube-proxy twin: cgroup programs pick the endpoint when a process calls connect() (no
+    NAT, no conntrack entry), and an nftables table serves node ports and external addresses
+    reached from outside the node. Nothing is
     programmed until Services and EndpointSlices are listed; when the API server goes away the
     last rules stay in place. Starting in one mode removes the other mode's rules.
 
@@ -94,6 +105,7 @@ def run(cluster: ClusterOptions, **flags: object) -> None:
       kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode nftables --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode ipvs --ipvs-scheduler wrr --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --mode ebpf --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --config /var/lib/kube-proxy/config.conf --hostname-override "$NODE_NAME"
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1
       kubectl proxyctl run --cleanup

@@ -435,7 +435,7 @@ def prepare_node(config: ProxyConfig) -> None:
 OWNED_CHAINS = tuple(dict.fromkeys(NAT_CHAINS + FILTER_CHAINS))
 
 
-def cleanup(family: IPFamily) -> tuple[bool, str]:
+def cleanup(family: IPFamily, config: ProxyConfig | None = None) -> tuple[bool, str]:
     """Remove IPVS mode's state of one family: our virtual servers, kube-ipvs0 (once empty),
     the companion iptables rules and the ipsets. Only when there are signs of IPVS mode
     (kube-ipvs0 or one of our sets), so starting another mode costs two netlink queries."""

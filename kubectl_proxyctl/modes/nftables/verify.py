@@ -437,17 +437,19 @@ class _TableCheck:
     """One table against the plan of its family."""
 
     def __init__(self, report: Report, table: NftTable, state: ClusterState, node: NodeContext,
-                 selector: ServiceSelector | None) -> None:
+                 selector: ServiceSelector | None, entry_points_only: bool = False) -> None:
         self.report = report
         self.table = table
         self.title = table.title
         self.selector = selector
         self.inferred = infer_nft_config(table, node)
         self.plan = plan(state, self.inferred.config)
-        rendered = nftr.render(self.plan, service_cidrs=self.inferred.service_cidrs)
+        rendered = nftr.render(self.plan, service_cidrs=self.inferred.service_cidrs, table=table.name,
+                               entry_points_only=entry_points_only)
         self.exp = _expected(rendered)
         self.act = _actual_elements(table)
-        self.services = [sp for sp in self.plan.services if selector is None or selector.matches(str(sp.name))]
+        self.services = [sp for sp in self.plan.services if (selector is None or selector.matches(str(sp.name)))
+                         and (sp.externally_accessible or not entry_points_only)]
         self.planned = {str(sp.name) for sp in self.plan.services}
 
     def add(self, kind: str, severity: str, message: str, spn: str = "", chain: str = "",
@@ -700,6 +702,17 @@ def _consequence(container: str, value: str) -> str:
 
 def _element(key: str, value: str) -> str:
     return f"{key} : {value}" if value else key
+
+
+def verify_entry_table(report: Report, table: NftTable, state: ClusterState, node: NodeContext,
+                       selector: ServiceSelector | None = None) -> Mapping[str, Any]:
+    """A table of kube-proxy's layout that holds only the entry points reached from outside
+    the node (eBPF mode's `proxyctl-ebpf`): checked like the `kube-proxy` table, against the
+    render with `entry_points_only`, its findings added to `report`; returns the flags read
+    back. Only the service ports reachable from outside the node are checked (and counted)."""
+    check = _TableCheck(report, table, state, node, selector, entry_points_only=True)
+    check.run()
+    return dict(check.inferred.described)
 
 
 def verify_nft(graph: NodeRules, state: ClusterState, node: NodeContext,
