@@ -22,6 +22,7 @@ mode writes and how is its Writer's business, `modes/<mode>/writer.py`):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,22 @@ class Proxier:
         return self.writer.state_missing()
 
     def sync(self) -> SyncResult | None:
-        """One sync. Returns None when the sources have not synced yet."""
+        """One sync. Returns None when the sources have not synced yet.
+
+        Python's cyclic garbage collector is paused while it runs: a full sync at 10,000
+        services allocates a few hundred thousand small objects, and the collections they
+        trigger walk the whole heap (the engine's state and plan) again and again; measured,
+        that was 1.5 s of a 2.5 s full sync. What a sync leaves behind is freed by reference
+        counting, and the collector resumes when it returns."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._sync()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _sync(self) -> SyncResult | None:
         begun = self._begin()
         if begun is None:
             return None

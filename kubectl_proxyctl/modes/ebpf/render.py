@@ -62,12 +62,10 @@ def nodeport_addresses(plan: NodePlan) -> tuple[str, ...]:
 
 
 def _backends(endpoints: Iterable[Endpoint], node_name: str) -> tuple[maps.Backend, ...]:
-    out = []
-    for ep in endpoints:
-        flags = (maps.B_LOCAL if ep.node_name == node_name and node_name else 0)
-        flags |= maps.B_TERMINATING if ep.terminating else 0
-        out.append(maps.Backend(ep.ip, ep.port, flags))
-    return tuple(out)
+    backend = maps.Backend
+    return tuple(backend(ep.ip, ep.port, (maps.B_LOCAL if node_name and ep.node_name == node_name else 0)
+                         | (maps.B_TERMINATING if ep.terminating else 0))
+                 for ep in endpoints)
 
 
 def port_entries(sp: ServicePortPlan, plan: NodePlan,
@@ -85,13 +83,15 @@ def port_entries(sp: ServicePortPlan, plan: NodePlan,
     out = [ServiceEntry(maps.ServiceKey(sp.cluster_ip, sp.port, proto), name, sp.name, EntryKind.ClusterIP,
                         _backends(internal, node), internal_flags, affinity)]
 
+    if not (sp.external_ips or sp.load_balancer_ips or sp.node_port):
+        return out
     if sp.uses_cluster_chain and sp.cluster_endpoints:
         external, ext_flags = sp.cluster_endpoints, maps.F_EXTERNAL
     elif sp.local_endpoints:
         external, ext_flags = sp.local_endpoints, maps.F_EXTERNAL | maps.F_LOCAL
     else:
         external, ext_flags = (), maps.F_EXTERNAL | maps.F_REJECT
-    ext_backends = _backends(external, node)
+    ext_backends = out[0].backends if external is internal else _backends(external, node)
 
     def entry(ip: str, port: int, kind: EntryKind, extra: int = 0) -> ServiceEntry:
         return ServiceEntry(maps.ServiceKey(ip, port, proto), name, sp.name, kind, ext_backends,

@@ -89,6 +89,7 @@ class EbpfWriter:
         self.ranges: dict[int, tuple[maps.Backend, ...]] = {}  # slot base → backends
         self.refs: dict[int, int] = {}  # slot base → entries using it
         self.ids: dict[str, int] = {}  # service port name → id (this family's)
+        self.used_ids: set[int] = set()  # the values of `ids`
         self.by_service: dict[str, set[maps.ServiceKey]] = {}
         self.name_refs: dict[str, int] = {}  # service port name → entries holding it
         # what the current sync released: candidates for freeing (so a partial sync costs
@@ -196,6 +197,7 @@ class EbpfWriter:
         if orphans:
             self.backends.delete_batch(orphans)
         self.ids = {name: i for i, name in names.items() if name}
+        self.used_ids = set(self.ids.values())
         self.next_slot = max(slots, default=0) + 1
         self.next_id = max(self.ids.values(), default=lo - 1) + 1
 
@@ -226,10 +228,11 @@ class EbpfWriter:
         sid = self.ids.get(name)
         if sid is None:
             lo, hi = ID_RANGE[self.fam]
-            used = set(self.ids.values())
+            used = self.used_ids
             sid = self.next_id
             while sid in used or sid > hi:
                 sid = lo if sid > hi else sid + 1
+            used.add(sid)
             self.next_id = sid + 1
             self.ids[name] = sid
             new_names.append((maps.pack_slot(sid), maps.pack_name(name)))
@@ -310,7 +313,9 @@ class EbpfWriter:
         if gone:
             self.names.delete_batch([maps.pack_slot(self.ids[n]) for n in gone])
             for n in gone:
-                changed_backends[self.ids.pop(n)] = set()
+                sid = self.ids.pop(n)
+                self.used_ids.discard(sid)
+                changed_backends[sid] = set()
                 self.name_refs.pop(n, None)
         if changed_backends:
             self._purge_affinity(changed_backends)
