@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kubectl_proxyctl.engine.proxier import Proxier  # noqa: E402
 from kubectl_proxyctl.kube.tracker import StateTracker  # noqa: E402
+from kubectl_proxyctl.modes.nftables.reconcile import comparable_listing  # noqa: E402
 from kubectl_proxyctl.modes.nftables.render import is_affinity_set, render  # noqa: E402
 from kubectl_proxyctl.modes.nftables.writer import NftablesWriter  # noqa: E402
 from kubectl_proxyctl.plan.planner import ProxyConfig, plan  # noqa: E402
@@ -91,37 +92,11 @@ def timed_sync(proxier: Proxier, executor: TimedExecutor, what: str) -> float:
 
 
 def listing(ns: str) -> list[str]:
-    """`nft list table ip kube-proxy` with its blocks in name order and each set's or map's
-    elements sorted: nft lists hash-set elements in a per-set random order, and re-created
-    objects last."""
+    """`nft list table ip kube-proxy`, comparable (`reconcile.comparable_listing`)."""
     done = in_ns(ns, ["nft", "list", "table", "ip", "kube-proxy"])
     if done.returncode != 0:
         raise SystemExit(f"nft list table failed: {done.stderr.strip()[:300]}")
-    head: list[str] = []
-    blocks: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in done.stdout.splitlines():
-        if current is None:
-            if line.startswith("\t") and not line.startswith("\t\t") and line.endswith(" {"):
-                current = line.strip()
-                blocks[current] = []
-            elif line.strip():
-                head.append(line)
-        elif line == "\t}":
-            current = None
-        else:
-            blocks[current].append(line.strip())
-    out = head
-    for name in sorted(blocks):
-        body = " ".join(blocks[name])
-        start = body.find("elements = {")
-        elements: list[str] = []
-        if start >= 0:
-            end = body.index("}", start)
-            elements = sorted(e.strip() for e in body[start + len("elements = {"):end].split(","))
-            body = body[:start] + body[end + 1:]
-        out += [name, *body.split("  "), *elements]
-    return out
+    return comparable_listing(done.stdout)
 
 
 def full_rewrite(ns: str, objs: list[dict[str, Any]]) -> float:

@@ -185,3 +185,14 @@ def test_the_listing_parser_reads_what_nft_prints() -> None:
     chain = listed.chains["filter-prerouting-pre-dnat"]
     assert chain.header == ["type filter hook prerouting priority dstnat - 10; policy accept;"]
     assert chain.rules == ["ct state new jump firewall-check"]
+
+
+def test_comparable_listing_ignores_block_and_element_order() -> None:
+    from kubectl_proxyctl.modes.nftables.reconcile import comparable_listing
+
+    one = ("table ip kube-proxy {\n\tset b {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.2, 10.0.0.1 }\n\t}\n"
+           "\tchain a {\n\t\tjump b\n\t}\n}\n")
+    two = ("table ip kube-proxy {\n\tchain a {\n\t\tjump b\n\t}\n\tset b {\n\t\ttype ipv4_addr\n"
+           "\t\telements = { 10.0.0.1, 10.0.0.2 }\n\t}\n}\n")
+    assert comparable_listing(one) == comparable_listing(two)
+    assert comparable_listing(one) != comparable_listing(two.replace("jump b", "goto b"))

@@ -12,6 +12,7 @@ from netns import empty_netns, requires_lab
 
 from kubectl_proxyctl.engine.proxier import Proxier
 from kubectl_proxyctl.kube.tracker import StateTracker
+from kubectl_proxyctl.modes.nftables.reconcile import comparable_listing
 from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
 from kubectl_proxyctl.plan.planner import ProxyConfig
 from kubectl_proxyctl.system.executor import Result, SubprocessExecutor
@@ -61,36 +62,10 @@ def engine(netns: str, objects: list[dict[str, Any]]) -> tuple[Proxier, Recordin
 
 
 def listing(netns: str) -> list[str]:
-    """`nft list table ip kube-proxy` with its blocks in name order and each set's or map's
-    elements sorted: nft lists hash-set elements in a per-set random order, and re-created
-    objects last."""
+    """`nft list table ip kube-proxy`, comparable (`reconcile.comparable_listing`)."""
     text = NftSystem(CONFIG.family, executor=SubprocessExecutor(netns=netns)).listing()
     assert text is not None
-    head: list[str] = []
-    blocks: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        if current is None:
-            if line.startswith("\t") and not line.startswith("\t\t") and line.endswith(" {"):
-                current = line.strip()
-                blocks[current] = []
-            elif line.strip():
-                head.append(line)
-        elif line == "\t}":
-            current = None
-        else:
-            blocks[current].append(line.strip())
-    out = head
-    for name in sorted(blocks):
-        body = " ".join(blocks[name])
-        start = body.find("elements = {")
-        elements: list[str] = []
-        if start >= 0:
-            end = body.index("}", start)
-            elements = sorted(e.strip() for e in body[start + len("elements = {"):end].split(","))
-            body = body[:start] + body[end + 1:]
-        out += [name, *body.split("  "), *elements]
-    return out
+    return comparable_listing(text)
 
 
 @pytest.fixture

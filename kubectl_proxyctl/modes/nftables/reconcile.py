@@ -328,3 +328,34 @@ def _element_changes(elements: Mapping[str, Mapping[str, tuple[str, str, object]
         if new:
             adds[name] = new
     return adds, deletes
+
+
+def comparable_listing(text: str) -> list[str]:
+    """`nft list table` output in an order two listings of the same table share: blocks in
+    name order, each set's or map's elements sorted (nft lists hash-set elements in a
+    per-set order, and re-created objects last)."""
+    head: list[str] = []
+    blocks: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if current is None:
+            if line.startswith("\t") and not line.startswith("\t\t") and line.endswith(" {"):
+                current = line.strip()
+                blocks[current] = []
+            elif line.strip():
+                head.append(line)
+        elif line == "\t}":
+            current = None
+        else:
+            blocks[current].append(line.strip())
+    out = head
+    for name in sorted(blocks):
+        body = " ".join(blocks[name])
+        start = body.find("elements = {")
+        elements: list[str] = []
+        if start >= 0:
+            end = body.index("}", start)
+            elements = sorted(e.strip() for e in body[start + len("elements = {"):end].split(","))
+            body = body[:start] + body[end + 1:]
+        out += [name, *body.split("  "), *elements]
+    return out
