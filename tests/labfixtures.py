@@ -11,12 +11,16 @@ the end. `Lab` wraps what a test does with it:
   namespace (a socket opened there by this process), answered by the lab's echo server
   with the pod's name and the client address it saw; `Load` sends them at a steady rate
   from a thread and counts what failed;
-* `leftovers(lab)`: every namespace, link, process and file of the lab still around;
+* `leftovers(lab)`: every namespace, link, process, cgroup, BPF pin, attached program and
+  file of the lab still around (`NOTHING_LEFT` when there is none);
 * `api_server_down(lab)`: the API server (the control-plane process) killed and kept down
   for a block, then started again by the supervisor; `kill_daemons(lab)`: the supervisor and
   the control plane both killed (nothing restarts them until `lab up`);
-* `node_rules(lab, node)`: a node's NAT rules as its engine's mode writes them (and
-  `programmed(lab, node, ip)`: do they mention a Service's IP?), and
+* `node_rules(lab, node)`: a node's NAT rules as its engine's mode writes them (in eBPF mode
+  its entry-point table and the service addresses of its BPF map, `ebpf_services`; and
+  `programmed(lab, node, ip)`: do they mention a Service's IP?), `in_pod(lab, pod, …)`: a
+  command run in a pod the way `lab exec` runs it (in the node's cgroup, which is what eBPF
+  mode load-balances; a socket this process opens in a pod's namespace is not), and
   `engine_resources(pid)`: an engine's RSS and open file descriptors;
 * `LabSlot`: the one lab a test module keeps up for its tests, brought up again when a test
   needs another shape or left it without a daemon, and handed over for good to a test that
@@ -24,7 +28,7 @@ the end. `Lab` wraps what a test does with it:
 * `wait_for` (from waiting.py): poll until what a test waits for has happened.
 
 `lab_skip_reason(mode)` says why a machine cannot run a lab in that mode (not root, a tool
-missing, another lab holding 172.18.0.1 or port 6443).
+missing, no cgroup v2 or bpf(2) for eBPF mode, another lab holding 172.18.0.1 or port 6443).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +52,8 @@ from typing import Any, Callable, Iterator
 
 from kubectl_proxyctl.lab.dataplane import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
+from kubectl_proxyctl.modes.ebpf.maps import NFT_TABLE as EBPF_TABLE
+from kubectl_proxyctl.system import cgroups
 from kubectl_proxyctl.lab.supervisor import (
     CONTROL_PLANE_PID, KUBECONFIG, PID_FILE, LabAPI, control_plane_running, find_daemons, load_spec, read_ref,
 )
@@ -57,7 +64,9 @@ from netns import lab_skip_reason as _tools_skip_reason
 from waiting import wait_for  # noqa: F401 (re-exported: the lab tests and bench/bench_lab.py wait with it)
 
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "kubectl")
-MODE_TOOLS = {"iptables": (), "nftables": ("nft",)}
+MODE_TOOLS = {"iptables": (), "nftables": ("nft",), "ebpf": ("nft", "nsenter", "bpftool", "conntrack", "curl")}
+NOTHING_LEFT: dict[str, list[str]] = {"namespaces": [], "links": [], "processes": [], "cgroups": [], "pins": [],
+                                      "programs": [], "files": []}
 NGINX_DEMO = Path(__file__).resolve().parent / "data" / "nginx-demo.yaml"
 NGINX_PODS = ("nginx-5d9c7b-4xkqm", "nginx-5d9c7b-9wz2n", "nginx-5d9c7b-tq8rl")
 
@@ -71,6 +80,14 @@ def lab_skip_reason(mode: str = "iptables") -> str | None:
     reason = _tools_skip_reason(*TOOLS, *MODE_TOOLS[mode])
     if reason:
         return reason
+    if mode == "ebpf":
+        from kubectl_proxyctl.errors import ProxyctlError
+        from kubectl_proxyctl.lab.supervisor import check_ebpf
+
+        try:
+            check_ebpf()
+        except ProxyctlError as exc:
+            return str(exc)
     probe = LabSpec.build("probe", nodes=1)
     other = topology.conflicting_lab(probe)
     if other:
@@ -331,19 +348,66 @@ def kill_daemons(lab: Lab) -> None:
     wait_for(lambda: _gone(supervisor) and _gone(control_plane), 30, "the killed daemons to be gone")
 
 
+def in_node_netns(netns: str, *argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """argv in a network namespace, the machine's /sys (bpffs, cgroup v2) still in view."""
+    return subprocess.run(["nsenter", f"--net={topology.netns_path(netns)}", "--", *argv],
+                          capture_output=True, text=True, timeout=30, check=check)
+
+
+def ebpf_services(pin_path: str, family: int = 4) -> list[str]:
+    """The service addresses (`IP:PORT/PROTO`) of an eBPF-mode engine's map, read with bpftool."""
+    from kubectl_proxyctl.modes.ebpf.maps import ServiceKey
+
+    done = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", f"{pin_path}/services{family}"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        return []
+    return sorted(str(ServiceKey.unpack(bytes(int(b, 16) for b in entry["key"])))
+                  for entry in json.loads(done.stdout or "[]"))
+
+
 def node_rules(lab: Lab, node: str) -> str:
-    """The NAT rules of `node` as its engine writes them (`iptables-save -t nat`, or the
-    kube-proxy table in nftables mode); empty when they cannot be read."""
+    """The NAT rules of `node` as its engine writes them (`iptables-save -t nat`, the
+    kube-proxy table in nftables mode, the entry-point table and the BPF map's service
+    addresses in eBPF mode); empty when they cannot be read."""
+    netns = lab.spec.node_ns(node)
+    if lab.mode == "ebpf":
+        table = in_node_netns(netns, "nft", "list", "table", "ip", EBPF_TABLE).stdout
+        return table + "".join(f"{entry}\n" for entry in ebpf_services(lab.spec.node_pin_path(node)))
     argv = (["nft", "list", "table", "ip", "kube-proxy"] if lab.mode == "nftables"
             else ["iptables-save", "-t", "nat"])
-    done = subprocess.run(["nsenter", f"--net={topology.netns_path(lab.spec.node_ns(node))}", "--", *argv],
-                          capture_output=True, text=True, timeout=30, check=False)
-    return done.stdout
+    return in_node_netns(netns, *argv).stdout
 
 
 def programmed(lab: Lab, node: str, ip: str) -> bool:
     """Does `node`'s rule set mention `ip` (as a whole address: 10.96.0.1 is not 10.96.0.10)?"""
     return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d.])", node_rules(lab, node)) is not None
+
+
+def in_pod(lab: Lab, pod: str, *argv: str) -> str:
+    """`lab exec pod/POD -- argv` (the command joins the pod's node's cgroup): its output."""
+    return lab.cli("exec", f"pod/{pod}", "--", *argv).stdout
+
+
+def answers_in_pod(lab: Lab, pod: str, ip: str, port: int, count: int) -> list[Answer]:
+    """`count` HTTP requests with curl from inside `pod` (`in_pod`), one connection each."""
+    script = (f"for i in $(seq {count}); do curl -s -m 2 http://{ip}:{port}/ || echo error=curl-$?; echo; done")
+    answers = []
+    for line in in_pod(lab, pod, "sh", "-c", script).splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if not line.strip():
+            continue
+        answers.append(Answer(pod=fields["pod"], client=fields.get("client", "")) if "pod" in fields
+                       else Answer(error=line.strip()))
+    return answers
+
+
+def cgroup_of(pid: int) -> str:
+    """The cgroup v2 path of a process (`0::/…` of /proc/PID/cgroup)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
 
 
 def engine_resources(pid: int) -> tuple[int, int]:
@@ -354,7 +418,8 @@ def engine_resources(pid: int) -> tuple[int, int]:
 
 
 def leftovers(lab: Lab) -> dict[str, list[str]]:
-    """What of the lab still exists: namespaces, root links, processes, files."""
+    """What of the lab still exists: namespaces, root links, processes, cgroups, BPF pins,
+    programs attached to its cgroups (`bpftool cgroup tree`), files."""
     spec = lab.bare_spec
     prefix = f"{spec.name}-"
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
@@ -363,11 +428,20 @@ def leftovers(lab: Lab) -> dict[str, list[str]]:
     processes = [line.strip() for line in ps.splitlines()
                  if any(m in line for m in markers) and "pytest" not in line]
     state = spec.state_dir
+    root = cgroups.cgroup2_root()
+    cgroup = Path(root, spec.cgroup) if root else None
+    programs = []
+    if shutil.which("bpftool"):
+        tree = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True, check=False).stdout
+        programs = [line.strip() for line in tree.splitlines() if f"/{spec.cgroup}/" in line]
     return {
         "namespaces": topology.list_netns(prefix),
         "links": [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
                   if line.split(":")[1].strip().startswith(prefix)],
         "processes": processes,
+        "cgroups": [str(p) for p in (cgroup, *(cgroup.rglob("*") if cgroup else ())) if p and p.is_dir()],
+        "pins": topology.pin_dirs(spec),
+        "programs": programs,
         "files": [str(p) for p in state.rglob("*")] + ([str(state)] if state.exists() else []),
     }
 

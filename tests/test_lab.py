@@ -3,7 +3,8 @@
 Labs are brought up through the CLI with their state in a temporary directory and removed
 whatever happens. Only one lab runs at a time on a machine, so the module keeps one up in a
 `LabSlot` and its tests share it: a 4-node iptables lab (one node runs none of the three
-nginx pods), or, for `TestNftablesLab`, a 3-node lab with its engines in nftables mode.
+nginx pods), or, for `TestNftablesLab` and `TestEbpfLab`, a 3-node lab with its engines in
+nftables or eBPF mode.
 Traffic is real: HTTP requests from the client's or a pod's network namespace, answered by
 the lab's echo servers with their pod name.
 
@@ -36,10 +37,12 @@ import pytest
 from kubectl_proxyctl.lab.dataplane import sshd, topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import LOG_FILE, engine_health
+from kubectl_proxyctl.system import cgroups
 
 from labfixtures import (
-    NGINX_DEMO, NGINX_PODS, Lab, LabSlot, Load, api_server_down, http_request, kill_daemons, lab_skip_reason,
-    leftovers, programmed, proxyctl, running_lab, spread, udp_request, wait_for,
+    NGINX_DEMO, NGINX_PODS, NOTHING_LEFT, Lab, LabSlot, Load, answers_in_pod, api_server_down, cgroup_of,
+    ebpf_services, http_request, in_node_netns, kill_daemons, lab_skip_reason, leftovers, programmed, proxyctl,
+    running_lab, spread, udp_request, wait_for,
 )
 from waiting import TIMEOUT
 
@@ -422,7 +425,7 @@ def test_down_after_the_daemon_was_killed_leaves_nothing(lab: Lab) -> None:
     wait_for(lambda: not lab.supervisor_running(), TIMEOUT, "the killed daemon to be gone")
     done = lab.cli("down")
     assert "removed" in done.stdout
-    assert leftovers(lab) == {"namespaces": [], "links": [], "processes": [], "files": []}
+    assert leftovers(lab) == NOTHING_LEFT
     assert "nothing to remove" in lab.cli("down").stdout
 
 
@@ -545,7 +548,7 @@ def test_down_of_a_running_lab_and_of_a_half_built_one(no_shared_lab: None, tmp_
         answer = udp_request(node1, dns_ip, 5353)
         assert answer.startswith(f"pod={dns} client={small.spec.nodes[0].pod_gateway}:"), answer
         small.cli("down")
-        assert leftovers(small) == {"namespaces": [], "links": [], "processes": [], "files": []}
+        assert leftovers(small) == NOTHING_LEFT
 
     half = Lab(name="thalf", state_root=tmp_path, nodes=2)
     spec = LabSpec.build(half.name, nodes=2, state_root=str(tmp_path))
@@ -559,8 +562,9 @@ def test_down_of_a_running_lab_and_of_a_half_built_one(no_shared_lab: None, tmp_
         done = subprocess.run([*proxyctl(), "lab", "down", "--name", half.name], env=half.env,
                               capture_output=True, text=True, timeout=60, check=True)
         assert "5 namespaces" in done.stdout and "1 processes" in done.stdout, done.stdout
+        assert "3 cgroups" in done.stdout or cgroups.cgroup2_root() is None, done.stdout
         assert stray.wait(timeout=5) < 0
-        assert leftovers(half) == {"namespaces": [], "links": [], "processes": [], "files": []}
+        assert leftovers(half) == NOTHING_LEFT
     finally:
         if stray.poll() is None:
             stray.kill()
@@ -662,3 +666,186 @@ class TestNftablesLab:
         assert "In sync" in verify.stdout and "nftables mode" in verify.stdout, verify.stdout
         probe = nft_lab.proxyctl("probe", "svc/nginx", "--proxy-mode", "nftables")
         assert "OK: all" in probe.stdout, probe.stdout
+
+
+# --- eBPF mode --------------------------------------------------------------------------------
+
+EBPF_NODES = 3
+EBPF_SKIP = lab_skip_reason("ebpf") if SKIP is None else None
+
+
+@pytest.fixture
+def ebpf_lab(labs: LabSlot) -> Lab:
+    return labs.get(EBPF_NODES, "ebpf")
+
+
+@pytest.fixture
+def ebpf_nginx(ebpf_lab: Lab) -> dict[str, str]:
+    return nginx_in_place(ebpf_lab)
+
+
+def probe_pod(lab: Lab, node: str) -> str:
+    """A pod on `node` to send requests from (delete it with `delete_pod`)."""
+    created = lab.cli("run", "probe", "--node", node, "--labels", "app=probe").stdout
+    return created.split()[0].removeprefix("pod/")
+
+
+@pytest.mark.skipif(EBPF_SKIP is not None, reason=EBPF_SKIP or "")
+class TestEbpfLab:
+    """A lab whose engines run in eBPF mode: each attaches its programs to its node's cgroup,
+    which holds the node's pods and what runs in them, so a pod's connect() to a Service goes
+    straight to an endpoint (no NAT, no conntrack entry for the Service address); traffic
+    from the client reaches NodePorts and LoadBalancer IPs through each node's
+    `proxyctl-ebpf` nftables table. Requests "from a pod" are sent by curl run in the pod
+    (`lab exec pod/…`, `kubectl exec`), which joins the node's cgroup as the pod's processes
+    do; a socket this test process opens in a pod's namespace would not be load-balanced."""
+
+    def test_up_status_cgroups_and_programs(self, ebpf_lab: Lab, ebpf_nginx: dict[str, str]) -> None:
+        lab = ebpf_lab
+        again = lab.cli("up", *lab.up_args)
+        assert "is up: 3 nodes (ebpf)" in again.stdout
+        assert f"-- bpftool map dump pinned /sys/fs/bpf/proxyctl-{lab.name}-node1/services4" in again.stdout
+        status = lab.cli("status").stdout
+        assert f"lab {lab.name}: 3 nodes, ebpf;" in status and "table proxyctl-ebpf" in status, status
+        root = cgroups.cgroup2_root()
+        assert root is not None
+        engines = lab.engine_pids()
+        report = lab.status()
+        ip = cluster_ip(lab, "nginx")
+        for node in lab.spec.nodes:
+            row = next(line for line in status.splitlines() if line.startswith(node.name + " "))
+            assert "healthy" in row, row
+            cgroup = f"{root}/{lab.spec.node_cgroup(node)}"
+            # The engine: in the node's network namespace, with the node's cgroup and pins, in no node cgroup.
+            argv = Path(f"/proc/{engines[node.name]}/cmdline").read_bytes().decode().split("\0")
+            assert argv[argv.index("--cgroup-path") + 1] == cgroup, argv
+            assert argv[argv.index("--bpf-pin-path") + 1] == lab.spec.node_pin_path(node), argv
+            assert not cgroup_of(engines[node.name]).startswith(f"/{lab.spec.cgroup}"), "the engine is in a node cgroup"
+            assert os.stat(f"/proc/{engines[node.name]}/ns/net").st_ino == \
+                os.stat(topology.netns_path(lab.spec.node_ns(node))).st_ino
+            # Its programs on the node's cgroup, its maps pinned, its entry-point table.
+            shown = subprocess.run(["bpftool", "cgroup", "show", cgroup], capture_output=True, text=True,
+                                   check=True).stdout
+            assert "connect4" in shown and "sendmsg4" in shown, shown
+            assert f"{ip}:80/TCP" in ebpf_services(lab.spec.node_pin_path(node))
+            netns = lab.spec.node_ns(node)
+            table = in_node_netns(netns, "nft", "list", "table", "ip", "proxyctl-ebpf", check=True).stdout
+            assert f"tcp . {NODE_PORT} : goto external-" in table, table
+            entries = in_node_netns(netns, "nft", "list", "map", "ip", "proxyctl-ebpf", "service-ips", check=True)
+            assert ip not in entries.stdout, "the entry-point table serves no ClusterIP"
+            assert "KUBE-" not in in_node_netns(netns, "iptables-save").stdout, f"iptables-mode rules on {node.name}"
+        # The pods' servers run in their node's cgroup.
+        for pod in report["pods"]:
+            if pod["namespace"] == "default" and pod["name"] in NGINX_PODS:
+                assert cgroup_of(pod["pid"]) == f"/{lab.spec.node_cgroup(pod['node'])}", pod
+
+    def test_cluster_ip_from_a_pod_across_nodes_without_conntrack(
+            self, ebpf_lab: Lab, ebpf_nginx: dict[str, str]) -> None:
+        lab = ebpf_lab
+        node = lab.spec.nodes[0].name
+        probe = probe_pod(lab, node)
+        try:
+            probe_ip = lab.pod(probe)["status"]["podIP"]
+            ip = cluster_ip(lab, "nginx")
+            netns = lab.spec.node_ns(node)
+            in_node_netns(netns, "conntrack", "-F")
+            answers = answers_in_pod(lab, probe, ip, 80, 45)
+            assert [a.error for a in answers if not a.ok] == []
+            assert {a.pod for a in answers} == set(NGINX_PODS)
+            assert {ebpf_nginx[a.pod] for a in answers} - {node}, f"no answer from another node than {node}"
+            assert {a.client_ip for a in answers} == {probe_ip}, "pod-to-service traffic must keep the pod's IP"
+            # connect() was sent to the endpoint: the node saw no packet for the Service address.
+            tracked = in_node_netns(netns, "conntrack", "-L", "-d", ip)
+            assert tracked.stdout.strip() == "", tracked.stdout
+            # The pods/exec API (kubectl exec) runs commands in the pod's node's cgroup too.
+            through_api = lab.kubectl("exec", probe, "--", "curl", "-s", "-m", "2", f"http://{ip}/").stdout
+            assert through_api.startswith("pod=") and through_api.split()[0][4:] in NGINX_PODS, through_api
+            # Commands in a pod run in its node's cgroup, whichever way they are started; commands
+            # on a node or the client in none of the lab's.
+            mine = f"0::/{lab.spec.node_cgroup(node)}"
+            assert lab.cli("exec", f"pod/{probe}", "--", "cat", "/proc/self/cgroup").stdout.splitlines()[-1] == mine
+            assert lab.kubectl("exec", probe, "--", "cat", "/proc/self/cgroup").stdout.splitlines()[-1] == mine
+            for target in (node, "client"):
+                seen = lab.cli("exec", target, "--", "cat", "/proc/self/cgroup").stdout.splitlines()[-1]
+                assert not seen.startswith(f"0::/{lab.spec.cgroup}"), (target, seen)
+            # Node-level commands are not load-balanced: the node has no rule for a ClusterIP.
+            assert not http_request(netns, ip, 80, timeout=1.0).ok
+        finally:
+            delete_pod(lab, probe)
+
+    def test_nodeport_from_the_client_through_every_node(self, ebpf_lab: Lab, ebpf_nginx: dict[str, str]) -> None:
+        for node in ebpf_lab.spec.nodes:
+            pods, errors = spread(ebpf_lab.spec.client_ns, node.ip, NODE_PORT, 90)
+            assert errors == [], f"{node.name}: {len(errors)} failed, e.g. {errors[:3]}"
+            assert set(pods) == set(NGINX_PODS), f"{node.name}: {pods}"
+            assert min(pods.values()) > 10, f"{node.name}: uneven spread {pods}"
+
+    def test_load_balancer_ip_from_the_client(self, ebpf_lab: Lab, ebpf_nginx: dict[str, str]) -> None:
+        lab = ebpf_lab
+        try:
+            lab.kubectl("apply", "-f", "-", stdin=LB_SERVICE)
+            svc = wait_for(lambda: (lab.kubectl_json("get", "svc", "nginx-lb").get("status") or {})
+                           .get("loadBalancer", {}).get("ingress"), TIMEOUT, "a LoadBalancer IP")
+            lb_ip = str(svc[0]["ip"])
+            for node in lab.spec.nodes:  # the client's ECMP route may pick any node
+                wait_for(lambda: programmed(lab, node.name, lb_ip), TIMEOUT, f"the LB IP in {node.name}'s table")
+            pods, errors = spread(lab.spec.client_ns, lb_ip, 8080, 60)
+            assert errors == []
+            assert set(pods) == set(NGINX_PODS)
+        finally:
+            without_load_balancer(lab)
+
+    def test_a_new_supervisor_adopts_the_nsenter_engines(self, ebpf_lab: Lab, ebpf_nginx: dict[str, str]) -> None:
+        lab = ebpf_lab
+        engines = lab.engine_pids()
+        supervisor, control_plane = lab.supervisor_pid(), lab.control_plane_pid()
+        log = lab.state_root / lab.name / LOG_FILE
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: lab.supervisor_running() and lab.supervisor_pid() != supervisor, TIMEOUT,
+                 "the control plane to start a new supervisor")
+        wait_for(lambda: all(f"adopted engine-{n.name}" in log.read_text() for n in lab.spec.nodes), TIMEOUT,
+                 "the new supervisor to adopt every engine")
+        assert lab.engine_pids() == engines and lab.control_plane_pid() == control_plane
+        assert all(n["engine"]["alive"] and n["engine"]["health"] == "healthy" for n in lab.status()["nodes"])
+
+    def test_down_leaves_no_cgroup_pin_program_or_namespace(self, labs: LabSlot) -> None:
+        with labs.take(EBPF_NODES, "ebpf") as lab:
+            nginx_in_place(lab)
+            left = leftovers(lab)
+            assert left["cgroups"] and left["pins"] and left["programs"], left
+            done = lab.cli("down")
+            assert "3 BPF pin directories" in done.stdout and "4 cgroups" in done.stdout, done.stdout
+            assert leftovers(lab) == NOTHING_LEFT
+            assert "nothing to remove" in lab.cli("down").stdout
+
+    def test_down_of_a_half_built_ebpf_lab(self, no_shared_lab: None, tmp_path: Path) -> None:
+        from kubectl_proxyctl.lab.spec import BPFFS
+
+        half = Lab(name="thalfb", state_root=tmp_path, nodes=2, mode="ebpf")
+        spec = LabSpec.build(half.name, nodes=2, mode="ebpf", state_root=str(tmp_path))
+        topology.up(spec)
+        root = cgroups.cgroup2_root()
+        assert root is not None
+        # What a crash leaves: a process in a node's cgroup (outside every lab namespace) and
+        # an engine's pins (a map and a directory of links).
+        stray = subprocess.Popen(["sleep", "300"], start_new_session=True,
+                                 preexec_fn=cgroups.joiner(f"{root}/{spec.node_cgroup('node1')}"))
+        pin = spec.node_pin_path("node2")
+        os.makedirs(f"{pin}/links")
+        subprocess.run(["bpftool", "map", "create", f"{pin}/names", "type", "hash", "key", "4", "value", "4",
+                        "entries", "1", "name", "pxc_names"], check=True)
+        other = f"{BPFFS}/proxyctl-{half.name}x-node1"  # another lab's name: not ours
+        os.makedirs(other)
+        try:
+            done = subprocess.run([*proxyctl(), "lab", "down", "--name", half.name], env=half.env,
+                                  capture_output=True, text=True, timeout=60, check=True)
+            assert "1 processes" in done.stdout and "3 cgroups" in done.stdout, done.stdout
+            assert "1 BPF pin directories" in done.stdout, done.stdout
+            assert stray.wait(timeout=5) < 0
+            assert leftovers(half) == NOTHING_LEFT
+            assert os.path.isdir(other)
+        finally:
+            if stray.poll() is None:
+                stray.kill()
+            os.rmdir(other)
+            topology.teardown(spec)

@@ -9,6 +9,13 @@ the root namespace reaches it at 172.18.0.1 (the API server listens there); node
 (1-based) is `<lab>-node<i>` at 172.18.0.(i+1) with pod CIDR 10.244.<i>.0/24 on a bridge
 `cbr0`; an outside client `<lab>-client` at 172.18.0.100; ClusterIPs from 10.96.0.0/12;
 NodePorts 30000-32767; LoadBalancer IPs from 172.18.255.0/24.
+
+Outside the network, each node has a cgroup v2 directory `proxyctl-<lab>/<node>` (under the
+machine's cgroup v2 mount) that holds its pods' processes and every command run in one of
+its pods, in every mode. In eBPF mode the node's engine attaches its programs there (so
+connect() of the node's pods is load-balanced, and nothing else on the machine is) and pins
+its maps and program links under `/sys/fs/bpf/proxyctl-<lab>-<node>`; the engine itself, the
+node-level commands and the outside client stay out of every node cgroup.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from kubectl_proxyctl.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # short: it prefixes interface names (15 chars max)
 MAX_NODES = 50
+MODES = ("iptables", "nftables", "ebpf")  # the engines' proxy modes a lab runs
+BPFFS = "/sys/fs/bpf"  # where eBPF-mode engines pin their maps and links (one directory per node)
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,8 @@ class LabSpec:
             raise ConfigError(f"--nodes must be within 1..{MAX_NODES}")
         if zones < 0 or zones > nodes:
             raise ConfigError("--zones must be within 0..--nodes")
-        if mode not in ("iptables", "nftables"):
-            raise ConfigError(f"--mode {mode!r}: the lab runs iptables or nftables")
+        if mode not in MODES:
+            raise ConfigError(f"--mode {mode!r}: the lab runs {', '.join(MODES[:-1])} or {MODES[-1]}")
         specs = tuple(
             NodeSpec(name=f"node{i}", index=i, ip=f"172.18.0.{i + 1}", pod_cidr=f"10.244.{i}.0/24",
                      zone=f"zone-{chr(ord('a') + (i - 1) % zones)}" if zones else "")
@@ -94,6 +103,24 @@ class LabSpec:
     def host_veth(self) -> str:
         """The root namespace's end of the link to the underlay bridge."""
         return f"{self.name}-host"
+
+    @property
+    def cgroup(self) -> str:
+        """The lab's cgroup, relative to the cgroup v2 mount: one directory per node inside."""
+        return f"proxyctl-{self.name}"
+
+    def node_cgroup(self, node: NodeSpec | str) -> str:
+        """A node's cgroup (its pods' processes), relative to the cgroup v2 mount."""
+        return f"{self.cgroup}/{node if isinstance(node, str) else node.name}"
+
+    @property
+    def pin_prefix(self) -> str:
+        """What the bpffs pin directory of each of the lab's nodes starts with."""
+        return f"{BPFFS}/proxyctl-{self.name}-"
+
+    def node_pin_path(self, node: NodeSpec | str) -> str:
+        """Where a node's eBPF-mode engine pins its maps and program links."""
+        return self.pin_prefix + (node if isinstance(node, str) else node.name)
 
     @property
     def state_dir(self) -> Path:

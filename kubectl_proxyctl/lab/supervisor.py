@@ -13,7 +13,8 @@ one restarts the other:
   `<state>/logs` and their identity (pid + start time + argv) in `<state>/run/*.json`:
   the **control plane** (`lab control-plane`, see `controlplane.py`), one engine per node
   (`ip netns exec <lab>-nodeN kubectl-proxyctl run --node-name nodeN --mode MODE …`) and one
-  sshd per node. It checks them every 0.2 s: a process that exits is started again at
+  sshd per node (in eBPF mode both through `nsenter --net=/run/netns/<lab>-nodeN --`, see
+  below). It checks them every 0.2 s: a process that exits is started again at
   once, then with a growing delay while it keeps failing soon after its start;
 * the **control plane** holds `<state>/control-plane.lock` and runs the lab API server
   (objects and the resourceVersion counter in sqlite under `<state>/api`, HTTPS on
@@ -45,9 +46,11 @@ new one), unless the lab is being removed: then it stops what it runs first.
 lab: it first writes `<state>/stopping`, which stops both daemons from restarting anything
 (a daemon that starts while it exists exits at once), then stops the daemons (found by
 their pid files and by their command lines; SIGTERM, then SIGKILL), every recorded process,
-every process in a namespace of the lab, removes the namespaces and links
-(`topology.teardown`), and the files of the state directory it knows (never anything
-else). `lab up` removes a `stopping` a `lab down` that failed half-way left behind.
+every process in a namespace of the lab, removes the namespaces and links, the lab's
+cgroups (`proxyctl-<lab>/<node>` under the cgroup v2 mount, with whatever still runs in
+them) and its nodes' BPF pin directories (`topology.teardown`), and the files of the state
+directory it knows (never anything else). `lab up` removes a `stopping` a `lab down` that
+failed half-way left behind.
 
 The engines run with the mode's own defaults, as kube-proxy would: in iptables mode NodePorts
 answer on every local address of a node (also 127.0.0.1 and the pod bridge's address); in
@@ -56,6 +59,20 @@ address everything in the lab uses for NodePorts (the client, `probe`, the READM
 examples, `scripts/demo`). Passing `--nodeport-addresses` to make nftables mode look like
 iptables mode would hide the difference a user of the lab is there to see; it would not
 bring localhost NodePorts back anyway (nftables mode has none).
+
+eBPF mode differs in where things run. Each node's engine is started with
+`--cgroup-path <cgroup v2 mount>/proxyctl-<lab>/<node> --bpf-pin-path
+/sys/fs/bpf/proxyctl-<lab>-<node>` and attaches its programs to that cgroup, which holds the
+node's pods (the pod runtime and `pods/exec` put them there, see `topology`): a pod's
+connect() to a Service address is sent straight to an endpoint, with no NAT and no conntrack
+entry for the Service address, while the engine itself (not in the cgroup: its API
+connections stay as they are), node-level commands and the client are not load-balanced by
+it. Traffic from outside a node (NodePorts, external and LoadBalancer IPs from the client)
+goes through the engine's `proxyctl-ebpf` nftables table in the node's namespace, which
+holds those entry points only, on the node's IP as in nftables mode. The engines and sshd
+enter their node's network namespace with `nsenter --net=` rather than `ip netns exec`,
+whose private /sys would hide the cgroup v2 and bpffs mounts; `ManagedProcess.words`
+strips either prefix, so adoption finds the process by what it runs.
 
 This module also holds the small HTTPS client the `lab` commands use (`LabAPI`: token and CA
 from the state directory, standard library only, no proxy), the health checks and the
@@ -129,14 +146,37 @@ def check_mode(mode: str) -> None:
     `mode` (instead of waiting for engines that keep failing to start)."""
     from kubectl_proxyctl.system.executor import require_binary
 
-    if mode == "nftables":
+    if mode in ("nftables", "ebpf"):
         from kubectl_proxyctl.system.nftables import NftSystem
 
         NftSystem().check_available()  # nft present and new enough, nf_tables in the kernel
     else:
         require_binary("iptables-restore")
+    if mode == "ebpf":
+        check_ebpf()
 
 
+def check_ebpf() -> None:
+    """What eBPF-mode engines need from the machine: the cgroup v2 hierarchy (the nodes'
+    cgroups), the bpffs at /sys/fs/bpf (their pins), bpf(2) allowed, and nsenter (an engine
+    enters its node's network namespace with it: `ip netns exec` would hide both mounts)."""
+    from kubectl_proxyctl.errors import ApplyError
+    from kubectl_proxyctl.lab.spec import BPFFS
+    from kubectl_proxyctl.modes.ebpf.maps import MapSpec
+    from kubectl_proxyctl.system import bpf
+    from kubectl_proxyctl.system.cgroups import cgroup2_root
+    from kubectl_proxyctl.system.executor import require_binary
+
+    require_binary("nsenter")
+    if cgroup2_root() is None:
+        raise ConfigError("--mode ebpf needs the cgroup v2 hierarchy, and none is mounted (see /proc/mounts)")
+    try:
+        root = bpf.bpffs_root()
+        if root != BPFFS:
+            raise ConfigError(f"--mode ebpf: the lab pins under {BPFFS}, but the bpffs is mounted at {root}")
+        bpf.BpfMap.create(MapSpec("probe", "hash", 4, 4, 1)).close()
+    except ApplyError as exc:
+        raise ConfigError(f"--mode ebpf: this machine refuses BPF: {exc}") from exc
 def proxyctl_argv() -> list[str]:
     """How to run this program again: the console script next to the interpreter, else -m."""
     script = Path(sys.executable).with_name("kubectl-proxyctl")
@@ -508,11 +548,14 @@ class DownReport:
     processes: int = 0
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    pins: list[str] = field(default_factory=list)  # eBPF-mode engines' pin directories
     files: bool = False
 
 
 def down(spec: LabSpec) -> DownReport:
-    """Remove everything of the lab: processes, namespaces, links, files. Idempotent."""
+    """Remove everything of the lab: processes, namespaces, links, cgroups, BPF pins, files.
+    Idempotent."""
     require_root()
     report = DownReport()
     state = spec.state_dir
@@ -532,8 +575,9 @@ def down(spec: LabSpec) -> DownReport:
     live = [r.pid for r in refs if r is not None]
     kill_pids(live)
     removed = topology.teardown(spec)
-    report.processes = len(set(live) | set(removed.processes))
+    report.processes = len(set(live) | set(removed.processes)) + removed.killed_in_cgroups
     report.namespaces, report.links = removed.namespaces, removed.links
+    report.cgroups, report.pins = removed.cgroups, removed.pins
     report.files = remove_state(spec)
     return report
 
@@ -575,6 +619,42 @@ def remove_state(spec: LabSpec) -> bool:
 # --- the supervisor ----------------------------------------------------------------------------
 
 
+def strip_netns(argv: list[str]) -> list[str]:
+    """argv without a leading `ip netns exec NS` or `nsenter --net=PATH --`."""
+    if argv[:3] == ["ip", "netns", "exec"]:
+        return argv[4:]
+    if argv[:1] == ["nsenter"] and len(argv) > 2 and argv[1].startswith("--net=") and argv[2] == "--":
+        return argv[3:]
+    return argv
+
+
+def in_node(spec: LabSpec, node: NodeSpec, argv: list[str]) -> list[str]:
+    """How a node process is started in its node's network namespace: `ip netns exec`, as
+    an administrator would (a mount namespace of its own, with /sys mounted for the network
+    namespace), except in eBPF mode, where the engine, and what runs over ssh on the node
+    (bpftool, the inspector), need the machine's cgroup v2 and bpffs mounts under /sys,
+    which `ip netns exec` hides: `nsenter --net=` enters the network namespace only."""
+    if spec.mode == "ebpf":
+        return ["nsenter", f"--net={topology.netns_path(spec.node_ns(node))}", "--", *argv]
+    return ["ip", "netns", "exec", spec.node_ns(node), *argv]
+
+
+def engine_argv(spec: LabSpec, node: NodeSpec) -> list[str]:
+    """The command line of a node's engine, in its node's network namespace (`in_node`); in
+    eBPF mode with its node's cgroup and pin directory. The engine itself joins no cgroup:
+    its own connections (to the API server) are never load-balanced."""
+    engine = [*proxyctl_argv(), "run", "--kubeconfig", str(spec.state_dir / KUBECONFIG_NODES),
+              "--node-name", node.name, "--cluster-cidr", spec.cluster_cidr, "--mode", spec.mode,
+              "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
+              "--metrics-bind-address", METRICS_ADDRESS, "--min-sync-period", MIN_SYNC_PERIOD, "-v"]
+    if spec.mode == "ebpf":
+        cgroup = topology.node_cgroup(spec, node)
+        if cgroup is None:
+            raise ConfigError("--mode ebpf needs the cgroup v2 hierarchy, and none is mounted (see /proc/mounts)")
+        engine += ["--cgroup-path", cgroup, "--bpf-pin-path", spec.node_pin_path(node)]
+    return in_node(spec, node, engine)
+
+
 @dataclass
 class ManagedProcess:
     """A long-running child (the control plane, an engine, an sshd): started, watched,
@@ -594,8 +674,9 @@ class ManagedProcess:
 
     @property
     def words(self) -> list[str]:
-        """What the process runs, without the `ip netns exec NS` in front."""
-        return self.argv[4:] if self.argv[:3] == ["ip", "netns", "exec"] else self.argv
+        """What the process runs, without the `ip netns exec NS` or `nsenter --net=NS --` in
+        front (both exec it: the process's command line is what follows)."""
+        return strip_netns(self.argv)
 
     def adopt(self, lines: dict[int, list[str]]) -> bool:
         """Take over the process a previous supervisor started: the one its record names if it
@@ -716,19 +797,14 @@ class Supervisor:
         processes = [ManagedProcess(CONTROL_PLANE, control_plane_argv(spec), logs / f"{CONTROL_PLANE}.log",
                                     run / f"{CONTROL_PLANE}.json", stable_after=CONTROL_PLANE_STABLE_AFTER)]
         for node in spec.nodes:
-            netns = ["ip", "netns", "exec", spec.node_ns(node)]
-            engine = [*proxyctl_argv(), "run", "--kubeconfig", str(self.state / KUBECONFIG_NODES),
-                      "--node-name", node.name, "--cluster-cidr", spec.cluster_cidr, "--mode", spec.mode,
-                      "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
-                      "--metrics-bind-address", METRICS_ADDRESS, "--min-sync-period", MIN_SYNC_PERIOD, "-v"]
-            processes.append(ManagedProcess(f"engine-{node.name}", [*netns, *engine],
+            processes.append(ManagedProcess(f"engine-{node.name}", engine_argv(spec, node),
                                             logs / f"engine-{node.name}.log", run / f"engine-{node.name}.json",
                                             requires=self.state / KUBECONFIG_NODES))
         if sshd.sshd_available():
             sshd.prepare(spec)
             for node in spec.nodes:
                 processes.append(ManagedProcess(
-                    f"sshd-{node.name}", ["ip", "netns", "exec", spec.node_ns(node), *sshd.sshd_argv(spec, node)],
+                    f"sshd-{node.name}", in_node(spec, node, sshd.sshd_argv(spec, node)),
                     logs / f"sshd-{node.name}.log", run / f"sshd-{node.name}.json"))
         else:
             log.warning("%s is missing: the nodes get no SSH (install openssh-server)", sshd.SSHD)

@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, TypeAlias
+from typing import Callable, Iterable, Mapping, Sequence, TypeAlias
 
 from kubectl_proxyctl.system.executor import netns_path
 
@@ -37,21 +37,22 @@ Child: TypeAlias = subprocess.Popen[bytes]  # a process `spawn` started
 
 
 def spawn(argv: Sequence[str], log_path: str | Path, *, env: Mapping[str, str] | None = None,
-          cwd: str | None = None) -> Child:
+          cwd: str | None = None, preexec: Callable[[], None] | None = None) -> Child:
     """Start `argv` in a new session, stdin from /dev/null, stdout and stderr appended to
-    `log_path`; `env` and `cwd` as for `subprocess.Popen` (None: this process's).
-    Raises OSError when the log cannot be opened or `argv[0]` cannot be executed."""
+    `log_path`; `env` and `cwd` as for `subprocess.Popen` (None: this process's); `preexec`
+    runs in the child before it execs (e.g. `cgroups.joiner`). Raises OSError when the log
+    cannot be opened or `argv[0]` cannot be executed."""
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            close_fds=True, start_new_session=True, env=env, cwd=cwd,
+            close_fds=True, start_new_session=True, env=env, cwd=cwd, preexec_fn=preexec,
         )
 
 
-def run_attached(argv: Sequence[str]) -> int:
-    """Run `argv` with this process's stdin, stdout and stderr; its exit code. Raises
-    FileNotFoundError when `argv[0]` does not exist."""
-    return subprocess.run(list(argv), check=False).returncode
+def run_attached(argv: Sequence[str], preexec: Callable[[], None] | None = None) -> int:
+    """Run `argv` with this process's stdin, stdout and stderr (`preexec` as for `spawn`);
+    its exit code. Raises FileNotFoundError when `argv[0]` does not exist."""
+    return subprocess.run(list(argv), check=False, preexec_fn=preexec).returncode
 
 
 # --- finding ---------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def _name_flag(lab_name: str) -> str:
 @lab.command("up", short_help="Start a lab: nodes, engines, API server, client (idempotent).")
 @lab_name_option
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50), help="How many nodes.")
-@click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True,
+@click.option("--mode", type=click.Choice(["iptables", "nftables", "ebpf"]), default="iptables", show_default=True,
               help="The engines' proxy mode.")
 @click.option("--zones", default=0, show_default=True, type=click.IntRange(min=0),
               help="Spread the nodes over this many zones (topology.kubernetes.io/zone); 0: none.")
@@ -164,12 +164,18 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
 
     --mode picks the engines' proxy mode, with kube-proxy's defaults for it: in iptables
     mode NodePorts answer on every address of a node (also 127.0.0.1), in nftables mode on
-    the node's IP (172.18.0.x) only, which is where the examples send them.
+    the node's IP (172.18.0.x) only, which is where the examples send them. In ebpf mode
+    each engine attaches cgroup BPF programs to its node's cgroup, which holds the node's
+    pods: their connections to Services go straight to an endpoint (no NAT, no conntrack
+    entry for the Service), and an nftables table serves what comes from outside (NodePorts
+    on the node's IP, external and LoadBalancer IPs). It needs the cgroup v2 hierarchy and
+    bpf(2).
 
     \b
     Examples:
       sudo kubectl proxyctl lab up
       sudo kubectl proxyctl lab up --mode nftables
+      sudo kubectl proxyctl lab up --mode ebpf
       sudo kubectl proxyctl lab up --name demo --nodes 5 --zones 2
     """
     import time
@@ -208,14 +214,16 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     click.echo(f"  kubectl proxyctl lab run web --replicas 3 --labels app=web --port 80{flag}")
     click.echo("  kubectl create service nodeport web --tcp=80 --node-port=30080")
     click.echo(f"  kubectl proxyctl lab exec{flag} client -- curl -s http://{spec.nodes[0].ip}:30080/")
-    click.echo(f"  kubectl proxyctl lab exec{flag} {spec.nodes[0].name} -- {_rules_command(mode)}")
+    click.echo(f"  kubectl proxyctl lab exec{flag} {spec.nodes[0].name} -- {_rules_command(spec)}")
     click.echo(f"  kubectl proxyctl lab status{flag}")
     click.echo(f"  kubectl proxyctl lab down{flag}")
 
 
-def _rules_command(mode: str) -> str:
-    """How to look at a node's rules in `mode`."""
-    return "nft list table ip kube-proxy" if mode == "nftables" else "iptables-save -t nat"
+def _rules_command(spec: LabSpec, node: str = "") -> str:
+    """How to look at a node's rules (the first node's, in eBPF mode, unless `node` is given)."""
+    if spec.mode == "ebpf":
+        return f"bpftool map dump pinned {spec.node_pin_path(node or spec.nodes[0].name)}/services4"
+    return "nft list table ip kube-proxy" if spec.mode == "nftables" else "iptables-save -t nat"
 
 
 @lab.command("env", short_help="Print the shell exports that point kubectl and ssh at a lab.")
@@ -280,7 +288,12 @@ def status_(lab_name: str, output: str) -> None:
         if spec.mode == "nftables":
             click.echo("NodePorts answer on each node's IP only (nftables mode: not on 127.0.0.1 or a pod "
                        f"bridge's address); rules: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
-                       f"{_rules_command(spec.mode)}`\n")
+                       f"{_rules_command(spec)}`\n")
+        elif spec.mode == "ebpf":
+            click.echo("Pods' connections to Services are load-balanced by each node's cgroup programs (no NAT); "
+                       "NodePorts and external addresses from outside go through table proxyctl-ebpf on each "
+                       f"node's IP. Maps: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
+                       f"{_rules_command(spec, 'NODE')}`\n")
         if report["pods"] is not None:
             click.echo(table(["NAMESPACE", "POD", "NODE", "IP", "READY", "STATUS"], [
                 (p["namespace"], p["name"], p["node"], p["ip"], str(p["ready"]).lower(), p["status"])
@@ -303,19 +316,29 @@ def _pod_ready(pod: dict[str, Any]) -> str:
     return "false"
 
 
-def _netns_of(spec: LabSpec, target: str, namespace: str) -> str:
-    from kubectl_proxyctl.lab.dataplane import topology
+def _netns_of(spec: LabSpec, target: str, namespace: str) -> tuple[str, str | None]:
+    """The network namespace of TARGET, and the node whose pod it is (None for a node or the
+    client: their commands join no cgroup)."""
+    from kubectl_proxyctl.lab.dataplane import runtime, topology
 
     if target == "client":
-        return spec.client_ns
+        return spec.client_ns, None
     if target in {n.name for n in spec.nodes}:
-        return spec.node_ns(target)
+        return spec.node_ns(target), None
     pod = target[len("pod/"):] if target.startswith("pod/") else target
     netns = spec.pod_ns(namespace, pod)
     if not topology.netns_exists(netns):
         raise NotFoundError(f"no node, client or running pod {namespace}/{pod} in lab {spec.name!r} "
                             f"(nodes: {', '.join(n.name for n in spec.nodes)})")
-    return netns
+    node = runtime.recorded_node(spec, netns)
+    if node is None:
+        from kubectl_proxyctl.lab.supervisor import LabAPI
+
+        node = (LabAPI(spec).request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}").get("spec") or {}) \
+            .get("nodeName")
+    if node not in {n.name for n in spec.nodes}:
+        raise NotFoundError(f"pod {namespace}/{pod} runs on no node of lab {spec.name!r}")
+    return netns, str(node)
 
 
 @lab.command("exec", short_help="Run a command in a node's, the client's or a pod's network namespace.",
@@ -328,22 +351,26 @@ def _netns_of(spec: LabSpec, target: str, namespace: str) -> str:
 def exec_(target: str, command: tuple[str, ...], namespace: str, lab_name: str) -> int:
     """Run COMMAND inside the network namespace of TARGET, with this terminal attached; exit
     with its exit code. TARGET is a node (`node1`), `client`, or a pod (`pod/NAME` or `NAME`).
-    Put `--` before COMMAND so that its options are not taken for ours.
+    A command in a pod also runs in its node's cgroup, as the pod's own processes do (in
+    ebpf mode, that is what load-balances its connections to Services). Put `--` before
+    COMMAND so that its options are not taken for ours.
 
     \b
     Examples:
       kubectl proxyctl lab exec client -- curl -s http://172.18.0.2:30080/
       kubectl proxyctl lab exec node1 -- iptables-save -t nat
       kubectl proxyctl lab exec node1 -- nft list table ip kube-proxy   # nftables mode
+      kubectl proxyctl lab exec node1 -- bpftool map dump pinned /sys/fs/bpf/proxyctl-lab-node1/services4  # ebpf
       kubectl proxyctl lab exec pod/web-x7k2p -- curl -s http://10.96.0.10/
     """
     from kubectl_proxyctl.lab.dataplane import topology
     from kubectl_proxyctl.system.processes import run_attached
 
     spec = _existing(lab_name)
-    netns = _netns_of(spec, target, namespace)
+    netns, node = _netns_of(spec, target, namespace)
+    preexec = topology.pod_preexec(spec, node) if node is not None else None
     try:
-        return run_attached(["nsenter", f"--net={topology.netns_path(netns)}", "--", *command])
+        return run_attached(["nsenter", f"--net={topology.netns_path(netns)}", "--", *command], preexec)
     except FileNotFoundError:
         raise ConfigError("nsenter not found: install util-linux") from None
 
@@ -458,13 +485,13 @@ def set_ready(pod: str, ready: bool, namespace: str, lab_name: str) -> None:
     click.echo(f"pod/{pod} ready={str(ready).lower()}")
 
 
-@lab.command("down", short_help="Remove a lab: processes, namespaces, links and files.")
+@lab.command("down", short_help="Remove a lab: processes, namespaces, links, cgroups and files.")
 @lab_name_option
 @common_options
 def down(lab_name: str) -> None:
     """Stop the lab daemon, the control plane, the engines, sshd and every pod, remove the
-    lab's namespaces and links and its state directory. Also cleans up a half-built or crashed
-    lab; running it again does nothing.
+    lab's namespaces and links, its nodes' cgroups, the BPF pins of ebpf-mode engines and its
+    state directory. Also cleans up a half-built or crashed lab; running it again does nothing.
 
     \b
     Example:
@@ -478,11 +505,14 @@ def down(lab_name: str) -> None:
     except ProxyctlError:
         spec = LabSpec.build(lab_name, nodes=1)  # names are all down needs
     report = supervisor.down(spec)
-    if not (report.supervisor or report.processes or report.namespaces or report.links or report.files):
+    if not (report.supervisor or report.processes or report.namespaces or report.links or report.cgroups
+            or report.pins or report.files):
         click.echo(f"lab {lab_name!r}: nothing to remove")
         return
+    bpf = f"{len(report.pins)} BPF pin directories, " if report.pins else ""
     click.echo(f"lab {lab_name!r} removed: daemon {'stopped' if report.supervisor else 'not running'}, "
                f"{report.processes} processes, {len(report.namespaces)} namespaces, {len(report.links)} links, "
+               f"{len(report.cgroups)} cgroups, {bpf}"
                f"state {spec.state_dir}")
 
 

@@ -6,7 +6,11 @@ network namespace" (the filesystem, users and processes are the host's):
 * a hostNetwork pod (the lab's proxy pods, `kube-system/proxyctl-<node>`) shares its node's
   namespace, `LabSpec.node_ns(node)`: a command there sees the node's links, routes and
   netfilter rules, as `kubectl exec` into a kube-proxy pod does on a cluster;
-* any other pod has its own, `LabSpec.pod_ns(namespace, name)` (made by the pod runtime).
+* any other pod has its own, `LabSpec.pod_ns(namespace, name)` (made by the pod runtime),
+  and its processes live in its node's cgroup (`topology.pod_preexec`): a command run in
+  such a pod joins that cgroup before it execs, so in eBPF mode its connections to Services
+  are load-balanced by the node's engine, as the pod's own are. A command in a hostNetwork
+  pod is a node-level command and joins no cgroup.
 
 `NetnsExecRunner` is the API server's `exec_runner` (apiserver/remotecommand.ExecRunner):
 it resolves argv[0] on a container's default PATH first (so a missing tool is reported the
@@ -21,10 +25,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from kubectl_proxyctl.errors import ProxyctlError
 from kubectl_proxyctl.lab.apiserver.remotecommand import CommandNotFound, not_found_message
+from kubectl_proxyctl.lab.dataplane import topology
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.system.executor import netns_path, require_binary
 
@@ -51,8 +56,23 @@ def resolve(command: str, path: str = CONTAINER_PATH) -> str:
     return found
 
 
-def start_in_netns(netns: str, argv: Sequence[str], stdin: bool = False) -> subprocess.Popen[bytes]:
-    """Start argv inside the named network namespace, with pipes, in its own process group."""
+def pod_preexec(spec: LabSpec, pod: dict[str, Any]) -> Callable[[], None] | None:
+    """What a command in `pod` runs before it execs: joining its node's cgroup (None for a
+    hostNetwork pod, or without a cgroup v2 mount)."""
+    pod_spec = pod.get("spec") or {}
+    node = str(pod_spec.get("nodeName") or "")
+    if pod_spec.get("hostNetwork") or node not in {n.name for n in spec.nodes}:
+        return None
+    try:
+        return topology.pod_preexec(spec, node)
+    except ProxyctlError as exc:
+        raise OSError(str(exc)) from exc
+
+
+def start_in_netns(netns: str, argv: Sequence[str], stdin: bool = False,
+                   preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """Start argv inside the named network namespace, with pipes, in its own process group
+    (`preexec` runs in the child before it execs: see `pod_preexec`)."""
     if not argv:
         raise ValueError("an empty command")
     path = netns_path(netns)
@@ -68,6 +88,7 @@ def start_in_netns(netns: str, argv: Sequence[str], stdin: bool = False) -> subp
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True, cwd="/", env={"PATH": CONTAINER_PATH, "HOME": "/root", "LANG": "C.UTF-8"},
+        preexec_fn=preexec,
     )
 
 
@@ -78,4 +99,4 @@ class NetnsExecRunner:
         self.spec = spec
 
     def __call__(self, pod: dict[str, Any], container: str, argv: Sequence[str], stdin: bool) -> subprocess.Popen[bytes]:
-        return start_in_netns(pod_netns(self.spec, pod), argv, stdin)
+        return start_in_netns(pod_netns(self.spec, pod), argv, stdin, pod_preexec(self.spec, pod))

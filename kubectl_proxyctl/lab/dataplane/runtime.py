@@ -11,7 +11,9 @@ A few worker threads reconcile one key at a time (never the same key in two thre
   gets a network namespace `spec.pod_ns(ns, name)` wired to its node's `cbr0`
   (`topology.add_pod`), and the echo server (`lab/dataplane/echo.py`) on its container
   ports (TCP and UDP as declared; port 80 when none is). Once the node can connect to it
-  (a TCP connect, or a UDP exchange for UDP-only pods), the pod is marked Running and Ready;
+  (a TCP connect, or a UDP exchange for UDP-only pods), the pod is marked Running and Ready.
+  The server starts in its node's cgroup (`topology.pod_preexec`), so in eBPF mode its
+  connections to Services are load-balanced by its node's engine, as a pod's are;
 * a pod with a deletionTimestamp keeps serving: the endpoint controllers take it out of
   rotation, and in-flight connections finish. It is only stopped when the object is gone
   (the controllers remove it when its grace period ends), which is what makes a rolling
@@ -169,6 +171,13 @@ def echo_argv(want: PodWant) -> list[str]:
     for port in want.udp:
         argv += ["--udp", str(port)]
     return argv
+
+
+def recorded_node(spec: LabSpec, netns: str) -> str | None:
+    """The node of the running pod whose namespace is `netns`, from its record; None when
+    the runtime keeps none."""
+    record = PodRecord.load(spec.state_dir / "pods" / f"{netns}.json")
+    return record.node if record is not None else None
 
 
 class PodRuntime:
@@ -349,7 +358,7 @@ class PodRuntime:
     def _start(self, record: PodRecord, want: PodWant) -> None:
         log_path = self._log_path(record)
         argv = ["nsenter", f"--net={topology.netns_path(record.netns)}", "--", *echo_argv(want)]
-        child = spawn(argv, log_path)
+        child = spawn(argv, log_path, preexec=topology.pod_preexec(self.spec, record.node))
         ref = ProcessRef.of(child.pid)
         record.pid, record.start = child.pid, ref.start if ref else 0
         record.marked_ready = False

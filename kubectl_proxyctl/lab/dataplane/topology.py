@@ -30,9 +30,19 @@ forks. Namespaces are created the way iproute2 does it (`system.netns.create_net
 a thread that unshares its network namespace and bind-mounts it on /run/netns/NAME. Every
 step is "ensure": `up()` twice is a no-op, and `up()` completes a half-built lab.
 
+Each node also has a cgroup v2 directory, `<cgroup v2 mount>/proxyctl-<lab>/<node>`
+(`node_cgroup`), made by `up()` whenever the machine has a cgroup v2 mount (always in eBPF
+mode, where the node's engine attaches its programs to it): the pod runtime starts the
+node's pods in it and `pods/exec` and `lab exec pod/…` run their commands in it, so in eBPF
+mode exactly the node's pods are load-balanced by its engine's programs. Nothing else of the
+lab joins a node cgroup.
+
 `teardown(spec)` finds everything by the lab's name prefix: it kills every process that
 lives in one of the lab's namespaces, deletes the namespaces (their links go with them) and
-the root namespace's end of the underlay veth.
+the root namespace's end of the underlay veth, then the bpffs pin directories of its
+nodes' eBPF-mode engines (`/sys/fs/bpf/proxyctl-<lab>-<node>`: unlinking the pins of the
+program links detaches the programs, unlinking the maps' pins frees them) and the lab's
+cgroups (killing what is still in them).
 """
 
 from __future__ import annotations
@@ -41,10 +51,11 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from kubectl_proxyctl.errors import ConfigError, ProxyctlError
 from kubectl_proxyctl.lab.spec import LabSpec, NodeSpec
+from kubectl_proxyctl.system import cgroups
 from kubectl_proxyctl.system.executor import netns_path as netns_path  # re-exported: `lab exec`, tests
 from kubectl_proxyctl.system.links import netlink
 from kubectl_proxyctl.system.netns import create_netns, list_netns, remove_netns
@@ -153,6 +164,13 @@ def up(spec: LabSpec) -> None:
         _node_up(spec, node, net)
     _client_up(spec, net)
     _host_up(spec, net)
+    root = cgroups.cgroup2_root()
+    if root is None:
+        if spec.mode == "ebpf":
+            raise ConfigError("eBPF mode needs the cgroup v2 hierarchy, and none is mounted (see /proc/mounts)")
+        return
+    for node in spec.nodes:
+        cgroups.ensure(os.path.join(root, spec.node_cgroup(node)))
 
 
 def _node_up(spec: LabSpec, node: NodeSpec, net: Addressing) -> None:
@@ -196,6 +214,26 @@ def _host_up(spec: LabSpec, net: Addressing) -> None:
     # Nothing that enters the root namespace from the lab is forwarded, whatever the host's
     # ip_forward says: lab traffic never leaves the lab.
     Sysctl().ensure(f"net/ipv4/conf/{spec.host_veth}/forwarding", 0)
+
+
+# --- cgroups ---------------------------------------------------------------------------------
+
+
+def node_cgroup(spec: LabSpec, node: NodeSpec | str) -> str | None:
+    """The absolute path of a node's cgroup, None when the machine has no cgroup v2 mount."""
+    root = cgroups.cgroup2_root()
+    return os.path.join(root, spec.node_cgroup(node)) if root is not None else None
+
+
+def pod_preexec(spec: LabSpec, node: NodeSpec | str) -> Callable[[], None] | None:
+    """What a process started in one of `node`'s pods runs before it execs: joining the
+    node's cgroup (made here when it is missing). None without a cgroup v2 mount, where only
+    eBPF mode needs one (`up()` refuses it there)."""
+    path = node_cgroup(spec, node)
+    if path is None:
+        return None
+    cgroups.ensure(path)
+    return cgroups.joiner(path)
 
 
 # --- pods ------------------------------------------------------------------------------------
@@ -254,11 +292,15 @@ class Removed:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    killed_in_cgroups: int = 0  # processes outside the lab's namespaces but in its cgroups
+    pins: list[str] = field(default_factory=list)  # the pin directories of eBPF-mode engines
 
 
 def teardown(spec: LabSpec) -> Removed:
-    """Remove every namespace and root-namespace link of the lab, and every process living
-    in its namespaces; works on a half-built lab too, and does nothing the second time."""
+    """Remove every namespace and root-namespace link of the lab, every process living in
+    its namespaces or cgroups, its cgroups and its nodes' BPF pins; works on a half-built lab
+    too, and does nothing the second time."""
     removed = Removed()
     names = lab_namespaces(spec)
     by_ns = pids_in_netns(names)
@@ -272,4 +314,42 @@ def teardown(spec: LabSpec) -> Removed:
     for name in names:
         if remove_netns(name):
             removed.namespaces.append(name)
+    removed.pins = remove_pins(spec)
+    root = cgroups.cgroup2_root()
+    if root is not None:
+        removed.cgroups, removed.killed_in_cgroups = cgroups.remove_tree(os.path.join(root, spec.cgroup))
+    return removed
+
+
+def pin_dirs(spec: LabSpec) -> list[str]:
+    """The pin directories of the lab's nodes' eBPF-mode engines that exist (found by their
+    prefix, so a crashed lab's are found whatever its node count was)."""
+    parent, prefix = os.path.split(spec.pin_prefix)
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    return [os.path.join(parent, e) for e in entries
+            if e.startswith(prefix) and e[len(prefix):].startswith("node") and os.path.isdir(os.path.join(parent, e))]
+
+
+def remove_pins(spec: LabSpec) -> list[str]:
+    """Unlink every pinned object under the lab's pin directories, then the directories."""
+    removed = []
+    for top in pin_dirs(spec):
+        for directory, _, files in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
+            for name in files:
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ProxyctlError(f"cannot unpin {os.path.join(directory, name)}: {exc.strerror or exc}") from exc
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise ProxyctlError(f"cannot remove {directory}: {exc.strerror or exc}") from exc
+        removed.append(top)
     return removed
