@@ -432,7 +432,9 @@ def service_out(sp: ServicePortPlan, ctx: _Ctx) -> ServiceOut:
     if sp.has_internal_endpoints:
         # No protocol or port match: a packet in this chain came through service-ips, which
         # matched them already (kube-proxy 1.34, kubernetes#131492; 1.33 wrote `tcp dport N`).
-        if ctx.masq_all:
+        if ctx.entry_points_only:
+            pass  # no cluster IP reaches this table
+        elif ctx.masq_all:
             internal_rules.append(f"{ipx} daddr {sp.cluster_ip} jump {MARK_FOR_MASQUERADE}")
         elif ctx.if_not_local:
             internal_rules.append(f"{ipx} daddr {sp.cluster_ip} {ctx.if_not_local} jump {MARK_FOR_MASQUERADE}")
