@@ -128,7 +128,7 @@ class Proxier:
         services allocates a few hundred thousand small objects, and the collections they
         trigger walk the whole heap (the engine's state and plan) again and again; measured,
         that was 1.5 s of a 2.5 s full sync. What a sync leaves behind is freed by reference
-        counting, and the collector resumes when it returns."""
+        counting, and the young generations are collected when it returns."""
         was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -136,6 +136,10 @@ class Proxier:
         finally:
             if was_enabled:
                 gc.enable()
+                # The young generations only (what this sync and the informers' threads made
+                # meanwhile): cycles holding sockets or pipes go now, and the long-lived heap
+                # is not walked.
+                gc.collect(1)
 
     def _sync(self) -> SyncResult | None:
         begun = self._begin()
