@@ -223,28 +223,15 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     """Where the packet ends up, with the odds: the part of a sentence after the address.
     `name` turns an `ip:port` into what to call the endpoint (e.g. its pod); `of` is how many
     endpoints the service port has, when the path reaches only some of them (0: unknown)."""
-    if r.verdict == Verdict.DNAT and socket_rewrite(r):
-        return _socket_phrase(r, name, of)
-    if r.verdict == Verdict.REJECT and socket_rewrite(r):
-        return ("connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()") + \
-            " fails with ECONNREFUSED (no endpoints)"
+    by_socket = r.verdict in (Verdict.DNAT, Verdict.REJECT) and socket_rewrite(r)
+    call = "connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()"
     if r.verdict == Verdict.DNAT:
-        eps = r.endpoints
-        total = sum(e.probability for e in eps)
-        probs = [e.probability for e in eps]
-        if len(eps) == 1:
-            what = f"endpoint {name(eps[0].destination)}"
-            if total < 0.9999:
-                what += f" ({percent(total)}; the rest: {_other_verdicts(r)})"
-        elif max(probs) - min(probs) < 1e-6:
-            what = f"1 of {len(eps)} endpoints, {percent(probs[0])} each"
-            if len(eps) < of:
-                what = f"1 of {len(eps)} endpoints ({', '.join(name(e.destination) for e in eps)}), " \
-                       f"{percent(probs[0])} each"
-            if total < 0.9999:
-                what += f" (the rest: {_other_verdicts(r)})"
-        else:
-            what = ", ".join(f"{name(e.destination)} {percent(e.probability)}" for e in eps)
+        what = _endpoints_phrase(r, name, of)
+        if by_socket:
+            text = f"{call} is rewritten to {what}, no NAT: the socket was rewritten"
+            if r.affinity_seconds:
+                text += f", sticky per pod network namespace for {r.affinity_seconds} s"
+            return text
         if r.masquerade is True:
             snat = "SNAT to the node"
         elif r.masquerade is False:
@@ -256,7 +243,8 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
             text += f", sticky per client IP for {r.affinity_seconds} s"
         return text
     if r.verdict == Verdict.REJECT:
-        return "REJECT (connection refused at once)"
+        return f"{call} fails with ECONNREFUSED (no endpoints)" if by_socket else \
+            "REJECT (connection refused at once)"
     if r.verdict == Verdict.DROP:
         return "DROP (the connection times out)"
     if r.verdict == Verdict.ACCEPT:
@@ -266,32 +254,32 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     return "cannot tell: " + "; ".join(r.notes)
 
 
+def _endpoints_phrase(r: TraceResult, name: Callable[[str], str], of: int) -> str:
+    """Which endpoints a DNAT path reaches, with the odds ("1 of 3 endpoints, 33.3 % each")."""
+    eps = r.endpoints
+    total = sum(e.probability for e in eps)
+    probs = [e.probability for e in eps]
+    if len(eps) == 1:
+        what = f"endpoint {name(eps[0].destination)}"
+        if total < 0.9999:
+            what += f" ({percent(total)}; the rest: {_other_verdicts(r)})"
+    elif max(probs) - min(probs) < 1e-6:
+        what = f"1 of {len(eps)} endpoints, {percent(probs[0])} each"
+        if len(eps) < of:
+            what = f"1 of {len(eps)} endpoints ({', '.join(name(e.destination) for e in eps)}), " \
+                   f"{percent(probs[0])} each"
+        if total < 0.9999:
+            what += f" (the rest: {_other_verdicts(r)})"
+    else:
+        what = ", ".join(f"{name(e.destination)} {percent(e.probability)}" for e in eps)
+    return what
+
+
 def socket_rewrite(r: TraceResult) -> bool:
     """Did a socket hook decide this path (eBPF mode: connect() rewritten or refused, no
     packet rewritten, no NAT)?"""
     decided = [o for o in r.outcomes if o.verdict in (Verdict.DNAT, Verdict.REJECT)]
     return bool(decided) and all(o.steps and o.steps[-1].table == SOCKET_HOOK for o in decided)
-
-
-def _socket_phrase(r: TraceResult, name: Callable[[str], str], of: int) -> str:
-    """`connect() is rewritten to 1 of 3 endpoints, 33.3 % each, no NAT: the socket was rewritten`."""
-    eps = r.endpoints
-    probs = [e.probability for e in eps]
-    if len(eps) == 1:
-        what = f"endpoint {name(eps[0].destination)}"
-    elif max(probs) - min(probs) < 1e-6:
-        what = f"1 of {len(eps)} endpoints, {percent(probs[0])} each"
-        if len(eps) < of:
-            what = f"1 of {len(eps)} endpoints ({', '.join(name(e.destination) for e in eps)}), {percent(probs[0])} each"
-    else:
-        what = ", ".join(f"{name(e.destination)} {percent(e.probability)}" for e in eps)
-    if sum(probs) < 0.9999:
-        what += f" (the rest: {_other_verdicts(r)})"
-    call = "connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()"
-    text = f"{call} is rewritten to {what}, no NAT: the socket was rewritten"
-    if r.affinity_seconds:
-        text += f", sticky per pod network namespace for {r.affinity_seconds} s"
-    return text
 
 
 def _other_verdicts(r: TraceResult) -> str:
