@@ -107,8 +107,10 @@ def test_explain_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     path = entry["paths"][0]
     assert set(path) >= {"client", "source", "verdict", "masquerade", "affinity_seconds", "endpoints", "rules"}
     assert (path["client"], path["verdict"], path["masquerade"], path["affinity_seconds"]) == ("pod", "DNAT", False, None)
-    assert path["endpoints"] == [{"ip": "10.180.0.4", "port": 80, "probability": 0.5, "masquerade": False},
-                                 {"ip": "10.180.0.5", "port": 80, "probability": 0.5, "masquerade": False}]
+    assert path["endpoints"] == [
+        {"ip": "10.180.0.4", "port": 80, "probability": 0.5, "masquerade": False, "dnat_by": "kube-proxy"},
+        {"ip": "10.180.0.5", "port": 80, "probability": 0.5, "masquerade": False, "dnat_by": "kube-proxy"}]
+    assert (path["depends_on"], path["settled"], doc["findings"]) == ([], [], [])
     assert path["rules"][1].startswith("-A KUBE-SERVICES -d 172.30.0.44/32")
     assert path["sentence"] == "pod → 172.30.0.44:80 → 1 of 2 endpoints, 50.0 % each, no SNAT"
     assert [e["kind"] for e in port["entries"]] == ["ClusterIP", "ExternalIP"]

@@ -35,12 +35,20 @@ def test_node_ports_localhost_firewall_chain(case: NodePortCase) -> None:
     assert ("-A KUBE-FIREWALL" in built.rendered.text) == (case.family != "IPv6" and case.localhost)
 
 
-def test_bridge_interface_detector_cannot_evaluate_the_interface_match() -> None:
+def test_bridge_interface_detector_answer_depends_on_the_input_interface_until_routes_tell() -> None:
     built = build(ONE_ENDPOINT, default_config(detect_local_mode=DetectLocalMode.BridgeInterface,
                                                pod_bridge_interface="cbr0"))
     unknown = trace(built.ruleset, Packet(POD, "172.30.0.9", 80), built.local_ips)
     assert unknown.verdict == Verdict.UNKNOWN
-    assert unknown.notes and "cannot evaluate ! -i cbr0" in unknown.notes[0]
+    assert unknown.notes[0] == "the answer depends on whether the packet arrives on cbr0"
+    assert "`ip -json route show`" in unknown.notes[1]
+    assert [(c, b.verdict, b.masquerade) for c, b in unknown.branches] == [
+        ("the packet arrives on cbr0", Verdict.DNAT, False), ("otherwise", Verdict.DNAT, True)]
+    routes = LocalNode(tuple(built.local_ips), routes=(("10.0.0.0/24", "cbr0"), ("default", "eth0")))
+    on_bridge = trace(built.ruleset, Packet(POD, "172.30.0.9", 80), routes)
+    assert on_bridge.verdict == Verdict.DNAT and on_bridge.masquerade is False and not on_bridge.settled
+    outside = trace(built.ruleset, Packet(EXTERNAL, "172.30.0.9", 80, origin=Origin.EXTERNAL), routes)
+    assert outside.verdict == Verdict.DNAT and outside.masquerade is True
     from_node = trace(built.ruleset, Packet(NODE_IP, "172.30.0.9", 80, origin=Origin.NODE), built.local_ips)
     assert from_node.verdict == Verdict.DNAT and from_node.masquerade is True
 
@@ -132,7 +140,36 @@ def test_unknown_matches_are_reported_not_guessed() -> None:
         "-A PREROUTING -j DNAT --to-destination 10.9.0.2:80\n"))
     result = trace(rs, Packet(POD, "172.30.0.1", 80), [])
     assert result.verdict == Verdict.UNKNOWN
-    assert result.notes == ("cannot evaluate -m set --match-set SOMESET src (nat/PREROUTING rule 1)",)
+    assert result.notes == ("the answer depends on whether the source is in ipset SOMESET",
+                            "ipset SOMESET is not in the input: `ipset save` output (--rules-file, or collected "
+                            "from the node) settles it")
+    assert [(c, b.endpoint_probabilities()) for c, b in result.branches] == [
+        ("the source is in ipset SOMESET", {"10.9.0.1:80": 1.0}), ("otherwise", {"10.9.0.2:80": 1.0})]
+
+
+def test_an_open_condition_every_world_answers_alike_is_settled() -> None:
+    rs = parse(_one_chain(
+        "-A PREROUTING -i docker0 -j X\n"
+        "-A PREROUTING -j DNAT --to-destination 10.9.0.2:80\n"
+        "-A X -j RETURN\n"))
+    result = trace(rs, Packet(POD, "172.30.0.1", 80), [])
+    assert result.verdict == Verdict.DNAT and result.endpoint_probabilities() == {"10.9.0.2:80": 1.0}
+    assert result.settled == ("the packet arrives on docker0",) and not result.branches
+    assert sum(o.probability for o in result.outcomes) == pytest.approx(1.0)
+
+
+def test_one_interface_assumed_decides_the_others() -> None:
+    rs = parse(_one_chain(
+        "-A PREROUTING -i docker0 -j DNAT --to-destination 10.9.0.1:80\n"
+        "-A PREROUTING -i cali+ -j DNAT --to-destination 10.9.0.3:80\n"
+        "-A PREROUTING -i caliabc -j DNAT --to-destination 10.9.0.4:80\n"
+        "-A PREROUTING -j DNAT --to-destination 10.9.0.2:80\n"))
+    result = trace(rs, Packet(POD, "172.30.0.1", 80), [])
+    answers = {c: tuple(b.endpoint_probabilities()) for c, b in result.branches}
+    # docker0 never meets cali+ in one world; caliabc is only ever reached inside cali+.
+    assert answers == {"the packet arrives on docker0": ("10.9.0.1:80",),
+                       "the packet arrives on cali+": ("10.9.0.3:80",),
+                       "otherwise": ("10.9.0.2:80",)}
 
 
 def test_a_failing_known_match_makes_unknown_ones_irrelevant() -> None:

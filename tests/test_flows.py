@@ -232,7 +232,9 @@ def test_bridge_interface_detector_needs_the_interface(build: Build, mode: str) 
     assert from_eth.verdict == Verdict.DNAT and from_eth.masquerade is True
     unknown = built.trace(POD, "172.30.0.9", 80)
     assert unknown.verdict == Verdict.UNKNOWN
-    assert unknown.notes and unknown.notes[0].startswith("cannot evaluate ")  # the match: in each mode's file
+    # iptables says on what the answer depends, nftables which match it cannot evaluate
+    assert unknown.notes and unknown.notes[0].startswith(
+        "the answer depends on whether the packet arrives on cbr0" if mode == "iptables" else "cannot evaluate ")
     from_node = built.trace(NODE_IP, "172.30.0.9", 80, "node", **NODE_PACKET[mode])
     assert from_node.verdict == Verdict.DNAT and from_node.masquerade is True
 

@@ -22,6 +22,12 @@ ADDRESSES = ('[{"ifname": "lo", "addr_info": [{"local": "127.0.0.1", "scope": "h
              ' {"ifname": "kube-ipvs0", "addr_info": [{"local": "10.96.0.1", "scope": "global"}]}]')
 
 
+ROUTES = ('[{"dst": "default", "gateway": "172.18.0.1", "dev": "eth0", "flags": []},'
+          ' {"dst": "10.244.1.0/24", "dev": "cbr0", "protocol": "kernel", "scope": "link", "prefsrc": "10.244.1.1"},'
+          ' {"dst": "172.18.0.0/24", "dev": "eth0", "protocol": "kernel", "scope": "link", "prefsrc": "172.18.0.2"}]')
+ROUTE_SOURCE = "ip -4 -json route show"
+
+
 def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = (), ipvs: str = "") -> FakeExecutor:
     ex = FakeExecutor(default=None, missing=set(missing))
     ex.script(["iptables-nft-save"], Result(0, NFT_SAVE))
@@ -32,6 +38,7 @@ def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = ()
     ex.script(["ipvsadm", "-Sn"], Result(0, ipvs) if ipvs else Result(2, "", "Can't initialize ipvs: Protocol not available"))
     ex.script(["ipset", "save"], Result(0, ""))
     ex.script(["ip", "-json", "address", "show"], Result(0, ADDRESSES))
+    ex.script(["ip", "-4", "-json", "route", "show"], Result(0, ROUTES))
     ex.script(["test", "-d"], Result(1))  # nothing pinned under eBPF mode's directory
     return ex
 
@@ -39,7 +46,7 @@ def node_with(legacy: str = "", nft_table: str = "", missing: Sequence[str] = ()
 def test_a_healthy_iptables_node() -> None:
     ex = node_with()
     found = collect(ex)
-    assert [s for s, _ in found.texts] == ["iptables-nft-save"]
+    assert [s for s, _ in found.texts] == ["iptables-nft-save", ROUTE_SOURCE]
     assert found.backend_in_use == "nft" and not found.notes
     assert found.addresses == ["172.18.0.2"]  # not loopback, not IPVS's VIPs
     saves = [c.argv for c in ex.calls if c.argv[0].endswith("-save")]
@@ -52,7 +59,7 @@ def test_both_backends_and_an_nft_table_are_all_collected() -> None:
     found = collect(node_with(legacy=LEGACY_SAVE, nft_table=(DATA / "kube-proxy.nft.json").read_text(),
                               missing=["ipvsadm", "ipset"]))
     assert [s for s, _ in found.texts] == ["iptables-nft-save", "iptables-legacy-save",
-                                           "nft -j list table ip kube-proxy"]
+                                           "nft -j list table ip kube-proxy", ROUTE_SOURCE]
     assert "both iptables backends hold KUBE- chains" in found.notes[0]
     graph = load_texts(found.texts, found.notes, found.backend_in_use)
     assert set(graph.modes_present()) == {Mode.IPTABLES, Mode.NFTABLES}
@@ -96,12 +103,15 @@ def test_over_ssh_with_sudo(monkeypatch) -> None:  # type: ignore[no-untyped-def
 
     monkeypatch.setattr("kubectl_proxyctl.remote.ssh.SSHClient", Client)
     graph, addresses = read_rules(NodeOptions(node="node1", sudo=True, via="ssh"))
-    assert graph.sources == ("node1 (ssh node1): iptables-nft-save",) and addresses == ["172.18.0.2"]
+    assert graph.sources == ("node1 (ssh node1): iptables-nft-save", f"node1 (ssh node1): {ROUTE_SOURCE}")
+    assert addresses == ["172.18.0.2"]
+    assert graph.routes == (("default", "eth0"), ("10.244.1.0/24", "cbr0"), ("172.18.0.0/24", "eth0"))
 
 
 def test_an_ipvs_node_also_gives_kube_ipvs0s_addresses() -> None:
     found = collect(node_with(ipvs="-A -t 10.96.0.1:443 -s rr\n-a -t 10.96.0.1:443 -r 172.18.0.2:6443 -m -w 1\n"))
-    assert [s for s, _ in found.texts] == ["iptables-nft-save", "ipvsadm -Sn", "ip -json address show dev kube-ipvs0"]
+    assert [s for s, _ in found.texts] == ["iptables-nft-save", "ipvsadm -Sn", ROUTE_SOURCE,
+                                           "ip -json address show dev kube-ipvs0"]
     graph = load_texts(found.texts, found.notes, found.backend_in_use)
     assert graph.links == {"kube-ipvs0": ("10.96.0.1",)}
     assert load_texts(collect(node_with()).texts).links is None  # no IPVS: not collected

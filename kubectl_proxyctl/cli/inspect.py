@@ -114,7 +114,7 @@ def node_options(f: F) -> F:
         click.option("--rules-file", "rules_files", multiple=True, metavar="FILE",
                      type=click.Path(dir_okay=False, allow_dash=True),
                      help="Read the rules from a file ('-' = stdin): iptables-save (either backend), "
-                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln`, `ipset save` or `ip -json address show` output, or "
+                     "`nft -j list ruleset`, `ipvsadm -Sn`/`-Ln`, `ipset save`, `ip -json address show` or `ip -json route show` output, or "
                      "eBPF mode's maps document (`\"kind\": \"proxyctl-ebpf\"`), "
                      "detected automatically; repeatable, and one file may hold several. Default: this node's live "
                      "rules."),

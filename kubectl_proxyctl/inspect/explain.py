@@ -32,7 +32,7 @@ and the rule walk on demand, is `inspect.explaintext`.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from kubectl_proxyctl.inspect.graph import RuleGraph
@@ -40,6 +40,7 @@ from kubectl_proxyctl.model import ClusterState, Endpoint, ServicePort
 from kubectl_proxyctl.modes import reader
 from kubectl_proxyctl.modes.base import Mode
 from kubectl_proxyctl.modes.facts import Edge, EntryFacts, PortFacts, Problem
+from kubectl_proxyctl.modes.findings import Finding
 from kubectl_proxyctl.modes.iptables.names import parse_comment
 from kubectl_proxyctl.modes.nodecontext import (
     EXTERNAL_CLIENT_IP,
@@ -47,7 +48,16 @@ from kubectl_proxyctl.modes.nodecontext import (
     NodeContext,
 )
 from kubectl_proxyctl.modes.owners import ServiceSelector
-from kubectl_proxyctl.modes.tracing import SOCKET_HOOK, Origin, Packet, Step, TraceResult, Verdict
+from kubectl_proxyctl.modes.tracing import (
+    PROXY_OWNER,
+    SOCKET_HOOK,
+    Origin,
+    Packet,
+    Step,
+    TraceResult,
+    Verdict,
+    foreign_step,
+)
 
 CLIENTS = ("pod", "node", "external")
 
@@ -78,27 +88,39 @@ class PathResult:
 
     def as_dict(self) -> dict[str, Any]:
         r = self.result
-        endpoints = []
-        for e in r.endpoints:
-            ip, port = _split_endpoint(e.destination)
-            endpoints.append({"ip": ip, "port": port, "probability": round(e.probability, 6),
-                              "masquerade": e.masquerade})
-        return {
+        doc = {
             "client": self.client,
             "source": self.source,
             "verdict": r.verdict.value,
             "masquerade": r.masquerade,
             "affinity_seconds": r.affinity_seconds,
-            "endpoints": endpoints,
+            "endpoints": endpoints_doc(r),
             "rules": self.rules(),
             "sentence": self.sentence,
             "notes": list(r.notes),
             "steps": [
                 {"table": s.table, "chain": s.chain, "position": s.index, "rule": s.rule, "action": s.action,
-                 "probability": round(s.probability, 6)}
+                 "probability": round(s.probability, 6), "owner": s.owner or None}
                 for s in self.steps()
             ],
+            # the answer under each alternative, when it depends on something the rules leave open
+            "depends_on": [{"condition": condition, "verdict": b.verdict.value, "masquerade": b.masquerade,
+                            "endpoints": endpoints_doc(b), "sentence": outcome_phrase(b)}
+                           for condition, b in r.branches],
+            "settled": list(r.settled),  # open conditions every alternative answers alike
         }
+        return doc
+
+
+def endpoints_doc(r: TraceResult) -> list[dict[str, Any]]:
+    """A path's destinations for `-o json`: `dnat_by` names who rewrote it (kube-proxy, or
+    other software such as a CNI's hostPort, whose destination is no Service endpoint)."""
+    out = []
+    for e in r.endpoints:
+        ip, port = _split_endpoint(e.destination)
+        out.append({"ip": ip, "port": port, "probability": round(e.probability, 6), "masquerade": e.masquerade,
+                    "dnat_by": e.dnat_by or PROXY_OWNER})
+    return out
 
 
 def crossed(steps: Sequence[Step]) -> list[Step]:
@@ -137,6 +159,8 @@ class Explanation:
     service_type: str = ""  # ClusterIP, NodePort, LoadBalancer (from the rules: the widest way in found)
     target: str = ""  # `explain ADDRESS`: which Service port owns the address, in words
     client: str = ""  # `--from pod/NAME`: the client pod, in words
+    # other software's rules that take or stop the Service's packets (foreign-dnat, foreign-drop, …)
+    findings: list[Finding] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         ports = []
@@ -167,6 +191,7 @@ class Explanation:
             "backend": self.mode.value,
             "ports": ports,
             "problems": [p.as_dict() for p in self.problems],
+            "findings": [f.as_dict() for f in self.findings],
             "sources": list(self.sources),
         }
         if self.target:
@@ -223,8 +248,14 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     """Where the packet ends up, with the odds: the part of a sentence after the address.
     `name` turns an `ip:port` into what to call the endpoint (e.g. its pod); `of` is how many
     endpoints the service port has, when the path reaches only some of them (0: unknown)."""
+    if r.branches:
+        return "; ".join(f"if {c}: {outcome_phrase(b, name, of)}" if c != "otherwise" else
+                         f"otherwise: {outcome_phrase(b, name, of)}" for c, b in r.branches)
     by_socket = r.verdict in (Verdict.DNAT, Verdict.REJECT) and socket_rewrite(r)
     call = "connect() or sendmsg()" if r.packet.protocol == "udp" else "connect()"
+    taken = _foreign_phrase(r)
+    if taken:
+        return taken
     if r.verdict == Verdict.DNAT:
         what = _endpoints_phrase(r, name, of)
         if by_socket:
@@ -246,7 +277,7 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
         return f"{call} fails with ECONNREFUSED (no endpoints)" if by_socket else \
             "REJECT (connection refused at once)"
     if r.verdict == Verdict.DROP:
-        return "DROP (the connection times out)"
+        return f"DROP{_after_foreign_dnat(r)} (the connection times out)"
     if r.verdict == Verdict.ACCEPT:
         return "ACCEPT (for the node itself, not rewritten)"
     if r.verdict == Verdict.NONE:
@@ -254,9 +285,45 @@ def outcome_phrase(r: TraceResult, name: Callable[[str], str] = str, of: int = 0
     return "cannot tell: " + "; ".join(r.notes)
 
 
+def _foreign_phrase(r: TraceResult) -> str:
+    """Other software's rule decided every way through: say whose, and never call its
+    destination a Service endpoint."""
+    steps = [foreign_step(o) for o in r.outcomes]
+    if not steps or any(s is None for s in steps):
+        return ""
+    first = steps[0]
+    assert first is not None
+    where = f"{first.owner}'s rule in {first.table}/{first.chain}"
+    if r.verdict == Verdict.DNAT:
+        targets = ", ".join(e.destination for e in r.endpoints)
+        snat = "SNAT to the node" if r.masquerade else "no SNAT" if r.masquerade is False else "SNAT on some paths"
+        return f"{targets}, rewritten by {where}: not an endpoint of the Service, {snat}"
+    if r.verdict in (Verdict.DROP, Verdict.REJECT):
+        how = f"{first.table}/{first.chain} policy" if first.index == 0 else f"rule in {first.table}/{first.chain}"
+        return f"{r.verdict.value} by {first.owner}'s {how}" + _after_foreign_dnat(r) + (
+            " (the connection times out)" if r.verdict == Verdict.DROP else " (connection refused at once)")
+    return ""
+
+
+def _after_foreign_dnat(r: TraceResult) -> str:
+    """", after CNI portmap's rule in nat/CNI-DN-… rewrote it to …" when one did."""
+    for o in r.outcomes:
+        for s in o.steps:
+            if s.action.startswith("DNAT") and s.foreign:
+                return (f", after {s.owner}'s rule in {s.table}/{s.chain} rewrote it to "
+                        f"{s.action.partition(' ')[2]} (not an endpoint of the Service)")
+    return ""
+
+
 def _endpoints_phrase(r: TraceResult, name: Callable[[str], str], of: int) -> str:
     """Which endpoints a DNAT path reaches, with the odds ("1 of 3 endpoints, 33.3 % each")."""
     eps = r.endpoints
+    if any(e.foreign for e in eps):
+        plain = name
+
+        def name(destination: str) -> str:  # noqa: F811 — the foreign ones say who sent them there
+            by = next((e.dnat_by for e in eps if e.destination == destination and e.foreign), "")
+            return f"{plain(destination)} (rewritten by {by}, not a Service endpoint)" if by else plain(destination)
     total = sum(e.probability for e in eps)
     probs = [e.probability for e in eps]
     if len(eps) == 1:
@@ -425,7 +492,68 @@ def explain(
     if mode == Mode.IPVS:
         problems += _ipvs_notes(results, node)
     kind = state.services[selector.key].type.value if state is not None and known else _type_of(facts)
-    return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources, kind)
+    return Explanation(selector.key, node.name, mode, results, _unique(problems), graph.sources, kind,
+                       findings=foreign_findings(selector.key, results))
+
+
+def foreign_findings(service: str, results: Sequence[PortResult]) -> list[Finding]:
+    """Other software's rules that take the Service's packets before kube-proxy's do (a
+    hostPort DNAT, Docker's DNAT) or stop them (a firewall's DROP, Docker's FORWARD policy):
+    one finding per rule, way in and kind, naming the clients it concerns."""
+    found: dict[tuple[str, ...], tuple[Finding, list[str]]] = {}
+    for port in results:
+        spn = port.facts.service_port
+        for er in port.entries:
+            where = f"{er.facts.kind} {address_text(er.facts.address, er.facts.port)}"
+            for path in er.paths:
+                for o in path.result.all_outcomes:
+                    for finding in _foreign_of(service, spn, where, o):
+                        key = (finding.kind, spn, where, finding.chain, finding.message)
+                        clients = found.setdefault(key, (finding, []))[1]
+                        if path.client not in clients:
+                            clients.append(path.client)
+    out = []
+    for finding, clients in found.values():
+        who = " and ".join(_CLIENT_WORDS.get(c, c) for c in clients)
+        out.append(replace(finding, message=f"{finding.message} (for {who})"))
+    return out
+
+
+def _entry_of(steps: Sequence[Step], decided: Step) -> str:
+    """The first chain of the software that decided: where its rules took the packet."""
+    for step in steps:
+        if step.owner == decided.owner:
+            verb, _, target = step.action.partition(" ")
+            return target if verb in ("jump", "goto") and target else step.chain
+    return decided.chain
+
+
+def _rule_of(step: Step) -> str:
+    return f"{step.table}/{step.chain} policy" if step.index == 0 else f"{step.table}/{step.chain} rule {step.index}"
+
+
+def _foreign_of(service: str, spn: str, where: str, o: Any) -> list[Finding]:
+    """The findings of one way through: a foreign DNAT on it, a foreign rule that stopped it."""
+    out = []
+    dnat = next((s for s in o.steps if s.action.startswith("DNAT") and s.foreign), None)
+    if dnat is not None:
+        what = "a hostPort rule" if dnat.owner == "CNI portmap" else f"{dnat.owner}'s rule"
+        entry = _entry_of(o.steps, dnat)
+        target = dnat.action.partition(" ")[2] or o.destination
+        out.append(Finding("foreign-dnat", "warning", f"{spn}: {where} is taken by {what} in {entry} before "
+                           f"kube-proxy's rules see it: DNAT to {target} ({_rule_of(dnat)}), which is not an "
+                           "endpoint of the Service", service, spn, entry))
+    stop = foreign_step(o) if o.verdict in (Verdict.DROP, Verdict.REJECT) else None
+    if stop is not None:
+        entry = _entry_of(o.steps, stop) if stop.index else stop.chain
+        who = f"{stop.owner}'s {stop.table}/{stop.chain} policy ({stop.action})" if stop.index == 0 else \
+            f"{stop.owner}'s rule in {entry} ({_rule_of(stop)})"
+        proxied = any(s.action.startswith("DNAT") and not s.foreign for s in o.steps)
+        before = "kube-proxy sends it to an endpoint, then " if proxied else ""
+        out.append(Finding(f"foreign-{o.verdict.value.lower()}", "warning",
+                           f"{spn}: {where}: {before}{who} {'drops' if o.verdict == Verdict.DROP else 'rejects'} it",
+                           service, spn, entry))
+    return out
 
 
 def _type_of(facts: Sequence[PortFacts]) -> str:

@@ -47,6 +47,10 @@ def render_text(ex: Explanation, rules: bool = False) -> str:
     for port in ex.ports:
         lines.append("")
         lines += _port_answer(ex, port)
+    if ex.findings:
+        lines.append("")
+        lines.append("Other software's rules in the way:")
+        lines += [f"  {f.message}" for f in ex.findings]
     if ex.problems:
         lines.append("")
         lines.append("Problems:")

@@ -86,6 +86,9 @@ class RuleGraph:
     ipvs: IpvsTable | None = None
     ipsets: Mapping[str, IpSet] = field(default_factory=dict)
     links: Mapping[str, tuple[str, ...]] | None = None  # `ip -json address show`: link → addresses (None: not read)
+    # `ip -json route show`: (destination CIDR or "default", interface), which interface a
+    # packet arrives on and leaves by (empty: not read)
+    routes: tuple[tuple[str, str], ...] = ()
     ebpf: EbpfState | None = None  # eBPF mode's maps and attached programs
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # e.g. the backend detection's warning on a live node
@@ -170,6 +173,7 @@ class _Collected:
     ipvs: list[str] = field(default_factory=list)
     ipset: list[str] = field(default_factory=list)
     links: list[object] = field(default_factory=list)  # decoded `ip -json address show` documents
+    routes: list[tuple[str, str]] = field(default_factory=list)  # from `ip -json route show` documents
     ebpf: list[object] = field(default_factory=list)  # decoded eBPF documents
 
 
@@ -202,6 +206,10 @@ def _classify(text: str, source: str, out: _Collected) -> None:
             links = None
         if isinstance(links, list) and all(isinstance(x, dict) and "ifname" in x for x in links):
             out.links.append(links)
+            return
+        if isinstance(links, list) and all(isinstance(x, dict) and "dst" in x for x in links):
+            out.routes += [(str(r["dst"]), str(r.get("dev") or "")) for r in links
+                           if r.get("dev") and r.get("type", "unicast") == "unicast"]
             return
     backend = ""
     seen: dict[str, set[str]] = {}
@@ -309,6 +317,7 @@ def _load_texts(texts: Iterable[tuple[str, str | DumpBuffer]], notes: Iterable[s
     ipvs_services: list[VirtualService] = []
     ipsets: dict[str, IpSet] = {}
     links: dict[str, tuple[str, ...]] | None = None
+    routes: list[tuple[str, str]] = []
     ebpf: EbpfState | None = None
     sources: list[str] = []
     for source, text in texts:
@@ -340,6 +349,7 @@ def _load_texts(texts: Iterable[tuple[str, str | DumpBuffer]], notes: Iterable[s
                 raise RulesetParseError(f"a second eBPF document (the first is from {ebpf.source}): give one node's "
                                         "at a time", None, source)
             ebpf = parse_document(doc, source)
+        routes += found.routes
         for doc in found.links:
             links = dict(links or {})
             for link in doc:  # type: ignore[attr-defined]
@@ -351,6 +361,7 @@ def _load_texts(texts: Iterable[tuple[str, str | DumpBuffer]], notes: Iterable[s
         ipvs=IpvsTable(tuple(ipvs_services)) if ipvs_services else None,
         ipsets=ipsets,
         links=links,
+        routes=tuple(dict.fromkeys(routes)),
         ebpf=ebpf,
         sources=tuple(sources),
         notes=tuple(notes),

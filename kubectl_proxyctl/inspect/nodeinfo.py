@@ -99,6 +99,7 @@ def node_context(
         cluster_cidrs=cidrs,
         cidrs_from=cidrs_from,
         pod_cidrs=pod_cidrs,
+        routes=graph.routes,
     )
 
 

@@ -53,6 +53,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     services_checked: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)  # the flags read back from the rules
+    notes: list[str] = field(default_factory=list)  # information, not drift (e.g. an older layout)
 
     @property
     def in_sync(self) -> bool:
@@ -61,7 +62,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node, "backend": self.mode.value, "in_sync": self.in_sync,
                 "services_checked": self.services_checked, "config": dict(self.config),
-                "findings": [f.as_dict() for f in self.findings]}
+                "findings": [f.as_dict() for f in self.findings], "notes": list(self.notes)}
 
 
 def multiset_diff(expected: Sequence[T], actual: Sequence[T], key: Callable[[T], str],

@@ -25,10 +25,11 @@ class NodeContext:
     cluster_cidrs: tuple[str, ...]
     cidrs_from: str  # "flag", "rules", "node" or "" (unknown)
     pod_cidrs: tuple[str, ...] = ()  # this node's own pod range (Node.spec.podCIDRs)
+    routes: tuple[tuple[str, str], ...] = ()  # the node's routes, (CIDR or "default", interface), when read
 
     @property
     def local(self) -> LocalNode:
-        return LocalNode(self.ips, self.name or "")
+        return LocalNode(self.ips, self.name or "", self.routes)
 
     def node_ip(self, v6: bool = False) -> str:
         """The node's first address of the family (the stand-in when none is known)."""

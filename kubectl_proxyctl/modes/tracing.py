@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import itertools
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from kubectl_proxyctl.model import NodeInfo
 
@@ -30,6 +31,9 @@ from kubectl_proxyctl.model import NodeInfo
 # no NAT and no conntrack entry for the service address. An outcome whose steps rewrite there
 # (action "rewrite …") reached its endpoint that way.
 SOCKET_HOOK = "bpf"
+
+# The owner of a Service proxy's own rules (ours and kube-proxy's share the layout).
+PROXY_OWNER = "kube-proxy"
 
 # How a way through the rules stopped (the statuses `finals` carry).
 DROP = "drop"
@@ -92,10 +96,36 @@ class Packet:
 
 @dataclass(frozen=True)
 class LocalNode:
-    """The node the rules live on: its own addresses (loopback always counts as local)."""
+    """The node the rules live on: its own addresses (loopback always counts as local), and
+    when known its routes, (destination CIDR, interface), connected networks included: they
+    say which interface a packet arrives on (the route back to its source, as reverse-path
+    filtering assumes) and which one it leaves by."""
 
     addresses: tuple[str, ...] = ()
     name: str = ""
+    routes: tuple[tuple[str, str], ...] = ()
+
+    def interface_to(self, ip: str) -> str | None:
+        """The interface the node's routes send `ip` to (`lo` for its own addresses), or
+        None when the routes are unknown or none matches."""
+        if not self.routes:
+            return None
+        if self.is_local(ip):
+            return "lo"
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        best: tuple[int, str] | None = None
+        for cidr, dev in self.routes:
+            try:
+                net = ipaddress.ip_network("0.0.0.0/0" if cidr == "default" and addr.version == 4 else
+                                           "::/0" if cidr == "default" else cidr, strict=False)
+            except ValueError:
+                continue
+            if net.version == addr.version and addr in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, dev)
+        return best[1] if best else None
 
     @classmethod
     def from_node_info(cls, node: NodeInfo) -> "LocalNode":
@@ -128,6 +158,15 @@ class Step:
     rule: str
     action: str
     probability: float  # the weight of the branch when it got here
+    # Who wrote the rule, when the tracer can tell (iptables: "kube-proxy", "Docker",
+    # "Calico", "CNI portmap", … by the chain; see modes.iptables.software); "" for the proxy's
+    # own state in modes that read nothing else.
+    owner: str = ""
+
+    @property
+    def foreign(self) -> bool:
+        """Written by other software than a Service proxy."""
+        return self.owner not in ("", PROXY_OWNER)
 
     def __str__(self) -> str:
         where = f"{self.table}/{self.chain}" + (f"#{self.index}" if self.index else "")
@@ -147,6 +186,8 @@ class Outcome:
     steps: tuple[Step, ...]
     reason: str
     mark: int = 0  # the packet mark at the end (IPVS mode decides masquerading by it)
+    # what the tracer could not know and assumed on this way: (condition, holds?)
+    assumed: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +195,30 @@ class EndpointOdds:
     destination: str
     probability: float
     masquerade: bool
+    dnat_by: str = ""  # the owner of the rule that rewrote the destination ("" : the proxy)
+
+    @property
+    def foreign(self) -> bool:
+        """Rewritten by other software (a hostPort, Docker, …): not a Service endpoint."""
+        return self.dnat_by not in ("", PROXY_OWNER)
+
+
+def deciding_step(outcome: Outcome) -> Step | None:
+    """The rule that rewrote the destination (a DNAT outcome) or stopped the packet (a DROP
+    or REJECT rule, or a chain's policy); None when no one rule did."""
+    wanted = ("DNAT", "rewrite") if outcome.verdict == Verdict.DNAT else ("DROP", "REJECT", "drop", "reject")
+    if outcome.verdict not in (Verdict.DNAT, Verdict.DROP, Verdict.REJECT):
+        return None
+    for step in reversed(outcome.steps):
+        if step.action.startswith(wanted):
+            return step
+    return None
+
+
+def foreign_step(outcome: Outcome) -> Step | None:
+    """The deciding rule of an outcome when other software than the proxy wrote it."""
+    step = deciding_step(outcome)
+    return step if step is not None and step.foreign else None
 
 
 @dataclass(frozen=True)
@@ -165,6 +230,17 @@ class TraceResult:
     masquerade: bool | None  # None when outcomes that get through disagree
     affinity_seconds: int | None  # ClientIP affinity timeout, when the path checks one
     notes: tuple[str, ...] = ()
+    # When the answer depends on something the rules leave open (an interface, an ipset not
+    # given): each alternative, "condition" → the answer under it; the verdict is then UNKNOWN.
+    branches: tuple[tuple[str, "TraceResult"], ...] = ()
+    # Conditions the walk forked on whose answer is the same either way.
+    settled: tuple[str, ...] = ()
+    # Every way through, under every assumption (`outcomes` is one world's when settled).
+    raw: tuple[Outcome, ...] = ()
+
+    @property
+    def all_outcomes(self) -> tuple[Outcome, ...]:
+        return self.raw or self.outcomes
 
     @property
     def rules_traversed(self) -> tuple[Step, ...]:
@@ -194,6 +270,11 @@ class TraceResult:
             lines.append(f"  ClientIP affinity: {self.affinity_seconds}s")
         for n in self.notes:
             lines.append(f"  note: {n}")
+        for condition, branch in self.branches:
+            lines.append(f"  if {condition}: {branch.verdict} "
+                         + " ".join(f"{e.destination} p={e.probability:.4f}" for e in branch.endpoints))
+        if self.settled:
+            lines.append(f"  the same whether or not: {'; '.join(self.settled)}")
         for o in self.outcomes:
             lines.append(f"  outcome {o.verdict} p={o.probability:.4f} {o.destination} {o.reason}".rstrip())
             for s in o.steps:
@@ -250,7 +331,8 @@ def result_of(packet: Packet, done: Sequence[Any], finals: Sequence[tuple[Any, s
     affinity, steps, reason and mark. `accept_word` is the backend's name for an accept.
     """
     verdict_of = {DROP: Verdict.DROP, REJECT: Verdict.REJECT, UNKNOWN: Verdict.UNKNOWN}
-    outcomes = [Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark)
+    outcomes = [Outcome(verdict_of[status], s.prob, s.dnat, False, s.affinity, s.steps, s.reason, s.mark,
+                        getattr(s, "assumed", ()))
                 for s, status in finals]
     for s in done:
         if s.dnat:
@@ -259,14 +341,195 @@ def result_of(packet: Packet, done: Sequence[Any], finals: Sequence[tuple[Any, s
             verdict, reason = Verdict.ACCEPT, f"{accept_word} by {s.accepted}"
         else:
             verdict, reason = Verdict.NONE, "no rule changed or stopped the packet"
-        outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark))
+        outcomes.append(Outcome(verdict, s.prob, s.dnat, s.masquerade, s.affinity, s.steps, reason, s.mark,
+                                getattr(s, "assumed", ())))
     return summarize(packet, outcomes)
 
 
 def summarize(packet: Packet, outcomes: Iterable[Outcome]) -> TraceResult:
     """Merge equal outcomes and sum them up: the overall verdict (UNKNOWN as soon as one way
     could not be evaluated), each DNAT destination's total probability, and whether every way
-    through is masqueraded. Shared by the tracers of every backend."""
+    through is masqueraded. Shared by the tracers of every backend.
+
+    Ways that assumed something the rules leave open (`Outcome.assumed`) are sorted into
+    worlds, one per combination of the conditions; when every world gives the same answer,
+    it is the answer (the conditions are `settled`), else the answer is UNKNOWN with one
+    `branches` entry per alternative, named by the fewest conditions that decide it."""
+    outcomes = list(outcomes)
+    conditions = list(dict.fromkeys(c for o in outcomes for c, _ in o.assumed))
+    if not conditions:
+        return _summarize_world(packet, outcomes)
+    if len(conditions) > MAX_CONDITIONS:
+        return _too_open(packet, outcomes, conditions)
+    worlds: list[tuple[dict[str, bool], TraceResult]] = []
+    for values in itertools.product((True, False), repeat=len(conditions)):
+        world = dict(zip(conditions, values))
+        if not possible(world):
+            continue
+        members = [o for o in outcomes if all(world.get(c) == v for c, v in o.assumed)]
+        worlds.append((world, _summarize_world(packet, members)))
+    answers = {_answer(r) for _, r in worlds}
+    if len(answers) == 1:
+        return replace(worlds[0][1], settled=tuple(conditions), raw=tuple(outcomes))
+    deciding = _deciding(conditions, worlds)
+    groups: dict[tuple[object, ...], tuple[set[tuple[bool, ...]], TraceResult]] = {}
+    for world, result in worlds:
+        groups.setdefault(_answer(result), (set(), result))[0].add(tuple(world[c] for c in deciding))
+    seen = set().union(*(cubes for cubes, _ in groups.values()))
+    impossible = set(itertools.product((True, False), repeat=len(deciding))) - seen
+    labelled = [(_cover_text(_cover(cubes, impossible), deciding), result) for cubes, result in groups.values()]
+    last = max(range(len(labelled)), key=lambda i: (len(labelled[i][0]), i))
+    branches = tuple(labelled[:last] + labelled[last + 1:] + [("otherwise", labelled[last][1])])
+    merged = _merge(outcomes)
+    seconds = [sec for o in merged for _, sec in o.affinity]
+    which = " and ".join(f"whether {c}" for c in deciding)
+    return TraceResult(packet=packet, verdict=Verdict.UNKNOWN, outcomes=tuple(merged), endpoints=(),
+                       masquerade=None, affinity_seconds=max(seconds) if seconds else None,
+                       notes=(f"the answer depends on {which}",), branches=branches, raw=tuple(outcomes))
+
+
+Cube = tuple[bool | None, ...]  # one value per deciding condition; None: either
+
+
+def _cover(minterms: set[tuple[bool, ...]], dont_care: set[tuple[bool, ...]]) -> list[Cube]:
+    """The fewest, widest cubes that cover `minterms` (impossible worlds may be covered too):
+    two-level minimisation, so "if A: …" is said instead of "if A and B or A and not B: …"."""
+    cubes: set[Cube] = set(minterms) | set(dont_care)
+    primes: set[Cube] = set()
+    while cubes:
+        merged: set[Cube] = set()
+        used: set[Cube] = set()
+        ordered = sorted(cubes, key=repr)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1:]:
+                diff = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+                if len(diff) == 1 and a[diff[0]] is not None and b[diff[0]] is not None:
+                    merged.add(a[:diff[0]] + (None,) + a[diff[0] + 1:])
+                    used.update((a, b))
+        primes |= cubes - used
+        cubes = merged
+
+    def covers(cube: Cube, m: tuple[bool, ...]) -> bool:
+        return all(c is None or c == v for c, v in zip(cube, m))
+
+    chosen: list[Cube] = []
+    left = set(minterms)
+    while left:
+        best = max(sorted(primes, key=repr), key=lambda p: (sum(covers(p, m) for m in left),
+                                                           -sum(c is not None for c in p)))
+        chosen.append(best)
+        left = {m for m in left if not covers(best, m)}
+    return chosen
+
+
+def _cover_text(cover: Sequence[Cube], deciding: Sequence[str]) -> str:
+    """Cubes as words, leaving out a condition another one implies (arriving on docker0
+    implies not arriving on cali+)."""
+    terms = []
+    for cube in cover:
+        shown = {c: v for c, v in zip(deciding, cube) if v is not None}
+        for c in list(shown):
+            if len(shown) > 1 and not possible({**shown, c: not shown[c]}):
+                del shown[c]
+        terms.append(" and ".join(c if v else negate(c) for c, v in shown.items()))
+    return " or ".join(terms)
+
+
+# Beyond this many open conditions on one path the worlds are not enumerated.
+MAX_CONDITIONS = 8
+
+
+def _too_open(packet: Packet, outcomes: Sequence[Outcome], conditions: Sequence[str]) -> TraceResult:
+    shown = "; ".join(conditions[:3]) + ("; …" if len(conditions) > 3 else "")
+    result = _summarize_world(packet, [replace(o, assumed=()) for o in outcomes])
+    return replace(result, verdict=Verdict.UNKNOWN, endpoints=(), masquerade=None, raw=tuple(outcomes),
+                   notes=(f"cannot evaluate: {len(conditions)} open conditions on the way ({shown})",))
+
+
+def _answer(r: TraceResult) -> tuple[object, ...]:
+    """What a user is told about one world: verdict, endpoints and odds, SNAT, affinity."""
+    return (r.verdict, tuple(sorted((e.destination, round(e.probability, 6), e.masquerade) for e in r.endpoints)),
+            r.masquerade, r.affinity_seconds, r.notes if r.verdict == Verdict.UNKNOWN else ())
+
+
+def _deciding(conditions: Sequence[str], worlds: Sequence[tuple[dict[str, bool], TraceResult]]) -> tuple[str, ...]:
+    """The fewest conditions whose values alone decide the answer."""
+    for size in range(1, len(conditions) + 1):
+        for subset in itertools.combinations(conditions, size):
+            seen: dict[tuple[bool, ...], tuple[object, ...]] = {}
+            if all(seen.setdefault(tuple(w[c] for c in subset), _answer(r)) == _answer(r) for w, r in worlds):
+                return subset
+    return tuple(conditions)
+
+
+# The phrasing of the conditions a tracer may assume (see `arrives_on`, `leaves_by`).
+_ARRIVES = "the packet arrives on "
+_LEAVES = "the packet leaves by "
+
+
+def arrives_on(pattern: str) -> str:
+    """The condition "the input interface is (or matches, `eth+`) PATTERN"."""
+    return _ARRIVES + pattern
+
+
+def leaves_by(pattern: str) -> str:
+    """The condition "the output interface is (or matches) PATTERN"."""
+    return _LEAVES + pattern
+
+
+_NEGATIONS = ((" arrives on ", " does not arrive on "), (" leaves by ", " does not leave by "),
+              (" is in ", " is not in "), (" matches", " does not match"))
+
+
+def negate(condition: str) -> str:
+    for yes, no in _NEGATIONS:
+        if yes in condition:
+            return condition.replace(yes, no, 1)
+    return f"not ({condition})"
+
+
+def interface_matches(pattern: str, iface: str) -> bool:
+    """iptables' interface match: a trailing `+` matches every name with that prefix."""
+    if pattern.endswith("+"):
+        return iface.startswith(pattern[:-1])
+    return iface == pattern
+
+
+def assumed_interface(pattern: str, held: Mapping[str, bool]) -> bool | None:
+    """Does the interface match `pattern`, given what was assumed about it (pattern → held)?
+    None when those assumptions do not decide it."""
+    if pattern in held:
+        return held[pattern]
+    for other, value in held.items():
+        if not value:
+            if not other.endswith("+") and other == pattern:
+                return False
+            if not pattern.endswith("+") and interface_matches(other, pattern):
+                return False
+            continue
+        if not other.endswith("+"):
+            return interface_matches(pattern, other)
+        prefix, mine = other[:-1], pattern.rstrip("+")
+        if pattern.endswith("+") and prefix.startswith(mine):
+            return True
+        if not (prefix.startswith(mine) or mine.startswith(prefix)):
+            return False
+    return None
+
+
+def possible(world: Mapping[str, bool]) -> bool:
+    """Can these interface conditions all hold at once (a packet has one input and one
+    output interface)?"""
+    for lead in (_ARRIVES, _LEAVES):
+        held = {c[len(lead):]: v for c, v in world.items() if c.startswith(lead)}
+        for pattern, value in held.items():
+            others = {p: v for p, v in held.items() if p != pattern}
+            if assumed_interface(pattern, others) not in (None, value):
+                return False
+    return True
+
+
+def _summarize_world(packet: Packet, outcomes: Iterable[Outcome]) -> TraceResult:
     merged = _merge(outcomes)
     totals: dict[Verdict, float] = {}
     for o in merged:
@@ -278,13 +541,14 @@ def summarize(packet: Packet, outcomes: Iterable[Outcome]) -> TraceResult:
     else:
         verdict = max(totals, key=lambda v: (totals[v], v != Verdict.NONE))
 
-    odds: dict[str, list[float | bool]] = {}
+    odds: dict[str, list[float | bool | str]] = {}
     for o in merged:
         if o.verdict == Verdict.DNAT:
-            entry = odds.setdefault(o.destination, [0.0, False])
+            step = deciding_step(o)
+            entry = odds.setdefault(o.destination, [0.0, False, step.owner if step is not None else ""])
             entry[0] = float(entry[0]) + o.probability
             entry[1] = bool(entry[1]) or o.masquerade
-    endpoints = tuple(EndpointOdds(d, float(p), bool(m)) for d, (p, m) in odds.items())
+    endpoints = tuple(EndpointOdds(d, float(p), bool(m), str(by)) for d, (p, m, by) in odds.items())
 
     passing = [o.masquerade for o in merged if o.verdict in (Verdict.DNAT, Verdict.ACCEPT, Verdict.NONE)]
     masquerade: bool | None
@@ -314,7 +578,7 @@ def _merge(outcomes: Iterable[Outcome]) -> list[Outcome]:
     did not matter)."""
     merged: dict[tuple[object, ...], Outcome] = {}
     for o in outcomes:
-        key = (o.verdict, o.destination, o.masquerade, o.reason, o.mark,
+        key = (o.verdict, o.destination, o.masquerade, o.reason, o.mark, o.assumed,
                tuple((s.table, s.chain, s.index) for s in o.steps))
         old = merged.get(key)
         merged[key] = o if old is None else replace(old, probability=old.probability + o.probability)

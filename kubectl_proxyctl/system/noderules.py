@@ -11,6 +11,8 @@ the node, exactly as the tools print it:
   travels with the result;
 * `nft -j list table ip kube-proxy` (or `ip6`), when nft is installed and the table exists;
 * `ipvsadm -Sn` when the kernel has IPVS, and `ipset save`;
+* the node's routes (`ip -4 -json route show`, or `-6`): which interface a packet arrives on
+  and leaves by, for the rules that match interfaces;
 * the node's own addresses (`ip -json address show`), and, when there are IPVS virtual
   servers, the addresses of `kube-ipvs0` (as that command prints them for that link);
 * for a mode that keeps its state in pinned BPF maps (eBPF mode, which describes what to read
@@ -131,6 +133,12 @@ def collect(executor: Executor | None = None, family: IPFamily = IPFamily.IPv4,
     elif result.ok and result.stdout.strip():
         out.texts.append(("ipset save", result.stdout))
 
+    # The routes say which interface a packet arrives on and leaves by (other software's
+    # rules match on interfaces: Docker's docker0, Calico's cali+).
+    family_flag = ["-6"] if family == IPFamily.IPv6 else ["-4"]
+    result = ex.run(["ip", *family_flag, "-json", "route", "show"], timeout=30)
+    if result.ok and result.stdout.strip().startswith("["):
+        out.texts.append((f"ip {family_flag[0]} -json route show", result.stdout))
     result = ex.run(["ip", "-json", "address", "show"], timeout=30)
     if result.ok:
         out.addresses = _addresses(result.stdout)

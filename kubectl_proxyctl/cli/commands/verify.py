@@ -111,10 +111,12 @@ def verify(cluster: ClusterOptions, node: NodeOptions, output: str, target: str 
 
 def render_text(report: "Report") -> str:
     where = f"node {report.node}" if report.node else "this node"
+    notes = [f"note: {n}" for n in report.notes]
     if report.in_sync:
-        return f"In sync: {report.services_checked} service port(s) on {where} match the API ({report.mode} mode).\n"
+        return "\n".join([f"In sync: {report.services_checked} service port(s) on {where} match the API "
+                          f"({report.mode} mode).", *notes]) + "\n"
     lines = [f"Drift on {where} ({report.mode} mode): {len(report.findings)} finding(s) over "
-             f"{report.services_checked} service port(s) checked.", ""]
+             f"{report.services_checked} service port(s) checked.", *notes, ""]
     shown: dict[str, int] = {}
     hidden: dict[str, int] = {}
     for f in report.findings:

@@ -100,7 +100,8 @@ def _source_ranges(ruleset: Ruleset, chain: str) -> tuple[str, ...]:
     out = []
     for rule in c.rules if c else ():
         src = rule.find("-s")
-        if src is not None and not src.negated and rule.target.startswith("KUBE-EXT-"):
+        # the allowed sources' rules lead on (KUBE-EXT-; KUBE-XLB-/KUBE-SVC- before 1.24)
+        if src is not None and not src.negated and rule.target.startswith(("KUBE-EXT-", "KUBE-XLB-", "KUBE-SVC-")):
             out.append(src.value)
     return tuple(out)
 

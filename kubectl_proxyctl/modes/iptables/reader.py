@@ -14,6 +14,7 @@ from kubectl_proxyctl.modes.iptables import explain
 from kubectl_proxyctl.modes.iptables.dump import iptables_lines
 from kubectl_proxyctl.modes.iptables.names import resolve_iptables
 from kubectl_proxyctl.modes.iptables.naming import SERVICE_CHAIN_PREFIXES
+from kubectl_proxyctl.modes.iptables.software import detect_layout, other_software
 from kubectl_proxyctl.modes.iptables.trace import trace
 from kubectl_proxyctl.modes.iptables.verify import verify_iptables
 from kubectl_proxyctl.modes.nodecontext import NodeContext
@@ -52,7 +53,18 @@ class IptablesReader:
 
     def layout_problems(self, rules: NodeRules) -> list[Problem]:
         rs = rules.ruleset
-        return explain.hook_problems(rs) if rs is not None else []
+        if rs is None:
+            return []
+        out = explain.hook_problems(rs)
+        layout = detect_layout(rs)
+        if layout is not None and not layout.current:
+            out.append(Problem("note", f"these are the rules of {layout.title} ({layout.evidence}): explained as "
+                                       "that layout works"))
+        others = other_software(rs)
+        if others:
+            out.append(Problem("note", "other software's rules on this node: " + "; ".join(
+                f"{owner} ({', '.join(chains[:3])}{', …' if len(chains) > 3 else ''})" for owner, chains in others)))
+        return out
 
     def dump_lines(self, rules: NodeRules, state: ClusterState | None, node_ips: Sequence[str],
                    selector: ServiceSelector | None) -> list[DumpLine]:

@@ -25,11 +25,18 @@ probabilities, e.g. DNAT to each of three endpoints with 1/3 each. `-m recent --
 connection) and its timeout is reported; `--set` always matches. Conntrack state is NEW, plus
 DNAT once a DNAT happened.
 
-`-m set` is evaluated when the caller passes the ipsets' contents (IPVS mode's rules).
-Whatever the tracer cannot know (an ipset it was not given, a physdev, an interface the packet
-did not name, a target it does not implement) ends that branch as UNKNOWN with "cannot
-evaluate ..." instead of a guess; but a rule whose other matches already fail is simply
-skipped.
+`-m set` is evaluated when the caller passes the ipsets' contents (IPVS mode's rules). The
+interfaces come from the packet when it names them, else from the node's routes when they
+are known (`LocalNode.routes`: a packet arrives on the interface of the route back to its
+source, and leaves by the one of the route to its destination). A *match* the tracer cannot
+decide (an interface nobody said, an ipset it was not given, a physdev, a module it does not
+implement) forks the walk into two worlds, one where the match holds and one where it does
+not, and each world remembers what it assumed (`assumed`, so the same question gets the same
+answer later on that way, and `-i docker0` settles `-i cali+`). `tracing.summarize` then
+tells whether the worlds agree (the answer is certain) or on what the answer depends. A
+*target* it cannot follow (a chain the input does not hold, a DNAT to a range) ends that
+branch as UNKNOWN with "cannot evaluate ..." instead of a guess; a rule whose other matches
+already fail is simply skipped.
 
 Big chains are not walked rule by rule: `Ruleset.candidates` hands over only the rules a
 packet to the current destination can match, so one service in a 10,000-service
@@ -39,11 +46,13 @@ KUBE-SERVICES costs a few rules, not ten thousand.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 from kubectl_proxyctl.model import NodeInfo
 from kubectl_proxyctl.modes.iptables.parse import Match, Rule, Ruleset, parse_mark
+from kubectl_proxyctl.modes.iptables.software import policy_owner, rule_owner
 from kubectl_proxyctl.modes.tracing import (
     DROP,
     REJECT,
@@ -53,8 +62,15 @@ from kubectl_proxyctl.modes.tracing import (
     LocalNode,
     Origin,
     Packet,
+    Outcome,
     Step,
     TraceResult,
+    Verdict,
+    arrives_on,
+    assumed_interface,
+    interface_matches,
+    leaves_by,
+    summarize,
     walk_hooks,
 )
 
@@ -77,11 +93,12 @@ _PASSIVE_TARGETS = frozenset(
 _PROTOCOL_NUMBERS: Mapping[str, str] = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
 _MAX_DEPTH = 64
 _MAX_BRANCHES = 20000
+_MAX_ASSUMED = 6  # open conditions one way may assume before it stops as UNKNOWN
 
 
 # --- the walk --------------------------------------------------------------------------
 
-_YES, _NO, _UNKNOWN, _PROB = 1, 0, 2, 3
+_YES, _NO, _UNKNOWN, _PROB, _FORK = 1, 0, 2, 3, 4
 
 # statuses of a chain walk
 _CONTINUE = "continue"  # the rule's target let the walk go on
@@ -104,9 +121,10 @@ class _State:
     steps: tuple[Step, ...] = ()
     affinity: tuple[tuple[str, int], ...] = ()
     reason: str = ""
+    assumed: tuple[tuple[str, bool], ...] = ()  # open conditions this way assumed (see the module doc)
 
-    def step(self, table: str, chain: str, index: int, rule: str, action: str) -> "_State":
-        return replace(self, steps=self.steps + (Step(table, chain, index, rule, action, self.prob),))
+    def step(self, table: str, chain: str, index: int, rule: str, action: str, owner: str = "") -> "_State":
+        return replace(self, steps=self.steps + (Step(table, chain, index, rule, action, self.prob, owner),))
 
 
 def _address_in(value: str, ip: str) -> bool | None:
@@ -130,10 +148,22 @@ def _port_in(spec: str, port: int) -> bool | None:
     return low <= port <= high
 
 
-def _iface_matches(pattern: str, iface: str) -> bool:
-    if pattern.endswith("+"):
-        return iface.startswith(pattern[:-1])
-    return iface == pattern
+def _set_subject(flags: str) -> str:
+    words = {"src": "source", "dst": "destination"}
+    parts = [words.get(f, f) for f in flags.split(",")]
+    return f"the {parts[0]}" if len(parts) == 1 else f"({', '.join(parts)})"
+
+
+def condition_of(m: Match) -> str:
+    """The open condition an undecidable match asks, phrased positively (negation apart)."""
+    if m.module == "" and m.option == "-i":
+        return arrives_on(m.value)
+    if m.module == "" and m.option == "-o":
+        return leaves_by(m.value)
+    if m.module == "set" and m.option == "--match-set" and len(m.values) == 2:
+        return f"{_set_subject(m.values[1])} is in ipset {m.values[0]}"
+    plain = Match(m.module, m.option, m.values)
+    return f"`{'-m ' + m.module + ' ' if m.module else ''}{plain}` matches"
 
 
 class _Tracer:
@@ -185,15 +215,17 @@ class _Tracer:
             elif option == "-i":
                 if pkt.origin == Origin.NODE:
                     # Sent by the node: no input interface on the way out, loopback on the way in.
-                    ok = self.hook == "INPUT" and _iface_matches(value, pkt.in_interface or "lo")
-                elif pkt.in_interface is None:
-                    return _UNKNOWN, 0.0
+                    ok = self.hook == "INPUT" and interface_matches(value, pkt.in_interface or "lo")
                 else:
-                    ok = _iface_matches(value, pkt.in_interface)
+                    iface = pkt.in_interface or self.node.interface_to(pkt.src)
+                    if iface is None:
+                        return _UNKNOWN, 0.0
+                    ok = interface_matches(value, iface)
             elif option == "-o":
-                if pkt.out_interface is None:
+                iface = pkt.out_interface or self.node.interface_to(st.dst)
+                if iface is None:
                     return _UNKNOWN, 0.0
-                ok = _iface_matches(value, pkt.out_interface)
+                ok = interface_matches(value, iface)
             elif option == "-f":
                 ok = False  # a first packet is never a non-first fragment
             else:
@@ -300,24 +332,41 @@ class _Tracer:
             return None
         return ipset.contains(parts)
 
+    def _assumed(self, condition: str, st: _State) -> bool | None:
+        """What this way already assumed about `condition` (interfaces: about the interface)."""
+        held = dict(st.assumed)
+        if condition in held:
+            return held[condition]
+        for lead in (arrives_on(""), leaves_by("")):
+            if condition.startswith(lead):
+                patterns = {c[len(lead):]: v for c, v in held.items() if c.startswith(lead)}
+                return assumed_interface(condition[len(lead):], patterns)
+        return None
+
     def _evaluate(self, rule: Rule, st: _State) -> tuple[int, float, str, tuple[str, int] | None]:
-        """→ (result, probability, note, affinity checked)."""
+        """→ (result, probability, note, affinity checked); for _FORK the note is the open
+        condition to assume both ways."""
         prob = 1.0
-        unknown = ""
+        fork = ""
         recent: list[Match] = []
         for m in rule.matches:
             if m.module == "recent":
                 recent.append(m)
                 continue
             r, p = self._one(m, st)
+            if r == _UNKNOWN:
+                condition = condition_of(m)
+                held = self._assumed(condition, st)
+                if held is None:
+                    fork = fork or condition
+                    continue
+                r = _YES if held != m.negated else _NO
             if r == _NO:
                 return _NO, 0.0, "", None
-            if r == _UNKNOWN and not unknown:
-                unknown = f"cannot evaluate {'-m ' + m.module + ' ' if m.module else ''}{m}"
-            elif r == _PROB:
+            if r == _PROB:
                 prob *= p
-        if unknown:
-            return _UNKNOWN, 0.0, unknown, None
+        if fork:
+            return _FORK, 0.0, fork, None
         if recent:
             options = {m.option: m for m in recent}
             name = options["--name"].value if "--name" in options else "DEFAULT"
@@ -420,6 +469,17 @@ class _Tracer:
                 if result == _NO:
                     i += 1
                     continue
+                if result == _FORK and len(s.assumed) < _MAX_ASSUMED and self.branches < _MAX_BRANCHES:
+                    # Both worlds re-evaluate this rule with the condition now decided.
+                    self.branches += 1
+                    work.append((replace(s, assumed=s.assumed + ((note, False),)), i))
+                    s = replace(s, assumed=s.assumed + ((note, True),))
+                    continue
+                if result == _FORK:
+                    s = s.step(table, name, position, rule.text, "?")
+                    out.append((replace(s, reason=f"cannot evaluate: {note}, and too many open conditions on the "
+                                                  f"way ({table}/{name} rule {position})"), _FAIL))
+                    break
                 if result == _UNKNOWN:
                     s = s.step(table, name, position, rule.text, "?")
                     out.append((replace(s, reason=f"{note} ({table}/{name} rule {position})"), _FAIL))
@@ -435,7 +495,7 @@ class _Tracer:
                         break
                     s = replace(s, prob=s.prob * prob)
                 action = _describe_target(rule)
-                s = s.step(table, name, position, rule.text, action)
+                s = s.step(table, name, position, rule.text, action, rule_owner(self.ruleset, rule))
                 for s2, status in self._target(table, rule, s, depth):
                     if status == _CONTINUE:
                         work.append((s2, i + 1))
@@ -461,7 +521,8 @@ class _Tracer:
                         if policy == "ACCEPT":
                             nxt.append(s)
                         else:
-                            s = s.step(table, hook, 0, f"policy {policy}", policy)
+                            s = s.step(table, hook, 0, f"policy {policy}", policy,
+                                       policy_owner(self.ruleset, table, hook, policy))
                             status = _DROP if policy == "DROP" else _FAIL
                             finals.append((replace(s, reason=f"policy {policy} of {table}/{hook}"), status))
                     elif status == _ACCEPT:
@@ -550,7 +611,53 @@ def trace(
         local = LocalNode.from_node_info(node)
     else:
         local = LocalNode(tuple(node))
-    return _Tracer(ruleset, packet, local, ipsets).run()
+    result = _marked_for_drop(_Tracer(ruleset, packet, local, ipsets).run())
+    if not result.branches:
+        return result
+    asked = " ".join(c for c, _ in result.branches)
+    hints = tuple(h for h in missing_input(asked, ipsets, local) if h not in result.notes)
+    return replace(result, notes=result.notes + hints) if hints else result
+
+
+MARK_DROP_CHAIN = "KUBE-MARK-DROP"  # kube-proxy ≤ 1.24 (and the kubelet's) "drop this later" mark
+MARK_DROP_BIT = 0x8000
+
+
+def _marked_for_drop(result: TraceResult) -> TraceResult:
+    """kube-proxy ≤ 1.24 drops by marking (KUBE-MARK-DROP, e.g. a load-balancer source range
+    not allowed) and leaves the dropping to the kubelet's KUBE-FIREWALL, which runs in INPUT
+    and OUTPUT only. A packet it marked that got through anyway was forwarded on unchanged,
+    to a load-balancer IP the node does not own: nothing on the way answers it, as if
+    dropped. Those ways are told as the drop kube-proxy meant, saying where the packet went."""
+    if not any(_carries_drop_mark(o) for o in result.all_outcomes):
+        return result
+    outcomes = [replace(o, verdict=Verdict.DROP, reason=(
+        f"marked by {MARK_DROP_CHAIN} (kube-proxy ≤ 1.24); the kubelet's KUBE-FIREWALL drops marked packets only "
+        "in INPUT and OUTPUT, so this one is routed on unchanged, towards an address the node does not own, "
+        "and no endpoint answers it")) if _carries_drop_mark(o) else o for o in result.all_outcomes]
+    return replace(summarize(result.packet, outcomes), notes=result.notes) if not result.branches else \
+        summarize(result.packet, outcomes)
+
+
+def _carries_drop_mark(o: Outcome) -> bool:
+    return (o.verdict in (Verdict.NONE, Verdict.ACCEPT) and bool(o.mark & MARK_DROP_BIT)
+            and any(s.action in (f"jump {MARK_DROP_CHAIN}", f"goto {MARK_DROP_CHAIN}") for s in o.steps))
+
+
+_IPSET_NAMED = re.compile(r"ipset (\S+)")
+
+
+def missing_input(conditions: str, ipsets: Mapping[str, AddressSet] | None, node: LocalNode) -> list[str]:
+    """Which collected output would settle the open conditions (their text) of an answer."""
+    out: list[str] = []
+    absent = sorted({name for name in _IPSET_NAMED.findall(conditions) if ipsets is None or name not in ipsets})
+    if absent:
+        out.append(f"ipset {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not in the input: "
+                   "`ipset save` output (--rules-file, or collected from the node) settles it")
+    if ("arrive" in conditions or "leave" in conditions) and not node.routes:
+        out.append("the node's interfaces and routes are not in the input: `ip -json address show` and "
+                   "`ip -json route show` output (--rules-file, or collected from the node) settle it")
+    return out
 
 
 __all__ = ["HOOKS", "HOOK_PATHS", "trace"]

@@ -29,6 +29,7 @@ the defaults does not drift on every rule; only Service-level differences do.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -56,7 +57,10 @@ from kubectl_proxyctl.modes.iptables.parse import (
     statistic_cascade,
 )
 from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, render
-from kubectl_proxyctl.modes.nodecontext import NodeContext
+from kubectl_proxyctl.modes.iptables.software import detect_layout
+from kubectl_proxyctl.modes.iptables.trace import trace
+from kubectl_proxyctl.modes.nodecontext import EXTERNAL_CLIENT_IP, EXTERNAL_CLIENT_IP_V6, NodeContext
+from kubectl_proxyctl.modes.tracing import Origin, Packet, TraceResult, Verdict
 from kubectl_proxyctl.modes.owners import ServiceSelector, service_of
 from kubectl_proxyctl.plan.planner import (
     DetectLocalMode,
@@ -261,6 +265,16 @@ def verify_iptables(
     rendered = render(desired_plan, **inferred.render_options)
     expected = parse(rendered.text, lazy=True).with_jump_rules(rendered.jump_rules)
 
+    layout = detect_layout(actual)
+    if layout is not None and not layout.current:
+        # An older kube-proxy writes other chains for the same Services: compare where the
+        # packets go, not the rules.
+        report.notes.append(f"rules of {layout.title} ({layout.evidence}): compared by behaviour (where each "
+                            "service port's new connections go, per client), not rule by rule")
+        report.services_checked = len(desired_plan.services)
+        _check_behaviour(report, actual, expected, graph, desired_plan.services, node)
+        return report
+
     services = list(desired_plan.services)
     report.services_checked = len(services)
     names = resolve_iptables(actual, state, selector)
@@ -308,6 +322,65 @@ def verify_iptables(
         _check_fixed(report, actual, expected, have_groups)
         _check_jumps(report, actual)
     return report
+
+
+# --- behaviour, for the older layouts -----------------------------------------------------
+
+
+Client = tuple[Origin, str]
+
+
+def _ways_in(sp: ServicePortPlan, node: NodeContext) -> list[tuple[str, str, int, tuple[Client, ...]]]:
+    """(kind, address, port, clients) of every way into a service port; the clients are a pod
+    of this node, the node itself and an outside client (plus, for a load-balancer IP with
+    source ranges, one inside the ranges)."""
+    v6 = ":" in sp.cluster_ip
+    clients: tuple[Client, ...] = (
+        (Origin.POD, node.pod_source([e.ip for e in sp.endpoints], v6)), (Origin.NODE, node.node_ip(v6)),
+        (Origin.EXTERNAL, EXTERNAL_CLIENT_IP_V6 if v6 else EXTERNAL_CLIENT_IP))
+    ways = [("cluster IP", sp.cluster_ip, sp.port, clients)]
+    if sp.node_port:
+        ways.append(("node port", node.node_ip(v6), sp.node_port, clients))
+    ways += [("external IP", ip, sp.port, clients) for ip in sp.external_ips]
+    allowed = tuple((Origin.EXTERNAL, a) for a in (_first_address(c) for c in sp.source_ranges) if a)
+    ways += [("load-balancer IP", ip, sp.port, clients + allowed) for ip in sp.load_balancer_ips]
+    return ways
+
+
+def _first_address(cidr: str) -> str:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return ""
+    return str(net.network_address + 1) if net.num_addresses > 2 else str(net.network_address)
+
+
+def _behaviour(result: TraceResult) -> str:
+    """Where new connections go, as verify shows it."""
+    if result.verdict != Verdict.DNAT:
+        return result.verdict.value
+    odds = ", ".join(f"{e.destination} {e.probability * 100:.1f} %" for e in
+                     sorted(result.endpoints, key=lambda e: e.destination))
+    snat = {True: "SNAT", False: "no SNAT", None: "SNAT on some paths"}[result.masquerade]
+    return f"DNAT to {odds}, {snat}"
+
+
+def _check_behaviour(report: Report, actual: Ruleset, expected: Ruleset, graph: NodeRules,
+                     services: Sequence[ServicePortPlan], node: NodeContext) -> None:
+    """Each service port's ways in, per client kind: the node's rules must send new
+    connections where the plan's rules do (verdict, endpoints and odds, SNAT)."""
+    local = node.local
+    for sp in services:
+        spn = str(sp.name)
+        for kind, address, port, clients in _ways_in(sp, node):
+            for origin, src in dict.fromkeys(clients):
+                packet = Packet(src, address, port, sp.protocol.value.lower(), origin)
+                want = _behaviour(trace(expected, packet, local))
+                have = _behaviour(trace(actual, packet, local, graph.ipsets))
+                if want != have and not have.startswith("UNKNOWN"):
+                    report.findings.append(Finding(
+                        "behaviour-differs", "error", f"{spn}: {kind} {address}:{port} from {origin} {src}: the "
+                        f"node's rules give {have}; the API says {want}", sp.name.service, spn))
 
 
 def _describe_plan(sp: ServicePortPlan) -> str:

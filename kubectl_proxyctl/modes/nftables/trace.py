@@ -147,6 +147,11 @@ class _Tracer:
                 return "lo" if self.hook == "input" else ""
             if key == "oifname" and pkt.out_interface is not None:
                 return pkt.out_interface
+            # Otherwise the node's routes say, when known: back to the source, on to the destination.
+            routed = self.node.interface_to(pkt.src if key == "iifname" else st.dst) \
+                if key in ("iifname", "oifname") else None
+            if routed is not None:
+                return routed
             raise _Unknown(f"cannot evaluate meta {key}")
         if k == "ct":
             key = x.get("key")
