@@ -179,3 +179,13 @@ def test_old_layouts_drop_outside_the_source_ranges(capsys: pytest.CaptureFixtur
     assert verdicts == {layouts.CLIENT_IP: "DNAT",
                         "203.0.113.10": "DROP"}
     assert any("loadBalancerSourceRanges" in p["message"] for p in doc["problems"])
+
+
+def test_a_dump_of_one_table_says_which_output_settles_it(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    text = Path(dump("kube-proxy-1.23")).read_text()
+    nat_only = tmp_path / "nat.txt"
+    nat_only.write_text(text[text.index("*nat"):text.index("COMMIT", text.index("*nat")) + 7])
+    doc = explain_json(capsys, "web", str(nat_only))
+    assert any("the filter table is not in the input" in p["message"] and "`iptables-save` output settles it"
+               in p["message"] for p in doc["problems"])

@@ -56,6 +56,11 @@ class IptablesReader:
         if rs is None:
             return []
         out = explain.hook_problems(rs)
+        missing = [t for t in ("nat", "filter") if rs.table(t) is None]
+        if len(missing) == 1:
+            out.append(Problem("warning", f"the {missing[0]} table is not in the input (an `iptables-save -t` of one "
+                                          f"table?): its rules are not followed, so verdicts may be missing; the "
+                                          "whole `iptables-save` output settles it"))
         layout = detect_layout(rs)
         if layout is not None and not layout.current:
             out.append(Problem("note", f"these are the rules of {layout.title} ({layout.evidence}): explained as "

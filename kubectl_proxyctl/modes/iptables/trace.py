@@ -434,7 +434,8 @@ class _Tracer:
         if target in _PASSIVE_TARGETS or target == "CT":
             return [(st, _CONTINUE)]
         if self.ruleset.policy(table, target) is None:
-            return [(replace(st, reason=f"cannot evaluate -j {target}: not a chain of the {table} table"), _FAIL)]
+            return [(replace(st, reason=f"cannot evaluate -j {target}: not a chain of the {table} table in the input "
+                                        "(the whole `iptables-save` output of the node settles it)"), _FAIL)]
         out: list[tuple[_State, str]] = []
         for s, status in self._chain(table, target, st, depth + 1):
             if status == _RETURN:
