@@ -189,3 +189,20 @@ def test_a_dump_of_one_table_says_which_output_settles_it(capsys: pytest.Capture
     doc = explain_json(capsys, "web", str(nat_only))
     assert any("the filter table is not in the input" in p["message"] and "`iptables-save` output settles it"
                in p["message"] for p in doc["problems"])
+
+
+@pytest.mark.parametrize("era", layouts.ERAS)
+def test_large_cluster_mode_without_endpoint_comments(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      objects: str, era: str) -> None:
+    # Above 1,000 endpoints kube-proxy writes no comments on endpoint rules: the services are
+    # still found, explained and verified by behaviour.
+    tables = layouts.NodeTables()
+    layouts.add_kubelet(tables)
+    layouts.add_kube_proxy(tables, era, config=layouts.ProxyConfig(large_cluster=True))
+    rules = tmp_path / "large.txt"
+    rules.write_text(tables.render())
+    doc = explain_json(capsys, "local", str(rules))
+    [external] = paths(doc, "NodePort", "external")
+    assert (external["verdict"], [e["ip"] for e in external["endpoints"]]) == ("DNAT", [layouts.POD_A])
+    code, out = verify(capsys, str(rules), objects)
+    assert code == 0 and "compared by behaviour" in out, out
