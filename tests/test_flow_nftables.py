@@ -123,12 +123,12 @@ def test_external_traffic_policy_local_without_local_endpoints_older_layout(scra
 # --- local-traffic detectors ---------------------------------------------------------------------
 
 
-def test_bridge_interface_detector_cannot_evaluate_the_interface_match(scratch: Scratch) -> None:
+def test_bridge_interface_detector_answer_depends_on_the_interface(scratch: Scratch) -> None:
     built = build_nft(scratch, ONE_ENDPOINT, default_config(detect_local_mode=DetectLocalMode.BridgeInterface,
                                                             pod_bridge_interface="cbr0"))
     unknown = built.trace(POD, "172.30.0.9", 80)
     assert unknown.verdict == Verdict.UNKNOWN
-    assert unknown.notes and "cannot evaluate meta iifname" in unknown.notes[0]
+    assert unknown.notes[0] == "the answer depends on whether the packet arrives on cbr0"
     from_node = built.trace(NODE_IP, "172.30.0.9", 80, "node", in_interface="lo")
     assert from_node.verdict == Verdict.DNAT and from_node.masquerade is True
 

@@ -232,9 +232,11 @@ def test_bridge_interface_detector_needs_the_interface(build: Build, mode: str) 
     assert from_eth.verdict == Verdict.DNAT and from_eth.masquerade is True
     unknown = built.trace(POD, "172.30.0.9", 80)
     assert unknown.verdict == Verdict.UNKNOWN
-    # iptables says on what the answer depends, nftables which match it cannot evaluate
-    assert unknown.notes and unknown.notes[0].startswith(
-        "the answer depends on whether the packet arrives on cbr0" if mode == "iptables" else "cannot evaluate ")
+    # the answer depends on the interface: with it, no SNAT; without, SNAT
+    assert unknown.notes[0] == "the answer depends on whether the packet arrives on cbr0"
+    assert "`ip -json route show`" in unknown.notes[1]
+    assert [(c, b.verdict, b.masquerade) for c, b in unknown.branches] == [
+        ("the packet arrives on cbr0", Verdict.DNAT, False), ("otherwise", Verdict.DNAT, True)]
     from_node = built.trace(NODE_IP, "172.30.0.9", 80, "node", **NODE_PACKET[mode])
     assert from_node.verdict == Verdict.DNAT and from_node.masquerade is True
 

@@ -67,10 +67,19 @@ def test_nftables_affinity_and_steps() -> None:
 
 def test_nftables_unknown_expressions_are_not_guessed() -> None:
     text = (DATA / "kube-proxy.nft.json").read_text().replace('"key": "l4proto"}}, "right": "tcp"',
-                                                              '"key": "iifname"}}, "right": "eth0"', 1)
+                                                              '"key": "skuid"}}, "right": "eth0"', 1)
     graph = load_texts([("nft", text)])
     r = flow(graph, POD, "172.30.0.41", 80)
-    assert r.verdict == Verdict.UNKNOWN and "cannot evaluate meta iifname" in r.notes[0]
+    assert r.verdict == Verdict.UNKNOWN and "cannot evaluate meta skuid" in r.notes[0]
+
+
+def test_nftables_an_interface_nobody_named_is_assumed_both_ways() -> None:
+    text = (DATA / "kube-proxy.nft.json").read_text().replace('"key": "l4proto"}}, "right": "tcp"',
+                                                              '"key": "iifname"}}, "right": "eth*"', 1)
+    graph = load_texts([("nft", text)])
+    r = flow(graph, POD, "172.30.0.41", 80)
+    assert r.verdict == Verdict.UNKNOWN and r.notes[0] == "the answer depends on whether the packet arrives on eth+"
+    assert [c for c, _ in r.branches] == ["the packet arrives on eth+", "otherwise"]
 
 
 @pytest.mark.parametrize("src,dst,port,origin,want,masq", [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import itertools
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -517,6 +518,19 @@ def assumed_interface(pattern: str, held: Mapping[str, bool]) -> bool | None:
     return None
 
 
+def assumed_value(condition: str, assumed: Sequence[tuple[str, bool]]) -> bool | None:
+    """What a way already assumed about `condition`: the value it took, or for an interface
+    condition what the interfaces assumed so far imply; None when nothing decides it."""
+    held = dict(assumed)
+    if condition in held:
+        return held[condition]
+    for lead in (_ARRIVES, _LEAVES):
+        if condition.startswith(lead):
+            patterns = {c[len(lead):]: v for c, v in held.items() if c.startswith(lead)}
+            return assumed_interface(condition[len(lead):], patterns)
+    return None
+
+
 def possible(world: Mapping[str, bool]) -> bool:
     """Can these interface conditions all hold at once (a packet has one input and one
     output interface)?"""
@@ -583,3 +597,24 @@ def _merge(outcomes: Iterable[Outcome]) -> list[Outcome]:
         old = merged.get(key)
         merged[key] = o if old is None else replace(old, probability=old.probability + o.probability)
     return list(merged.values())
+
+
+_IPSET_NAMED = re.compile(r"ipset (\S+)")
+
+
+def with_missing_input(result: TraceResult, ipsets: Mapping[str, Any] | None, node: LocalNode) -> TraceResult:
+    """A result that depends on open conditions, with notes saying which collected output
+    would settle them (the ipsets' members, the node's interfaces and routes)."""
+    if not result.branches:
+        return result
+    asked = " ".join(result.notes)  # "the answer depends on whether <condition> and whether …"
+    hints: list[str] = []
+    absent = sorted({name for name in _IPSET_NAMED.findall(asked) if ipsets is None or name not in ipsets})
+    if absent:
+        hints.append(f"ipset {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not in the input: "
+                     "`ipset save` output (--rules-file, or collected from the node) settles it")
+    if (_ARRIVES in asked or _LEAVES in asked) and not node.routes:
+        hints.append("the node's interfaces and routes are not in the input: `ip -json address show` and "
+                     "`ip -json route show` output (--rules-file, or collected from the node) settle it")
+    new = tuple(h for h in hints if h not in result.notes)
+    return replace(result, notes=result.notes + new) if new else result

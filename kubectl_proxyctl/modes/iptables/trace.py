@@ -46,7 +46,6 @@ KUBE-SERVICES costs a few rules, not ten thousand.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
@@ -67,11 +66,12 @@ from kubectl_proxyctl.modes.tracing import (
     TraceResult,
     Verdict,
     arrives_on,
-    assumed_interface,
+    assumed_value,
     interface_matches,
     leaves_by,
     summarize,
     walk_hooks,
+    with_missing_input,
 )
 
 # Hooks in the order a packet meets them, each with its tables in priority order.
@@ -332,17 +332,6 @@ class _Tracer:
             return None
         return ipset.contains(parts)
 
-    def _assumed(self, condition: str, st: _State) -> bool | None:
-        """What this way already assumed about `condition` (interfaces: about the interface)."""
-        held = dict(st.assumed)
-        if condition in held:
-            return held[condition]
-        for lead in (arrives_on(""), leaves_by("")):
-            if condition.startswith(lead):
-                patterns = {c[len(lead):]: v for c, v in held.items() if c.startswith(lead)}
-                return assumed_interface(condition[len(lead):], patterns)
-        return None
-
     def _evaluate(self, rule: Rule, st: _State) -> tuple[int, float, str, tuple[str, int] | None]:
         """→ (result, probability, note, affinity checked); for _FORK the note is the open
         condition to assume both ways."""
@@ -356,7 +345,7 @@ class _Tracer:
             r, p = self._one(m, st)
             if r == _UNKNOWN:
                 condition = condition_of(m)
-                held = self._assumed(condition, st)
+                held = assumed_value(condition, st.assumed)
                 if held is None:
                     fork = fork or condition
                     continue
@@ -612,12 +601,7 @@ def trace(
         local = LocalNode.from_node_info(node)
     else:
         local = LocalNode(tuple(node))
-    result = _marked_for_drop(_Tracer(ruleset, packet, local, ipsets).run())
-    if not result.branches:
-        return result
-    asked = " ".join(c for c, _ in result.branches)
-    hints = tuple(h for h in missing_input(asked, ipsets, local) if h not in result.notes)
-    return replace(result, notes=result.notes + hints) if hints else result
+    return with_missing_input(_marked_for_drop(_Tracer(ruleset, packet, local, ipsets).run()), ipsets, local)
 
 
 MARK_DROP_CHAIN = "KUBE-MARK-DROP"  # kube-proxy ≤ 1.24 (and the kubelet's) "drop this later" mark
@@ -645,20 +629,6 @@ def _carries_drop_mark(o: Outcome) -> bool:
             and any(s.action in (f"jump {MARK_DROP_CHAIN}", f"goto {MARK_DROP_CHAIN}") for s in o.steps))
 
 
-_IPSET_NAMED = re.compile(r"ipset (\S+)")
-
-
-def missing_input(conditions: str, ipsets: Mapping[str, AddressSet] | None, node: LocalNode) -> list[str]:
-    """Which collected output would settle the open conditions (their text) of an answer."""
-    out: list[str] = []
-    absent = sorted({name for name in _IPSET_NAMED.findall(conditions) if ipsets is None or name not in ipsets})
-    if absent:
-        out.append(f"ipset {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not in the input: "
-                   "`ipset save` output (--rules-file, or collected from the node) settles it")
-    if ("arrive" in conditions or "leave" in conditions) and not node.routes:
-        out.append("the node's interfaces and routes are not in the input: `ip -json address show` and "
-                   "`ip -json route show` output (--rules-file, or collected from the node) settle it")
-    return out
 
 
 __all__ = ["HOOKS", "HOOK_PATHS", "trace"]

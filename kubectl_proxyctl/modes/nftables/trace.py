@@ -54,7 +54,11 @@ from kubectl_proxyctl.modes.tracing import (
     Packet,
     Step,
     TraceResult,
+    arrives_on,
+    assumed_value,
+    leaves_by,
     walk_hooks,
+    with_missing_input,
 )
 
 HOOK_PATHS = HookPaths(sending=("output", "postrouting"), arriving=("prerouting",), local_in=("input",),
@@ -80,9 +84,11 @@ class _State:
     steps: tuple[Step, ...] = ()
     affinity: tuple[tuple[str, int], ...] = ()
     reason: str = ""
+    assumed: tuple[tuple[str, bool], ...] = ()  # interfaces assumed on this way (see _open_interface)
 
 
 # statuses of a walk
+_MAX_ASSUMED = 6  # open conditions one way may assume before it stops as UNKNOWN
 _NEXT = "next"  # the rule did not match, or a non-terminal statement ran: go on
 _RETURN = "return"
 _ACCEPT = "accept"
@@ -105,6 +111,23 @@ class _Tracer:
         self.hook = ""
 
     # -- values of the packet --
+
+    def _open_interface(self, match: Any, st: _State) -> str:
+        """The open condition of `iifname/oifname == "NAME"` (or `"veth*"`) when neither the
+        packet nor the node's routes say the interface: the walk assumes it both ways, as the
+        iptables tracer does ("" when the match is decidable or of another shape)."""
+        left, right = match.get("left"), match.get("right")
+        key = left.get("meta", {}).get("key") if isinstance(left, dict) and isinstance(left.get("meta"), dict) else None
+        if key not in ("iifname", "oifname") or not isinstance(right, str) or match.get("op") not in ("==", "!="):
+            return ""
+        pkt = self.packet
+        if key == "iifname" and (pkt.in_interface is not None or pkt.origin == Origin.NODE
+                                 or self.node.interface_to(pkt.src) is not None):
+            return ""
+        if key == "oifname" and (pkt.out_interface is not None or self.node.interface_to(st.dst) is not None):
+            return ""
+        pattern = right[:-1] + "+" if right.endswith("*") and not right.endswith("\\*") else right
+        return arrives_on(pattern) if key == "iifname" else leaves_by(pattern)
 
     def _left(self, e: Any, st: _State) -> Any:
         pkt = self.packet
@@ -263,6 +286,18 @@ class _Tracer:
                         raise _Unknown(f"cannot evaluate {stmt!r}")
                     k, x = next(iter(stmt.items()))
                     if k == "match":
+                        condition = self._open_interface(x, s)
+                        if condition and len(s.assumed) < _MAX_ASSUMED:
+                            held = assumed_value(condition, s.assumed)
+                            if held is None:
+                                # Both worlds re-run this statement with the interface decided.
+                                branches.append((replace(s, assumed=s.assumed + ((condition, False),)), i - 1))
+                                s = replace(s, assumed=s.assumed + ((condition, True),))
+                                held = True
+                            if held == (x.get("op") == "!="):
+                                out.append((s, _NEXT))
+                                finished = True
+                            continue
                         have = self._left(x.get("left"), s)
                         ok = self._matches(have, x.get("right"), table, s)
                         if x.get("op") == "!=":
@@ -631,5 +666,5 @@ def family_tables(ruleset: NftRuleset, v6: bool) -> tuple[NftTable, ...]:
 
 def trace_nft(tables: Iterable[NftTable], packet: Packet, node: LocalNode) -> TraceResult:
     """Follow `packet` through the base chains of `tables` on `node`."""
-    return _Tracer(tuple(tables), packet, node).run()
+    return with_missing_input(_Tracer(tuple(tables), packet, node).run(), None, node)
 
