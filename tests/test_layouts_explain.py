@@ -206,3 +206,11 @@ def test_large_cluster_mode_without_endpoint_comments(capsys: pytest.CaptureFixt
     assert (external["verdict"], [e["ip"] for e in external["endpoints"]]) == ("DNAT", [layouts.POD_A])
     code, out = verify(capsys, str(rules), objects)
     assert code == 0 and "compared by behaviour" in out, out
+
+
+def test_a_settled_open_condition_is_mentioned_only_with_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["explain", "svc/empty", "-n", NS, "--node-ip", NODE_IP, "--rules-file", dump("current-docker-hostport")]
+    _, plain, _ = cli(capsys, *args)
+    _, walk, _ = cli(capsys, *args, "--rules")
+    assert "whether or not" not in plain
+    assert "note: the same answer whether or not the packet arrives on docker0" in walk

@@ -307,5 +307,8 @@ def _port_walk(ex: Explanation, port: PortResult) -> list[str]:
             client = _client_label(ex, path, False)
             lines.append(f"  {client} from {path.source} → {way} → {outcome_phrase(path.result, roster.name, roster.size)}")
             lines += [f"    note: {n}" for n in path.result.notes]
+            if path.result.settled:
+                lines.append(f"    note: the same answer whether or not {'; '.join(path.result.settled)} "
+                             "(the rules ask; every way gives this answer)")
             lines += render_walk(path, name)
     return lines
