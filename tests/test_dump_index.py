@@ -233,6 +233,76 @@ def test_nft_what_the_index_cannot_read_is_decoded_whole(tmp_path: Path, change:
     assert load_files([str(path)]).nft == parse_nft_json(path.read_text(), str(path))
 
 
+def test_nft_a_backslash_in_a_rule_is_read_like_the_rest(tmp_path: Path) -> None:
+    doc = json.loads((DATA / "kube-proxy.nft.json").read_text())
+    rule = next(item["rule"] for item in doc["nftables"] if "rule" in item)
+    rule["comment"] = 'a \\ "quoted" \\"name\\"'
+    path = _nft_file(tmp_path, doc)
+    buf = DumpBuffer.open(str(path))
+    assert buf is not None
+    lazy = parse_nft_dump(buf, str(path))
+    assert lazy is not None and lazy == parse_nft_json(path.read_text(), str(path))
+
+
+def _big_sets(doc: Any, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document's service-ips map and cluster-ips set, each grown to `count` elements."""
+    items = doc["nftables"]
+    nmap = next(item["map"] for item in items if item.get("map", {}).get("name") == "service-ips")
+    nset = next(item["set"] for item in items if item.get("set", {}).get("name") == "cluster-ips")
+    target = nmap["elem"][0][1]
+    nmap["elem"] += [[{"concat": [f"10.97.{i // 256}.{i % 256}", "tcp", 80 + i]}, target] for i in range(count)]
+    nset["elem"] += [f"10.97.{i // 256}.{i % 256}" for i in range(count)]
+    return nmap, nset
+
+
+@pytest.mark.parametrize("change", ["", "a comment", "a number as a string", "an escaped string", "a prefix",
+                                    "a drop verdict", "few elements"])
+def test_nft_big_sets_read_by_pattern_give_what_decoding_gives(tmp_path: Path, change: str) -> None:
+    doc = json.loads((DATA / "kube-proxy.nft.json").read_text())
+    nmap, nset = _big_sets(doc, 20 if change == "few elements" else 300)
+    elem = nmap["elem"]
+    if change == "a comment":
+        elem[5][0] = {"elem": {"val": elem[5][0], "comment": "ns/svc:p"}}
+    elif change == "a number as a string":
+        elem[-1][0]["concat"][2] = "8080"
+    elif change == "an escaped string":
+        nset["elem"][-1] = "10.97.0.\u0031"
+        elem[7][1] = {"goto": {"target": "service-\"x"}}
+    elif change == "a prefix":
+        nset["elem"][3] = {"prefix": {"addr": "10.98.0.0", "len": 16}}
+    elif change == "a drop verdict":
+        elem[9][1] = {"drop": None}
+    path = _nft_file(tmp_path, doc)
+    buf = DumpBuffer.open(str(path))
+    assert buf is not None
+    lazy = parse_nft_dump(buf, str(path))
+    full = parse_nft_json(path.read_text(), str(path))
+    assert lazy is not None and lazy == full
+    (table,) = lazy.kube_proxy_tables()
+    (whole,) = full.kube_proxy_tables()
+    for name in ("service-ips", "cluster-ips"):
+        mine, theirs = table.sets[name], whole.sets[name]
+        assert list(mine.elements) == list(theirs.elements)
+        assert [mine.elements[i] for i in (0, 17, -1)] == [theirs.elements[i] for i in (0, 17, -1)]
+        assert mine.elements[3:6] == theirs.elements[3:6]
+    for dst in ("10.97.0.7", "10.97.1.20", "10.96.0.1"):
+        packet = Packet("10.244.1.5", dst, 80 + int(dst.split(".")[-1]), "tcp", Origin.POD)
+        assert nft_trace.trace_nft([table], packet, NODE) == nft_trace.trace_nft([whole], packet, NODE)
+
+
+def test_nft_a_bad_big_set_is_reported_like_the_whole_document_reports_it(tmp_path: Path) -> None:
+    doc = json.loads((DATA / "kube-proxy.nft.json").read_text())
+    nmap, _ = _big_sets(doc, 300)
+    nmap["flags"] = [3]
+    path = _nft_file(tmp_path, doc)
+    (table,) = load_files([str(path)]).nft_tables()
+    with pytest.raises(RulesetParseError) as lazy_error:
+        _ = table.sets["service-ips"]
+    with pytest.raises(RulesetParseError) as full_error:
+        parse_nft_json(path.read_text(), str(path))
+    assert str(lazy_error.value) == str(full_error.value)
+
+
 def test_nft_set_lookups_by_key_find_what_a_walk_finds() -> None:
     keys: list[Any] = [f"10.96.{i // 256}.{i % 256}" for i in range(100)]
     keys += [{"prefix": {"addr": "10.97.0.0", "len": 16}}, "veth*", "0x50", 80, "tcp", "10.96.0.7", "fd00::7",

@@ -92,6 +92,51 @@ def test_candidates_only_skip_rules_that_cannot_match() -> None:
         assert len(rs.candidates("nat", "KUBE-SERVICES", None) or ()) == 102
 
 
+# Rule shapes the destination index must key as the full parser's rules would.
+_DESTINATION_SHAPES = [
+    "-d {ip}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-X",
+    "-d {ip} -p tcp -j KUBE-SVC-X",
+    "! -d {ip}/32 -j KUBE-SVC-X",
+    "-d {ip}/32 ! -d 10.96.0.9/32 -j KUBE-SVC-X",
+    "-d {ip}/32 -d {ip}/32 -j KUBE-SVC-X",
+    "-s 10.0.0.0/8 -d {ip}/32 -j KUBE-SVC-X",
+    "-d {ip}/31 -j KUBE-SVC-X",
+    "-d {ip}/032 -j KUBE-SVC-X",
+    "-d 10.96.0.0/16 -j KUBE-SVC-X",
+    "--destination {ip} -j KUBE-SVC-X",
+    "--dst {ip}/32 -j KUBE-SVC-X",
+    "-d  {ip}/32 -j KUBE-SVC-X",
+    "-d {ip}/32\t-p tcp -j KUBE-SVC-X",
+    "-d {ip}/32",
+    '-d {ip}/32 -m comment --comment "a -d 10.96.0.9 word" -j KUBE-SVC-X',
+    '-d {ip}/32 -m comment --comment "ünïcode" -j KUBE-SVC-X',
+    "-d {ip}/32 -j DNAT --to-destination 10.1.0.1:80",
+    "-d {ip}/32 -j KUBE-SVC-X -d 10.96.0.9",
+    "-p tcp -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+    "-m comment --comment nodeports -j KUBE-NODEPORTS",
+    "-d fd00::{n:x} -p tcp -j KUBE-SVC-X",
+    "-d fd00:0::{n:x}/128 -p tcp -j KUBE-SVC-X",
+    "-d fd00::/64 -j KUBE-SVC-X",
+    "-d {ip}:80 -j KUBE-SVC-X",
+]
+
+
+@pytest.mark.parametrize("shapes", [_DESTINATION_SHAPES, [  # and only lone leading -d's (the chain read at once)
+    _DESTINATION_SHAPES[0], _DESTINATION_SHAPES[1], _DESTINATION_SHAPES[16], _DESTINATION_SHAPES[18],
+    _DESTINATION_SHAPES[19], _DESTINATION_SHAPES[20], _DESTINATION_SHAPES[21], _DESTINATION_SHAPES[23]]])
+def test_candidates_by_destination_for_every_rule_shape(shapes: list[str]) -> None:
+    lines = [f"-A KUBE-SERVICES {shape}".format(ip=f"10.96.0.{n % 4}", n=n % 4)
+             for n in range(8) for shape in shapes]
+    text = "*nat\n:KUBE-SERVICES - [0:0]\n" + "\n".join(lines) + "\nCOMMIT\n"
+    lazy, full = parse(text, lazy=True), parse(text)
+    assert not isinstance(full.tables["nat"].chains, type(lazy.tables["nat"].chains))
+    for dst in ("10.96.0.1", "10.96.0.9", "10.96.0.0", "fd00::1", "fd00:0:0::3", "192.0.2.1", None):
+        found = [pos for pos, _ in lazy.candidates("nat", "KUBE-SERVICES", dst) or ()]
+        assert found == [pos for pos, _ in full.candidates("nat", "KUBE-SERVICES", dst) or ()], dst
+        assert [r.key() for _, r in lazy.candidates("nat", "KUBE-SERVICES", dst) or ()] == \
+            [r.key() for _, r in full.candidates("nat", "KUBE-SERVICES", dst) or ()]
+
+
 def test_trace_is_the_same_through_the_index() -> None:
     """A 10,000-rule chain: the index must not change any verdict."""
     lines = [f"-A KUBE-SERVICES -d 10.96.{i // 256}.{i % 256}/32 -p tcp -m tcp --dport 80 -j DNAT "

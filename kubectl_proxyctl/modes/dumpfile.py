@@ -23,7 +23,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 Bytes = Union[bytes, mmap.mmap]
 
@@ -33,12 +33,13 @@ WINDOW = 1 << 20  # bytes scanned at a time by a first pass
 class DumpBuffer:
     """The bytes of one dump and how to decode them (see the module notes)."""
 
-    __slots__ = ("data", "size", "errors", "_map")
+    __slots__ = ("data", "size", "errors", "found", "_map")
 
     def __init__(self, data: Bytes, errors: str, mapped: mmap.mmap | None = None) -> None:
         self.data = data
         self.size = len(data)
         self.errors = errors
+        self.found: dict[str, Any] = {}  # what a pass over the whole dump found, for the next reader
         self._map = mapped
 
     @classmethod

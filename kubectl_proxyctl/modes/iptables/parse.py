@@ -300,8 +300,7 @@ class Ruleset:
             return []
         chains = t.chains
         if isinstance(chains, _LazyChains) and not chains.is_built(chain):
-            return [(i + 1, chains.rule(chain, i)) for i, (_, rest) in enumerate(chains.raw_lines(chain))
-                    if needle in rest]
+            return [(i + 1, chains.rule(chain, i)) for i in chains.containing(chain, needle)]
         return [(i + 1, r) for i, r in enumerate(chains[chain].rules) if needle in r.text]
 
     def rules(self) -> Iterator[Rule]:
@@ -650,10 +649,10 @@ class _Lines:
 class _LazyChains(Mapping[str, Chain]):
     """A table's chains whose rules are parsed when a chain is first looked at.
 
-    The index is one dict entry per chain, in the table's order: where its first run of `-A`
-    lines starts in the dump, -1 for a chain without rules (iptables-save prints a chain's
-    rules together; a chain written in several pieces keeps the others in `more`). Policies
-    other than `-` sit in `policies`. A run's end and its lines' numbers are found again when
+    The index is one dict entry per chain, in the table's order: where its run of `-A` lines
+    starts in the dump, -1 for a chain without rules (iptables-save prints a chain's rules
+    together; a dump with a chain written in pieces is parsed in full). Policies other than
+    `-` sit in `policies`. A run's end and its lines' numbers are found again when
     the chain is read (`_RUN` from its start, `_Lines` for the number), so a 60,000-chain
     table costs one small entry per chain. A malformed rule raises RulesetParseError when its
     chain is read. A chain read in full keeps its rules (the raw lines and single rules read
@@ -666,10 +665,10 @@ class _LazyChains(Mapping[str, Chain]):
         self.source = source
         self.buf = buf
         self.lines = lines
-        self.index: dict[str, int] = {}  # name → the start of its first run of rules, -1: none
+        self.index: dict[str, int] = {}  # name → the start of its run of rules, -1: none
         self.policies: dict[str, str] = {}  # every policy other than "-"
-        self.more: dict[str, list[int]] = {}  # the starts of a chain's further runs
         self._raw: dict[str, list[tuple[int, str]]] = {}
+        self._texts: dict[str, tuple[int, list[str]]] = {}  # a chain's first line number and lines
         self._built: dict[str, Chain] = {}
         self._rules: dict[str, dict[int, Rule]] = {}
         self._shared = shared if shared is not None else _Shared()
@@ -679,9 +678,13 @@ class _LazyChains(Mapping[str, Chain]):
             return None
         return self.policies.get(name, "-")
 
-    def _runs(self, name: str) -> list[int]:
-        first = self.index[name]
-        return ([first] if first >= 0 else []) + self.more.get(name, [])
+    def _run(self, name: str) -> tuple[int, int]:
+        """[start, end) of the chain's lines in the dump (empty for a chain without rules)."""
+        start = self.index[name]
+        if start < 0:
+            return 0, 0
+        found = _RUN.match(self.buf.data, start - 1)
+        return start, found.end() if found is not None else start
 
     # -- the rules --
 
@@ -699,18 +702,64 @@ class _LazyChains(Mapping[str, Chain]):
             chain = Chain(name, policy, rules)
             self._built[name] = chain
             self._raw.pop(name, None)
+            self._texts.pop(name, None)
             self._rules.pop(name, None)
         return chain
 
     def _lines_of(self, name: str) -> Iterator[tuple[int, str]]:
         """(line number, text after `-A CHAIN `) of each of the chain's rules, from the dump."""
-        buf, skip = self.buf, len(name) + 4  # "-A " + name + " "
-        for start in self._runs(name):
-            found = _RUN.match(buf.data, start - 1)
-            end = found.end() if found is not None else start
-            number = self.lines.number(start)
-            for offset, line in enumerate(buf.text(start, end).split("\n")):
+        start, end = self._run(name)
+        if end > start:
+            number, skip = self.lines.number(start), len(name) + 4  # "-A " + name + " "
+            for offset, line in enumerate(self.buf.text(start, end).split("\n")):
                 yield number + offset, line[skip:].strip()
+
+    def _raw_line(self, name: str, index: int) -> tuple[int, str]:
+        """raw_lines(name)[index], without making the list: the chain's text is split once
+        (a C-level split), and only the lines asked for are trimmed."""
+        found = self._raw.get(name)
+        if found is not None:
+            return found[index]
+        number, texts = self._split(name)
+        return number + index, texts[index][len(name) + 4:].strip()
+
+    def _split(self, name: str) -> tuple[int, list[str]]:
+        """The number of the chain's first line, and its lines (split once, kept until the
+        chain is read in full)."""
+        found = self._texts.get(name)
+        if found is None:
+            start, end = self._run(name)
+            lines = self.buf.text(start, end).split("\n") if end > start else []
+            found = self._texts[name] = (self.lines.number(start), lines)
+        return found
+
+    def containing(self, name: str, needle: str) -> list[int]:
+        """The indexes of the chain's rules whose text (after `-A CHAIN `) holds `needle`: a
+        test on each whole line first, so only the lines that hold it are trimmed."""
+        found = self._raw.get(name)
+        if found is not None:
+            return [i for i, (_, rest) in enumerate(found) if needle in rest]
+        skip, lines = len(name) + 4, self._split(name)[1]
+        return [i for i, line in enumerate(lines) if needle in line and needle in line[skip:].strip()]
+
+    def destinations(self, name: str) -> list[str]:
+        """`_raw_destination` of each of the chain's rules, read from the dump's bytes: one
+        regular expression tells apart the lines that start with a lone single-address `-d`
+        (their key is that address), the lines without `-d` anywhere (no key), and the others,
+        which are the only ones decoded and read with `_raw_destination`."""
+        start, end = self._run(name)
+        if end <= start:
+            return []
+        found = _LEADING_DESTINATION.findall(self.buf.data, start, end)
+        if not _alone(self.buf.data[start:end], found):
+            found = _DESTINATION_LINE.findall(self.buf.data, start, end)
+        keys = [v4.decode() if v4 else _canonical_ip(v6.decode()) if v6 else _UNREAD if other else ""
+                for v4, v6, other in found]
+        if _UNREAD in keys:
+            skip, texts = len(name) + 4, self._split(name)[1]
+            keys = [_raw_destination(texts[i][skip:].strip()) if key == _UNREAD else key
+                    for i, key in enumerate(keys)]
+        return keys
 
     def _parse_all(self, name: str) -> tuple[Rule, ...]:
         """Every rule of a chain none of whose rules was read yet, straight from the dump."""
@@ -738,7 +787,7 @@ class _LazyChains(Mapping[str, Chain]):
             done = self._rules[name] = {}
         rule = done.get(index)
         if rule is None:
-            number, rest = self.raw_lines(name)[index]
+            number, rest = self._raw_line(name, index)
             try:
                 rule = self._shared.rule(self.table, name, rest, number)
             except ValueError as exc:
@@ -763,6 +812,7 @@ class _LazyChains(Mapping[str, Chain]):
         found = self._raw.get(name)
         if found is None:
             found = self._raw[name] = list(self._lines_of(name))
+            self._texts.pop(name, None)
         return found
 
 
@@ -799,6 +849,39 @@ def _raw_destination(rest: str) -> str:
     return _canonical_ip(found[0][1])
 
 
+# One match per line of a chain's run (MULTILINE): group 1 or 2, the address of a line whose
+# rule starts with `-d ADDRESS` (one address: /32 or /128 at most), in plain ASCII with no
+# other `-d`, `--destination` or `--dst` word; group 3, a line holding `-d` otherwise (read
+# with `_raw_destination`); nothing, a line without `-d` anywhere (any destination).
+_DESTINATION_LINE = re.compile(
+    rb"^-A [!-~]+ -d (?:([0-9.]+)(?:/32)?|([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:/128)?))"
+    rb"(?= )(?![ -~]* -(?:d|-destination|-dst) )(?=[ -~]*$)"
+    rb"|^(?=[^\n]*(-d))"
+    rb"|^",
+    re.MULTILINE,
+)
+_UNREAD = "?"  # no address or network reads so: a line `_raw_destination` reads
+# _DESTINATION_LINE without its look at the rest of the line, which `_alone` makes for the
+# whole chain at once (twice as fast on a chain of 10,000 rules)
+_LEADING_DESTINATION = re.compile(
+    rb"^-A [^ ]+ -d (?:([0-9.]+)(?:/32)?|([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:/128)?))(?= )"
+    rb"|^(?=[^\n]*(-d))"
+    rb"|^",
+    re.MULTILINE,
+)
+
+
+def _alone(text: bytes, found: list[tuple[bytes, bytes, bytes]]) -> bool:
+    """Whether the leading `-d` of each line `_LEADING_DESTINATION` keyed in `text` is its
+    line's only `-d`, `--destination` or `--dst` word, as `_DESTINATION_LINE` asks: true when
+    the text is plain ASCII without tabs (a space is the only whitespace then) and holds
+    exactly one ` -d ` per keyed line and no other such word."""
+    if not text.isascii() or b"\t" in text or b" --destination " in text or b" --dst " in text:
+        return False
+    v4, v6, _ = zip(*found) if found else ((), (), ())
+    return text.count(b" -d ") == len(v4) - v4.count(b"") + len(v6) - v6.count(b"")
+
+
 def _rule_destination(rule: Rule) -> str:
     found = [m for m in rule.matches if m.option == "-d" and not m.module]
     if len(found) != 1 or found[0].negated:
@@ -808,9 +891,12 @@ def _rule_destination(rule: Rule) -> str:
 
 @dataclass(frozen=True)
 class _DestinationIndex:
-    """Rule positions of one chain by the single address their `-d` names ("" = any)."""
+    """The single address each rule of one chain names in its `-d` ("" = any), in rule
+    order. A destination's rules are found when it is asked, by a scan that runs in C:
+    cheaper, for the few destinations one question asks about, than a dict of every address
+    of a 10,000-rule chain."""
 
-    by_destination: Mapping[str, tuple[int, ...]]
+    keys: Sequence[str]  # empty for a small chain: every rule is a candidate
     wildcards: tuple[int, ...]
     size: int
 
@@ -818,26 +904,19 @@ class _DestinationIndex:
     def build(cls, table: Table, chain: str) -> "_DestinationIndex":
         chains = table.chains
         if isinstance(chains, _LazyChains) and not chains.is_built(chain):
-            keys = [_raw_destination(rest) for _, rest in chains.raw_lines(chain)]
+            keys = chains.destinations(chain)
         else:
             keys = [_rule_destination(r) for r in chains[chain].rules]
         if len(keys) < _INDEX_MIN_RULES:
-            return cls({}, tuple(range(len(keys))), len(keys))
-        by: dict[str, list[int]] = {}
-        wild: list[int] = []
-        for i, key in enumerate(keys):
-            if key:
-                by.setdefault(key, []).append(i)
-            else:
-                wild.append(i)
-        return cls({k: tuple(v) for k, v in by.items()}, tuple(wild), len(keys))
+            return cls((), tuple(range(len(keys))), len(keys))
+        return cls(keys, tuple(_positions(keys, "")), len(keys))
 
     def lookup(self, table: Table, chain: str, dst: str) -> tuple[tuple[int, Rule], ...]:
         """The candidates for destination `dst` ("*": every rule)."""
         if dst == "*":
             positions: Sequence[int] = range(self.size)
-        elif self.by_destination:
-            positions = sorted(self.by_destination.get(dst, ()) + self.wildcards)
+        elif self.keys:
+            positions = sorted(_positions(self.keys, dst) + list(self.wildcards))
         else:
             positions = self.wildcards
         chains = table.chains
@@ -845,6 +924,16 @@ class _DestinationIndex:
             return tuple((i + 1, chains.rule(chain, i)) for i in positions)
         rules = chains[chain].rules
         return tuple((i + 1, rules[i]) for i in positions)
+
+
+def _positions(keys: Sequence[str], key: str) -> list[int]:
+    """Where `key` is in `keys`, in order (each search a `list.index`)."""
+    found: list[int] = []
+    try:
+        while True:
+            found.append(keys.index(key, found[-1] + 1 if found else 0))
+    except ValueError:
+        return found
 
 
 # A run of consecutive rules of one chain (from the newline before its first line), and a
@@ -943,9 +1032,10 @@ def _parse_lazy(buf: DumpBuffer, source: str) -> Ruleset | None:
             number += len(found)
             declared += len(found)
             index.update(dict.fromkeys(map(bytes.decode, map(_FIRST, found)), -1))
-            for chain, policy in found:
-                if policy not in (b"-", b""):
-                    policies[chain.decode()] = policy.decode()
+            given = list(map(_SECOND, found))
+            if given.count(b"-") + given.count(b"") != len(given):  # built-in chains: a few windows
+                policies.update((chain.decode(), policy.decode()) for chain, policy in found
+                                if policy not in (b"-", b""))
         if len(index) != declared:
             return None  # a chain declared twice (restore input): the full parser redoes it
         runs, last = 0, b""
@@ -987,8 +1077,14 @@ def parse_dump(buf: DumpBuffer, source: str) -> Ruleset | None:
 
 
 def dump_blocks(buf: DumpBuffer) -> list[tuple[int, int]]:
-    """table_blocks of a dump: (start, end) byte offsets of every `*table` … `COMMIT` block."""
-    return list(_blocks(buf.data, b"\n*", b"\nCOMMIT", (b"", b"\n", b" ", b"\t", b"\r")))
+    """table_blocks of a dump: (start, end) byte offsets of every `*table` … `COMMIT` block
+    (found once: telling a dump's kind and cutting it up both ask, and each search is a pass
+    over the whole dump)."""
+    found = buf.found.get("iptables blocks")
+    if found is None:
+        found = buf.found["iptables blocks"] = list(_blocks(buf.data, b"\n*", b"\nCOMMIT",
+                                                           (b"", b"\n", b" ", b"\t", b"\r")))
+    return list(found)
 
 
 def parse(text: str, source: str = "<input>", lazy: bool = False) -> Ruleset:

@@ -95,14 +95,20 @@ def rule_owner(ruleset: Ruleset, rule: Rule) -> str:
 
 
 def other_software(ruleset: Ruleset) -> list[tuple[str, list[str]]]:
-    """The software other than kube-proxy with chains in these rules: (owner, its chains)."""
+    """The software other than kube-proxy with chains in these rules: (owner, its chains).
+    kube-proxy's own chains (tens of thousands on a big node) are passed over in one cheap
+    test."""
     found: dict[str, list[str]] = {}
     for table in ruleset.tables.values():
-        for chain in table.chains:
+        for chain in [c for c in table.chains if not c.startswith("KUBE-") or c.startswith(_FOREIGN_KUBE)]:
             owner = chain_owner(chain)
             if owner and owner != PROXY_OWNER and chain not in found.get(owner, []):
                 found.setdefault(owner, []).append(chain)
     return sorted(found.items())
+
+
+# KUBE- chains that are not kube-proxy's (kube-router's)
+_FOREIGN_KUBE = tuple(prefix for prefix, owner in CHAIN_OWNERS if prefix.startswith("KUBE-") and owner != PROXY_OWNER)
 
 
 def policy_owner(ruleset: Ruleset, table: str, chain: str, policy: str) -> str:
@@ -133,20 +139,22 @@ def detect_layout(ruleset: Ruleset) -> Layout | None:
     """Which kube-proxy layout these rules have (None: no kube-proxy service rules)."""
     nat = ruleset.table("nat")
     filt = ruleset.table("filter")
-    nat_chains = set(nat.chains) if nat is not None else set()
-    filter_chains = set(filt.chains) if filt is not None else set()
-    if not any(c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-")) for c in nat_chains) \
-            and "KUBE-SERVICES" not in nat_chains:
+    nat_chains = nat.chains if nat is not None else {}
+    filter_chains = filt.chains if filt is not None else {}
+    # one pass over the (possibly tens of thousands of) chain names, in C where it can be
+    service_chains = [c for c in nat_chains if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-XLB-",
+                                                             "KUBE-FW-", "KUBE-EXT-"))]
+    if not service_chains and "KUBE-SERVICES" not in nat_chains:
         return None
-    xlb = sorted(c for c in nat_chains if c.startswith("KUBE-XLB-"))
+    xlb = next((c for c in service_chains if c.startswith("KUBE-XLB-")), "")
     if xlb:
-        return Layout("1.20-1.23", "kube-proxy 1.20–1.23", f"KUBE-XLB- chains, e.g. {xlb[0]}")
-    marked_drop = _firewall_marks_drop(ruleset, nat_chains)
+        return Layout("1.20-1.23", "kube-proxy 1.20–1.23", f"KUBE-XLB- chains, e.g. {xlb}")
+    marked_drop = _firewall_marks_drop(ruleset, [c for c in service_chains if c.startswith("KUBE-FW-")])
     if marked_drop:
         return Layout("1.24", "kube-proxy 1.24", f"{marked_drop} ends in -j KUBE-MARK-DROP")
     if "KUBE-PROXY-FIREWALL" in filter_chains:
         evidence = "KUBE-PROXY-FIREWALL in filter"
-    elif any(c.startswith(("KUBE-EXT-", "KUBE-SVL-")) for c in nat_chains):
+    elif any(c.startswith(("KUBE-EXT-", "KUBE-SVL-")) for c in service_chains):
         evidence = "KUBE-EXT-/KUBE-SVL- chains"
     elif _cluster_ip_masquerade_in_services(ruleset):
         return Layout("1.20-1.23", "kube-proxy 1.20–1.23", "the cluster IP's masquerade rule is in KUBE-SERVICES")
@@ -155,9 +163,9 @@ def detect_layout(ruleset: Ruleset) -> Layout | None:
     return Layout(CURRENT, "kube-proxy 1.25 or later (also kubectl proxyctl's)", evidence)
 
 
-def _firewall_marks_drop(ruleset: Ruleset, nat_chains: set[str]) -> str:
+def _firewall_marks_drop(ruleset: Ruleset, firewall_chains: list[str]) -> str:
     """The first KUBE-FW- chain that drops by KUBE-MARK-DROP (kube-proxy ≤ 1.24)."""
-    for name in sorted(c for c in nat_chains if c.startswith("KUBE-FW-")):
+    for name in sorted(firewall_chains):
         chain = ruleset.chain("nat", name)
         if chain is not None and any(r.target == "KUBE-MARK-DROP" for r in chain.rules):
             return name

@@ -23,7 +23,11 @@ stays is one dict entry per chain.
 
 Then a chain's rules are found by bisecting the table's rules by position (the chain names
 at the probes say which way to go), and decoded with `json.loads`, each item checked like the
-whole-document parser checks it; a set or map is decoded the first time it is looked up.
+whole-document parser checks it; a set or map is decoded the first time it is looked up. The
+elements of a big one in the shapes of kube-proxy's sets and maps (plain addresses; verdicts
+keyed by address . protocol . port) are read with regular expressions instead, into columns
+of plain values that make each element when it is read (`_PackedElements`): a question about
+one Service then holds under a quarter of the memory a decoded 10,000-element map takes.
 An item of another kind nft may print between them (counters, flowtables, …) is checked and
 skipped, as the whole-document parser skips it. A malformed item raises RulesetParseError
 when it is read, naming its place in the list.
@@ -31,16 +35,22 @@ when it is read, naming its place in the list.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import sys
+from dataclasses import replace
 from itertools import count, groupby, repeat
-from operator import contains, itemgetter
-from typing import Any, Iterator, Mapping
+from operator import itemgetter, lt
+from typing import Any, Iterator, Mapping, Sequence
 
 from kubectl_proxyctl.errors import RulesetParseError
 from kubectl_proxyctl.modes.dumpfile import WINDOW, DumpBuffer
 from kubectl_proxyctl.modes.nftables.parse import (
+    _ADDRESS_TYPES,
+    _NUMBER_TYPES,
     NftChain,
+    NftElement,
     NftRule,
     NftRuleset,
     NftSet,
@@ -51,6 +61,9 @@ from kubectl_proxyctl.modes.nftables.parse import (
 )
 
 _STRING = rb'"([^"\\]*)"'
+# _STRING where the text holds no backslash: the same matches, found in half the time (the
+# regular expression engine has a fast loop for a run of bytes but one)
+_UNESCAPED = rb'"([^"]*)"'
 _TABLE = re.compile(rb'\{"table": \{"family": ' + _STRING + rb', "name": ' + _STRING)
 _NEXT_ITEM = re.compile(rb', \{"[a-z][a-z ]*": \{"family": "')
 _ANY_ITEM = re.compile(rb'\{"[a-z][a-z ]*": \{"family": "')
@@ -67,12 +80,26 @@ class _Patterns:
 
     def __init__(self, family: bytes, table: bytes) -> None:
         fam, tab = re.escape(family), re.escape(table)
-        self.chain = re.compile(rb'\{"chain": \{"family": "' + fam + rb'", "table": "' + tab + rb'", "name": '
-                                + _STRING + rb', "handle": \d+(, "|\}\})')
+        self.chain, self.plain_chain = (
+            re.compile(rb'\{"chain": \{"family": "' + fam + rb'", "table": "' + tab + rb'", "name": ' + name
+                       + rb', "handle": [0-9]+(, "|\}\})') for name in (_STRING, _UNESCAPED))
         self.rule_mark = b'{"rule": {"family": "' + family + b'", "table": "' + table + b'", "chain": "'
-        self.rule = re.compile(re.escape(self.rule_mark) + rb'([^"\\]*)", ')
-        self.set, self.map = (re.compile(rb'\{"(' + kind + rb')": \{"family": "' + fam + rb'", "name": ' + _STRING
-                                         + rb', "table": "' + tab + rb'"') for kind in (b"set", b"map"))
+        self.rule, self.plain_rule = (re.compile(re.escape(self.rule_mark) + name[1:] + rb', ')
+                                      for name in (_STRING, _UNESCAPED))
+        # the kind spelled out (no group around it): the search then skips to its start at once
+        self.set_items = [(kind.decode(), re.compile(rb'\{"' + kind + rb'": \{"family": "' + fam + rb'", "name": '
+                                                     + _STRING + rb', "table": "' + tab + rb'"'))
+                          for kind in (b"set", b"map")]
+
+    def rules(self, chunk: bytes, low: int, high: int) -> list[bytes]:
+        """The chain names of the rules in chunk[low:high], in order."""
+        pattern = self.plain_rule if chunk.find(b"\\", low, high) < 0 else self.rule
+        return pattern.findall(chunk, low, high)
+
+    def chains(self, chunk: bytes, low: int, high: int) -> list[tuple[bytes, bytes]]:
+        """(name, what follows the handle) of the chains in chunk[low:high], in order."""
+        pattern = self.plain_chain if chunk.find(b"\\", low, high) < 0 else self.chain
+        return pattern.findall(chunk, low, high)
 
 
 class _Document:
@@ -148,8 +175,10 @@ class _LazySets(Mapping[str, NftSet]):
         found = self._done.get(name)
         if found is None:
             kind, start = self.where[name]
-            obj = self.doc.decode(start, kind)
-            found = self._done[name] = _set_of(kind, obj, self.family, self.table)
+            found = _packed_set(self.doc, start, kind, self.family, self.table)
+            if found is None:
+                found = _set_of(kind, self.doc.decode(start, kind), self.family, self.table)
+            self._done[name] = found
         return found
 
     def __iter__(self) -> Iterator[str]:
@@ -160,6 +189,137 @@ class _LazySets(Mapping[str, NftSet]):
 
     def __contains__(self, name: object) -> bool:
         return name in self.where
+
+
+# What the values of a packed set's elements may be, by the type of their part of the key:
+# JSON strings of printable ASCII without escapes (their bytes are their text), or JSON
+# integers; what `_check_elements` accepts for these types without a second look.
+_STRINGS = frozenset((*_ADDRESS_TYPES, "inet_proto"))
+_INTEGERS = frozenset(_NUMBER_TYPES)
+_STRING_BODY = rb"[ !#-\[\]-~]*"
+_INTEGER_BODY = rb"0|-?[1-9][0-9]{0,17}"
+_ELEM_KEY = b', "elem": ['
+_VERDICTS = {b"goto": "goto", b"jump": "jump"}
+_PACKED_MIN = 64  # smaller sets are decoded as they are
+
+
+def _element_source(kind: str, types: tuple[str, ...], data: str | None, group: bytes) -> bytes:
+    """The pattern of one element of a set of one plain key (`"10.96.0.1"`), or of a verdict
+    map keyed by a concatenation (`[{"concat": ["10.96.0.1", "tcp", 80]}, {"goto": {"target":
+    "…"}}]`), each value in a `group` (`(` captures it, `(?:` does not); b"" for other sets."""
+    def value(body: bytes) -> bytes:
+        return group + body + b")"
+
+    parts = [b'"' + value(_STRING_BODY) + b'"' if t in _STRINGS else value(_INTEGER_BODY) for t in types]
+    if kind == "set" and data is None and len(parts) == 1:
+        return parts[0]
+    if kind == "map" and data == "verdict" and len(parts) > 1:
+        return (rb'\[\{"concat": \[' + b", ".join(parts) + rb'\]\}, \{"' + value(b"goto|jump")
+                + rb'": \{"target": "' + value(_STRING_BODY) + rb'"\}\}\]')
+    return b""
+
+
+@functools.lru_cache(maxsize=16)
+def _element_patterns(kind: str, types: tuple[str, ...], data: str | None) -> tuple[re.Pattern[bytes], ...]:
+    """(one element, with its values captured; the whole list) for the shapes of kube-proxy's
+    big sets and maps, () for any other set. The list's repetition is possessive: a match of
+    10,000 elements then keeps no backtracking state."""
+    if not types or not all(t in _STRINGS or t in _INTEGERS for t in types):
+        return ()
+    one, bare = (_element_source(kind, types, data, group) for group in (b"(", b"(?:"))
+    if not one:
+        return ()
+    return re.compile(one), re.compile(b"(?:" + bare + b", )*+" + bare)
+
+
+class _PackedElements(Sequence[NftElement]):
+    """A big set's elements kept as columns of plain values (an address, a protocol, a port,
+    a verdict's target), each NftElement made when it is read: 10,000 elements held as
+    decoded JSON are some nine megabytes of small dicts and lists, as columns two.
+    Compares and hashes like the tuple of its elements."""
+
+    __slots__ = ("parts", "verdicts", "targets")
+
+    def __init__(self, parts: list[list[Any]], verdicts: list[str] | None, targets: list[str] | None) -> None:
+        self.parts = parts  # one column per part of the key
+        self.verdicts = verdicts  # "goto" / "jump" per element of a verdict map, None for a set
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        if self.verdicts is None or self.targets is None:
+            return NftElement(self.parts[0][index])
+        return NftElement({"concat": [column[index] for column in self.parts]},
+                          {self.verdicts[index]: {"target": self.targets[index]}})
+
+    def __iter__(self) -> Iterator[NftElement]:
+        if self.verdicts is None or self.targets is None:
+            return map(NftElement, self.parts[0])
+        return map(_verdict_element, zip(*self.parts), self.verdicts, self.targets)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (tuple, _PackedElements)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+def _verdict_element(parts: tuple[Any, ...], verdict: str, target: str) -> NftElement:
+    return NftElement({"concat": list(parts)}, {verdict: {"target": target}})
+
+
+def _packed_set(doc: _Document, start: int, kind: str, family: str, table: str) -> NftSet | None:
+    """The set or map at `start`, its elements read with regular expressions when they all
+    have one of the shapes `_element_source` knows (the rest of the item is decoded and
+    checked as `_Document.decode` would); None when they do not, and the item is decoded
+    whole. The elements must be the item's last key and fill its list exactly."""
+    data, end = doc.buf.data, doc.item_end(start)
+    at = data.find(_ELEM_KEY, start, end)
+    if at < 0 or data[end - 3:end] != b"]}}":
+        return None
+    try:
+        head = json.loads(doc.buf.text(start, at) + "}}")
+    except ValueError:
+        return None
+    obj = head.get(kind) if isinstance(head, dict) and len(head) == 1 else None
+    if not isinstance(obj, dict) or "elem" in obj:
+        return None
+    typ, data_type = obj.get("type"), obj.get("map")
+    types = tuple(typ) if isinstance(typ, list) else (typ,)
+    if not all(isinstance(t, str) for t in types) or not (data_type is None or isinstance(data_type, str)):
+        return None
+    patterns = _element_patterns(kind, types, data_type)
+    low, high = at + len(_ELEM_KEY), end - 3
+    if not patterns or patterns[1].fullmatch(data, low, high) is None:
+        return None
+    rows: list[Any] = patterns[0].findall(data, low, high)
+    if len(rows) < _PACKED_MIN:
+        return None
+    try:
+        _check_shape(kind, obj, -1, doc.source)
+    except RulesetParseError:
+        return None  # decoded whole, to be reported with its place
+    if kind == "set":
+        return replace(_set_of(kind, obj, family, table), elements=_PackedElements([_strings(rows)], None, None))
+    *parts, verdicts, targets = zip(*rows)
+    columns = [list(map(int, part)) if t in _INTEGERS else
+               list(map(sys.intern, _strings(part))) if t == "inet_proto" else _strings(part)
+               for t, part in zip(types, parts)]
+    elements = _PackedElements(columns, list(map(_VERDICTS.__getitem__, verdicts)), _strings(targets))
+    return replace(_set_of(kind, obj, family, table), elements=elements)
+
+
+def _strings(column: Sequence[bytes]) -> list[str]:
+    return list(map(bytes.decode, column))
 
 
 class _LazyChains(Mapping[str, NftChain]):
@@ -237,38 +397,41 @@ class _TableScan:
         self.sets = _LazySets(doc, fam, tab)
         self.chain_count = 0
         self.first_rule = -1
-        self.names: list[bytes] = []  # the chains' names in order, while the document is scanned
-        self.unpassed: Iterator[bytes] = iter(())
-        self.last_chain = b""
+        self.last_chain = b""  # the chain of the last rule scanned
+        self.last_place = -1  # its place among the chains
 
-    def scan(self, chunk: bytes, base: int, low: int, high: int) -> bool:
+    def scan(self, chunk: bytes, base: int, low: int, high: int, rules: list[bytes] | None = None) -> bool:
         """Index the items in chunk[low:high] (the chunk starts at `base` in the document);
-        False when they are not in the shape the module notes describe.
+        False when they are not in the shape the module notes describe. `rules`: the rules'
+        chain names there, when the caller found them already.
 
         Every item start of any kind has `": {"family": "` in it: all of them must be rules,
         chains, sets or maps of this table that the patterns read (most windows hold rules
         only, and cost two searches)."""
         p = self.patterns
         starts = chunk.count(_ITEM, low, high)
-        rules = p.rule.findall(chunk, low, high)
+        if rules is None:
+            rules = p.rules(chunk, low, high)
         if len(rules) == starts:
             return not rules or self.rules_in(rules, base + chunk.find(p.rule_mark, low, high))
-        sets = [m for pattern in (p.set, p.map) for m in pattern.finditer(chunk, low, high)]
-        chains = p.chain.findall(chunk, low, high)
+        # sets and maps come before the chains: after the first chain they are not looked for,
+        # and one there is an item start left over
+        sets = [] if self.chain_count else [(kind, m) for kind, pattern in p.set_items
+                                            for m in pattern.finditer(chunk, low, high)]
+        chains = p.chains(chunk, low, high)
         if len(rules) + len(sets) + len(chains) != starts:
             return False
         if sets:
             if self.chain_count or self.first_rule >= 0:
                 return False  # a set after the chains
-            for m in sorted(sets, key=lambda m: m.start()):
-                self.sets.where[m.group(2).decode()] = (m.group(1).decode(), base + m.start())
+            for kind, m in sorted(sets, key=lambda found: found[1].start()):
+                self.sets.where[m.group(1).decode()] = (kind, base + m.start())
         if chains:
             if self.first_rule >= 0 or (rules and chunk.find(p.rule_mark, low, high) < chunk.rfind(b'{"chain": ', low, high)):
                 return False  # a chain after the rules
             order = self.chains.order
             if not all(map(bytes.isascii, map(_FIRST, chains))):
                 return False  # names compared as bytes must be spelled one way
-            self.names += map(_FIRST, chains)
             order.update(zip(map(_FIRST, chains), count(self.chain_count)))
             self.chain_count += len(chains)
             if len(order) != self.chain_count:
@@ -281,17 +444,18 @@ class _TableScan:
 
     def rules_in(self, rules: list[bytes], first: int) -> bool:
         """The rules of a window, by their chains' names: they must come chain by chain, in
-        the chains' order: each run's chain is found further on in the chains not passed yet
-        (C-level iterators: `in` on an iterator consumes it up to the element found)."""
+        the chains' order: the places of the runs' chains among the chains only go up (the
+        chains all come before the rules, so every place is known; C-level iterators)."""
         if self.first_rule < 0:
             self.first_rule = first
-            self.unpassed = iter(self.names)
         heads = map(_FIRST, groupby(rules))
         if rules[0] == self.last_chain:
             next(heads)  # the run the last window ended in, going on
-        if not all(map(contains, repeat(self.unpassed), heads)):
+        places = list(map(self.chains.order.get, heads, repeat(-1)))
+        if not all(map(lt, [self.last_place, *places], places)):
             return False  # a rule out of its chain's place, or of a chain not listed before it
         self.last_chain = rules[-1]
+        self.last_place = places[-1] if places else self.last_place
         return True
 
 
@@ -325,10 +489,11 @@ def parse_nft_dump(buf: DumpBuffer, source: str) -> NftRuleset | None:
     seen: set[tuple[bytes, bytes]] = set()
     for low, high in buf.windows(head.end(), tail, WINDOW, b"}}, "):
         chunk = data[low:high]
+        rules = None
         if scans:
             # most windows: rules of the last table only (a table's start is one more item start)
             last = scans[-1]
-            rules = last.patterns.rule.findall(chunk)
+            rules = last.patterns.rules(chunk, 0, len(chunk))
             if len(rules) == chunk.count(_ITEM):
                 if rules and not last.rules_in(rules, low + chunk.find(last.patterns.rule_mark)):
                     return None
@@ -342,7 +507,7 @@ def parse_nft_dump(buf: DumpBuffer, source: str) -> NftRuleset | None:
                 if not scans:
                     if chunk.count(_ITEM, pos, at):
                         return None  # items before the first table
-                elif not scans[-1].scan(chunk, low, pos, at):
+                elif not scans[-1].scan(chunk, low, pos, at, rules if (pos, at) == (0, len(chunk)) else None):
                     return None
             if family or table:
                 if (family, table) in seen:
@@ -355,7 +520,6 @@ def parse_nft_dump(buf: DumpBuffer, source: str) -> NftRuleset | None:
         return None
     tables: list[NftTable] = []
     for scan in scans:
-        scan.names = []
         for name, place in list(scan.chains.objects.items()):
             scan.chains.objects[name] = doc.decode(place["at"], "chain")
         end = scans[scans.index(scan) + 1].start if scan is not scans[-1] else tail

@@ -37,7 +37,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from kubectl_proxyctl.errors import RulesetParseError
 
@@ -63,7 +63,7 @@ class NftSet:
     flags: tuple[str, ...] = ()
     timeout: int | None = None  # seconds, for dynamic sets (kube-proxy's affinity sets)
     comment: str = ""
-    elements: tuple[NftElement, ...] = ()
+    elements: Sequence[NftElement] = ()  # a tuple, or a big set's elements made when read
 
     @property
     def is_map(self) -> bool:
