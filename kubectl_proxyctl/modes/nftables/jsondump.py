@@ -26,7 +26,7 @@ at the probes say which way to go), and decoded with `json.loads`, each item che
 whole-document parser checks it; a set or map is decoded the first time it is looked up. The
 elements of a big one in the shapes of kube-proxy's sets and maps (plain addresses; verdicts
 keyed by address . protocol . port) are read with regular expressions instead, into columns
-of plain values that make each element when it is read (`_PackedElements`): a question about
+of plain values that make each element when it is read (`PackedElements`): a question about
 one Service then holds under a quarter of the memory a decoded 10,000-element map takes.
 An item of another kind nft may print between them (counters, flowtables, …) is checked and
 skipped, as the whole-document parser skips it. A malformed item raises RulesetParseError
@@ -232,7 +232,7 @@ def _element_patterns(kind: str, types: tuple[str, ...], data: str | None) -> tu
     return re.compile(one), re.compile(b"(?:" + bare + b", )*+" + bare)
 
 
-class _PackedElements(Sequence[NftElement]):
+class PackedElements(Sequence[NftElement]):
     """A big set's elements kept as columns of plain values (an address, a protocol, a port,
     a verdict's target), each NftElement made when it is read: 10,000 elements held as
     decoded JSON are some nine megabytes of small dicts and lists, as columns two.
@@ -262,7 +262,7 @@ class _PackedElements(Sequence[NftElement]):
         return map(_verdict_element, zip(*self.parts), self.verdicts, self.targets)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, (tuple, _PackedElements)):
+        if isinstance(other, (tuple, PackedElements)):
             return tuple(self) == tuple(other)
         return NotImplemented
 
@@ -309,12 +309,12 @@ def _packed_set(doc: _Document, start: int, kind: str, family: str, table: str) 
     except RulesetParseError:
         return None  # decoded whole, to be reported with its place
     if kind == "set":
-        return replace(_set_of(kind, obj, family, table), elements=_PackedElements([_strings(rows)], None, None))
+        return replace(_set_of(kind, obj, family, table), elements=PackedElements([_strings(rows)], None, None))
     *parts, verdicts, targets = zip(*rows)
     columns = [list(map(int, part)) if t in _INTEGERS else
                list(map(sys.intern, _strings(part))) if t == "inet_proto" else _strings(part)
                for t, part in zip(types, parts)]
-    elements = _PackedElements(columns, list(map(_VERDICTS.__getitem__, verdicts)), _strings(targets))
+    elements = PackedElements(columns, list(map(_VERDICTS.__getitem__, verdicts)), _strings(targets))
     return replace(_set_of(kind, obj, family, table), elements=elements)
 
 

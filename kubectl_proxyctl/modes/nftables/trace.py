@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
+from kubectl_proxyctl.modes.nftables.jsondump import PackedElements
 from kubectl_proxyctl.modes.nftables.parse import (
     NftChain,
     NftRule,
@@ -582,11 +583,33 @@ def _tokens(have: Any) -> list[Any] | None:
     return None
 
 
+def _packed_candidates(elements: PackedElements, have: Any) -> list[int] | None:
+    """A big set read as columns (see jsondump): every key starts with a plain address, so
+    the elements an IPv4 address (or a key starting with one) may match are those whose
+    address column holds its one spelling; found without building an index."""
+    first = have[0] if isinstance(have, tuple) and have else have
+    if not isinstance(first, str) or not _IPV4.fullmatch(first) or _ip(first) is None:
+        return None
+    column = elements.parts[0]
+    out: list[int] = []
+    i = -1
+    try:
+        while True:
+            i = column.index(first, i + 1)
+            out.append(i)
+    except ValueError:
+        return out
+
+
 def _candidates(named: NftSet, have: Any) -> Sequence[int]:
     """Positions of the elements of `named` that `have` may match, in element order."""
     elements = named.elements
     if len(elements) < _INDEX_MIN:
         return range(len(elements))
+    if isinstance(elements, PackedElements):
+        packed = _packed_candidates(elements, have)
+        if packed is not None:
+            return packed
     wanted = _tokens(have)
     if wanted is None:
         return range(len(elements))
