@@ -17,17 +17,19 @@ nftables` configures the engine by default:
      and refilled), timed for comparison.
 
 Each nft call the engine makes is timed too, so the split between nft and the engine's own
-work shows.
+work shows (the table's listing runs in a thread of its own while the engine plans: the
+nft times can add up to more than the sync's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from common import in_ns, netns, remove_all_netns, report, terminate_as_interrupt
 from synth import cluster
@@ -40,7 +42,7 @@ from kubectl_proxyctl.modes.nftables.reconcile import comparable_listing  # noqa
 from kubectl_proxyctl.modes.nftables.render import is_affinity_set, render  # noqa: E402
 from kubectl_proxyctl.modes.nftables.writer import NftablesWriter  # noqa: E402
 from kubectl_proxyctl.plan.planner import ProxyConfig, plan  # noqa: E402
-from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor  # noqa: E402
+from kubectl_proxyctl.system.executor import DEFAULT_TIMEOUT, Result, SubprocessExecutor  # noqa: E402
 from kubectl_proxyctl.system.nftables import NftSystem  # noqa: E402
 
 NODE = "node1"
@@ -53,41 +55,64 @@ def config() -> ProxyConfig:
                        localhost_nodeports=False)
 
 
-class TimedExecutor:
-    """An executor that remembers every `nft` command it ran and how long it took."""
+class TimedExecutor(SubprocessExecutor):
+    """The real executor, remembering every command it ran and how long it took."""
 
-    def __init__(self, inner: Executor) -> None:
-        self.inner = inner
-        self.netns = getattr(inner, "netns", None)
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns=netns)
         self.calls: list[tuple[str, float]] = []
 
-    def run(self, argv: list[str], **kwargs: Any) -> Result:
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
         started = time.perf_counter()
         try:
-            return self.inner.run(argv, **kwargs)
+            return super().run(argv, stdin=stdin, timeout=timeout)
         finally:
             self.calls.append((" ".join(argv[:4]), time.perf_counter() - started))
 
 
+class TimedNft(NftSystem):
+    """NftSystem timing its table listing too (done through libnftables, not the executor)."""
+
+    executor: TimedExecutor
+
+    def listing(self, table: str | None = None) -> str | None:
+        started = time.perf_counter()
+        try:
+            return super().listing(table)
+        finally:
+            self.executor.calls.append(("listing (in a thread)", time.perf_counter() - started))
+
+
 def new_proxier(ns: str, objs: list[dict[str, Any]]) -> tuple[Proxier, TimedExecutor]:
     cfg = config()
-    executor = TimedExecutor(SubprocessExecutor(netns=ns))
-    proxier = Proxier(cfg, StateTracker(NODE), NftablesWriter(NftSystem(cfg.family, executor=executor)))  # type: ignore[arg-type]
+    executor = TimedExecutor(ns)
+    proxier = Proxier(cfg, StateTracker(NODE), NftablesWriter(TimedNft(cfg.family, executor=executor)))
     for obj in objs:
         proxier.on_event(obj["kind"], "ADDED", obj)
     return proxier, executor
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(user + system CPU seconds of this process, of its finished children)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
 def timed_sync(proxier: Proxier, executor: TimedExecutor, what: str) -> float:
+    """One sync's wall-clock seconds; its nft calls and its CPU time are printed too (the CPU
+    time does not grow when other work shares the machine, the wall-clock time does)."""
     del executor.calls[:]
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     result = proxier.sync()
     seconds = time.perf_counter() - started
+    own, children = (after - before for after, before in zip(cpu_seconds(), cpu_before))
     if result is None or result.error or not result.full:
         raise SystemExit(f"{what} failed: {result}")
     nft_s = sum(s for _, s in executor.calls)
     calls = ", ".join(f"{argv} {s:.2f}s" for argv, s in executor.calls)
-    print(f"  {what}: {seconds:.3f}s (nft: {nft_s:.3f}s in {len(executor.calls)} call(s): {calls})", flush=True)
+    print(f"  {what}: {seconds:.3f}s (nft: {nft_s:.3f}s in {len(executor.calls)} call(s): {calls}; "
+          f"CPU: {own:.2f}s in this process, {children:.2f}s in nft processes)", flush=True)
     return seconds
 
 

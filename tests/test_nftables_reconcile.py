@@ -3,6 +3,8 @@ against the stateful fake; and falls back to the full transaction when it cannot
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from kubectl_proxyctl.errors import ProxyctlError
 from kubectl_proxyctl.kube.tracker import StateTracker
 from kubectl_proxyctl.modes.nftables.reconcile import duration_seconds, parse_listing, priority_value
 from kubectl_proxyctl.modes.nftables.writer import NftablesWriter
-from kubectl_proxyctl.plan.planner import ProxyConfig
+from kubectl_proxyctl.plan.planner import ProxyConfig, plan
 
 CONFIG = ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",))
 
@@ -155,6 +157,54 @@ def test_reconciliation_honours_the_writers_table(monkeypatch: Any) -> None:
     assert read == ["entry-points"]
     assert "flush map" not in fake.scripts[-1] and "kube-proxy" not in fake.scripts[-1].replace(
         '"rules for kube-proxy"', "")
+
+
+def test_the_first_sync_lists_the_table_while_the_engine_plans(monkeypatch: Any) -> None:
+    """The listing is the start's critical path: it begins before the plan is computed."""
+    fake = FakeNft()
+    engine(fake, CLUSTER).sync()
+    started = threading.Event()
+    listing = fake.listing
+    monkeypatch.setattr(fake, "listing", lambda name="kube-proxy": started.set() or listing(name))
+    listed_before_planning: list[bool] = []
+
+    def planning(*args: Any, **kwargs: Any) -> Any:
+        listed_before_planning.append(started.wait(5.0))
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr("kubectl_proxyctl.engine.proxier.plan", planning)
+    result = engine(fake, CLUSTER).sync()
+    assert result is not None and result.full and not result.error
+    assert listed_before_planning == [True]
+    assert "ns/" not in fake.scripts[-1]
+
+
+def test_a_listing_serves_only_the_sync_it_was_started_for(monkeypatch: Any) -> None:
+    """A sync that failed before reading its listing leaves it unread; the next one lists again
+    (what changed in between is seen)."""
+    fake = FakeNft()
+    engine(fake, CLUSTER).sync()
+    texts: list[str | None] = []
+    listing = fake.listing
+    monkeypatch.setattr(fake, "listing", lambda name="kube-proxy": texts.append(listing(name)) or texts[-1])
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise ProxyctlError("cannot plan")
+
+    proxier = engine(fake, CLUSTER)
+    monkeypatch.setattr("kubectl_proxyctl.engine.proxier.plan", failing)
+    failed = proxier.sync()
+    assert failed is not None and failed.error
+    deadline = time.monotonic() + 5.0
+    while not texts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(texts) == 1
+    table = fake.tables[("ip", "kube-proxy")]
+    table.chains[next(c for c in table.chains if c.startswith("endpoint-"))].rules = []
+    monkeypatch.setattr("kubectl_proxyctl.engine.proxier.plan", plan)
+    result = proxier.sync()
+    assert result is not None and result.full and not result.error
+    assert len(texts) == 2 and model(fake) == fresh_model(CLUSTER)
 
 
 @pytest.mark.parametrize("text, value", [("dstnat - 10", -110), ("-110", -110), ("filter", 0), ("srcnat", 100),

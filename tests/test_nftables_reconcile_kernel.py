@@ -110,3 +110,13 @@ def test_a_restart_after_changes_and_tampering_lists_as_a_fresh_full_sync(netns:
     proxier.on_event("EndpointSlice", "MODIFIED", slice_("svc7", ["10.246.0.1"]))
     partial = proxier.sync()
     assert partial is not None and not partial.full and not partial.error
+
+
+def test_the_listing_through_libnftables_is_what_nft_prints(netns: str) -> None:
+    first, _ = engine(netns, cluster(20))
+    assert first.sync().full
+    executor = SubprocessExecutor(netns=netns)
+    printed = executor.run(["nft", "list", "table", "ip", "kube-proxy"])
+    assert printed.ok
+    assert NftSystem(CONFIG.family, executor=executor).listing() == printed.stdout
+    assert NftSystem(CONFIG.family, executor=executor).listing("no-such-table") is None

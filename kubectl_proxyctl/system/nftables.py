@@ -7,7 +7,14 @@ rules in place and there is nothing to roll back. A failure becomes an ApplyErro
 failing line of the script with the lines around it (nft reports `/dev/stdin:LINE:COL-COL:`).
 
 `listing()` reads our whole table once, in nft's text form: what the engine reconciles a
-populated table against when it starts (`modes/nftables/reconcile.py`).
+populated table against when it starts (`modes/nftables/reconcile.py`). With the real
+executor it calls libnftables (the library the nft binary is made of) in this process,
+through ctypes, inside the executor's network namespace, with nft's output kept in memory:
+nft flushes its output after every token it prints (1.6 million writes at 10,000
+services), and through a pipe to this process those writes, the reader's wake-ups and the
+exec cost a quarter to a third of the listing's CPU time (nft 1.0.6: about 6 CPU-seconds
+instead of 8 to 9 for the same text). Without the library, or with an executor that does not run the real
+tools (a fake), it runs `nft` through the executor.
 
 Reading back is otherwise cheap and narrow: `chains()` and `sets()` list only names (`nft -j list
 chains ip` / `list sets ip`, filtered to our table), which the engine needs on a full sync to
@@ -21,6 +28,7 @@ kube-proxy uses; a kernel without nf_tables fails the probe transaction).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ from typing import Any
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
+from kubectl_proxyctl.system.netns import call_in_netns
 
 CONTEXT_LINES = 2
 _LINE_RE = re.compile(r"/dev/stdin:(\d+):")
@@ -190,9 +199,15 @@ class NftSystem:
     def listing(self, table: str | None = None) -> str | None:
         """`nft list table` of our table (or `table`) in nft's text form, or None when the
         table does not exist. Cheaper than the JSON form (nft 1.0.6, 10,000 services: about
-        two thirds of the time, a third of the size) and what people compare."""
+        two thirds of the time, a third of the size) and what people compare. Through
+        libnftables when it can (see the module docstring)."""
         name = table or self.table
-        result = self.executor.run(["nft", "list", "table", self.fam, name], timeout=300.0)
+        command = ["list", "table", self.fam, name]
+        library = _libnftables() if isinstance(self.executor, SubprocessExecutor) else None
+        if library is None:
+            result = self.executor.run(["nft", *command], timeout=300.0)
+        else:
+            result = call_in_netns(self.executor.netns, lambda: _run_in_library(library, " ".join(command)))
         if not result.ok:
             if "No such file" in result.stderr or "does not exist" in result.stderr:
                 return None
@@ -223,3 +238,44 @@ class NftSystem:
         if not result.ok:
             raise ProxyctlError(f"the kernel refused an nftables table ({result.stderr.strip() or 'no reason given'}); "
                                 "nftables mode needs nf_tables support (kernel >= 5.13)")
+
+
+_library: list[ctypes.CDLL | None] = []  # loaded once: [the library] or [None] when it is missing
+
+
+def _libnftables() -> ctypes.CDLL | None:
+    """libnftables with the prototypes `_run_in_library` uses, or None without it."""
+    if not _library:
+        try:
+            lib = ctypes.CDLL("libnftables.so.1")
+        except OSError:
+            lib = None
+        if lib is not None:
+            lib.nft_ctx_new.restype = ctypes.c_void_p
+            lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+            lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            for getter in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
+                getter.restype = ctypes.c_char_p
+                getter.argtypes = [ctypes.c_void_p]
+        _library.append(lib)
+    return _library[0]
+
+
+def _run_in_library(lib: ctypes.CDLL, command: str) -> Result:
+    """One nft command through libnftables, in the calling thread's network namespace, its
+    output and errors collected in memory; as `nft COMMAND` would have ended."""
+    ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+    if not ctx:
+        return Result(1, "", "libnftables: cannot create a context")
+    try:
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        code = lib.nft_run_cmd_from_buffer(ctx, command.encode())
+        out = lib.nft_ctx_get_output_buffer(ctx) or b""
+        err = lib.nft_ctx_get_error_buffer(ctx) or b""
+        return Result(1 if code else 0, out.decode(errors="replace"), err.decode(errors="replace"))
+    finally:
+        lib.nft_ctx_free(ctx)

@@ -17,10 +17,12 @@ leave:
   A table in that layout written by kube-proxy itself reconciles as well. Anything else (no
   table, a failed read, a listing this module cannot read, another layout) makes the sync a
   plain full transaction, as before.
-* **Desired state.** `render` computes the full transaction's NftState as usual (every service
-  port's chains, rules and elements, the stale chains, the affinity sets), with the chains and
-  affinity sets the listing shows as the existing ones; that state is the writer's state
-  afterwards, so later partial syncs work as after any full sync.
+* **Desired state.** `desired` computes the full transaction's NftState as usual (every
+  service port's chains, rules and elements, the affinity sets) without looking at the table,
+  so the writer computes it while nft is still listing the table; `reconcile` then adds the
+  stale chains the listing shows (service chains no longer used), as `render` does with the
+  existing chains. That state is the writer's state afterwards, so later partial syncs work
+  as after any full sync.
 * **The transaction.** The fixed part as a full transaction writes it (small: the table, the
   base and fixed chains flushed and refilled, `nodeport-ips`), except that the maps and sets
   are declared but not flushed; the service chains that are missing or whose rules differ
@@ -58,8 +60,10 @@ from kubectl_proxyctl.modes.nftables.render import (
     _context,
     _element_text,
     _write_elements,
+    NftState,
     fixed_lines,
     is_affinity_set,
+    is_service_chain,
     render,
 )
 from kubectl_proxyctl.plan.planner import NodePlan
@@ -259,18 +263,27 @@ def _listed_elements(found: ListedSet | None) -> dict[str, str]:
 # --- the transaction -------------------------------------------------------------------
 
 
-def reconcile(plan: NodePlan, listed: ListedTable, *, now: float = 0.0, service_cidrs: Iterable[str] = (),
-              table: str = TABLE, entry_points_only: bool = False) -> tuple[RenderedNft | None, str]:
+def desired(plan: NodePlan, *, now: float = 0.0, service_cidrs: Iterable[str] = (), table: str = TABLE,
+            entry_points_only: bool = False) -> RenderedNft:
+    """The state a full transaction leaves, before the stale chains and affinity sets of the
+    table are known: it needs no listing, so it is computed while the listing runs."""
+    return render(plan, existing_chains=(), existing_affinity_sets=(), now=now, service_cidrs=service_cidrs,
+                  table=table, entry_points_only=entry_points_only, state_only=True)
+
+
+def reconcile(plan: NodePlan, listed: ListedTable, wanted: RenderedNft, *, now: float = 0.0,
+              service_cidrs: Iterable[str] = (), table: str = TABLE,
+              entry_points_only: bool = False) -> tuple[RenderedNft | None, str]:
     """(the transaction turning the listed table into the full transaction's result, "") or
-    (None, why not) when the table is not in our layout."""
+    (None, why not) when the table is not in our layout. `wanted` is `desired(plan, …)` with
+    the same arguments; its state becomes the result's."""
     problem = layout_problem(listed, plan.family, entry_points_only)
     if problem:
         return None, problem
     cidrs = tuple(service_cidrs)
-    full = render(plan, existing_chains=set(listed.chains),
-                  existing_affinity_sets={s for s in listed.sets if is_affinity_set(s)},
-                  now=now, service_cidrs=cidrs, table=table, entry_points_only=entry_points_only, state_only=True)
-    state = full.state
+    state = wanted.state
+    stale = _add_stale_chains(state, listed, now)
+    affinity_deleted = tuple(sorted({s for s in listed.sets if is_affinity_set(s)} - state.affinity_sets))
     ctx = _context(plan, entry_points_only)
     t = f"{family_word(plan.family)} {table}"
 
@@ -296,7 +309,7 @@ def reconcile(plan: NodePlan, listed: ListedTable, *, now: float = 0.0, service_
             chain_lines.append(f"flush chain {t} {chain}")
             written.append(chain)
             rule_lines += [f"add rule {t} {chain} {rule}" for rule in rules]
-    for chain in full.stale_flushed:
+    for chain in stale:
         found = listed.chains.get(chain)
         if found is not None and found.rules:
             chain_lines.append(f"flush chain {t} {chain}")
@@ -304,13 +317,23 @@ def reconcile(plan: NodePlan, listed: ListedTable, *, now: float = 0.0, service_
     out += rule_lines
 
     n_elements = _write_elements(out, t, *_element_changes(state.elements, listed))
-    for name in full.affinity_deleted:
+    for name in affinity_deleted:
         out.append(f"delete set {t} {name}")
     return RenderedNft(
         text="\n".join(out) + "\n", family=plan.family, state=state, partial=False,
         rules_written=len(rule_lines), elements_written=n_elements, chains_written=tuple(written),
-        stale_flushed=full.stale_flushed, affinity_deleted=full.affinity_deleted,
+        stale_flushed=stale, affinity_deleted=affinity_deleted,
     ), ""
+
+
+def _add_stale_chains(state: NftState, listed: ListedTable, now: float) -> tuple[str, ...]:
+    """Record in `state` the listed service chains it does not use, stale since `now` (as
+    `render` records the existing chains of a full transaction); returns them."""
+    stale = tuple(sorted(c for c in listed.chains if c not in state.chains and is_service_chain(c)))
+    for chain in stale:
+        state.chains.add(chain)
+        state.stale[chain] = now
+    return stale
 
 
 def _element_changes(elements: Mapping[str, Mapping[str, tuple[str, str, object]]],

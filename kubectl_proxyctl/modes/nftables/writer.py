@@ -5,8 +5,13 @@ flushed) reads our table once when it exists (`nft list table`) and, when its la
 ours, writes only the difference to the full transaction's result (`reconcile.py`: over the
 table a previous run left, a few dozen lines instead of minutes of nft work); without a
 table, after a failed read or over another layout it writes the full transaction, which
-rebuilds the table. A partial sync rewrites only the changed services' chains and the map
-elements that differ (`render.py`). Stale chains are deleted by a separate
+rebuilds the table. The listing is the start's critical path (at 10,000 services it takes
+7-12 s, most of it in the kernel's netlink dumps, which no narrower `nft list` command
+avoids: listing even one chain's rules makes nft 1.0.x fetch every rule and every anonymous
+set of the table), so it runs in a thread of its own from the moment the first sync starts
+(`before_sync`, before the engine plans), and the plan and the desired state are computed
+meanwhile on another core. A partial sync rewrites only the changed services' chains and
+the map elements that differ (`render.py`). Stale chains are deleted by a separate
 small transaction at the start of a later sync without pending changes, at least a second
 after they were flushed. Unlike iptables mode there is no hourly full sync (as in
 kube-proxy's nftables mode: a full transaction into a populated 10,000-service table takes
@@ -28,12 +33,13 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from kubectl_proxyctl.errors import ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
-from kubectl_proxyctl.modes.nftables.reconcile import ListingError, parse_listing, reconcile
+from kubectl_proxyctl.modes.nftables.reconcile import ListingError, desired, parse_listing, reconcile
 from kubectl_proxyctl.modes.nftables.render import (
     CLUSTER_IPS,
     STALE_CHAIN_DELAY,
@@ -85,14 +91,17 @@ class NftablesWriter:
         self._last_listing = float("-inf")  # when the last listing of our table started
         self._listing_seconds = 0.0  # and how long it took
         self._fixed_rules: dict[str, int] = {}  # fixed chain → its rules, from the last full transaction
+        self._pending_listing: tuple[float, Future[str | None]] | None = None  # (started, our table's listing)
 
     def sync(self, plan: NodePlan, full: bool, changed: frozenset[str] | set[str]) -> Written:
         # A transaction by someone else since our last write or check must still be checked,
         # even though this one moves the generation again.
         unchecked = self._generation is None or self._read_generation() != self._generation
         now = self.monotonic()
+        # Whatever this sync is, a listing started for it is of no use to a later one.
+        pending, self._pending_listing = self._pending_listing, None
         if full:
-            rendered = self._reconciled(plan, now)
+            rendered = self._reconciled(plan, now, pending or self._start_listing())
             if rendered is None:
                 affinity = {s for s in self.system.sets() if is_affinity_set(s)}
                 rendered = render(plan, existing_chains=self.system.chains(), existing_affinity_sets=affinity,
@@ -112,18 +121,19 @@ class NftablesWriter:
         self._generation = None if not rendered.partial or unchecked else self._read_generation()
         return Written(not rendered.partial, rendered.rules_written, rendered)
 
-    def _reconciled(self, plan: NodePlan, now: float) -> RenderedNft | None:
-        """The full sync as the difference to what our table holds (`reconcile.py`), or None
-        when there is no table, it cannot be read or its layout is not ours."""
-        listing = getattr(self.system, "listing", None)
-        if listing is None:  # an adapter that cannot read the table back: write it whole
+    def _reconciled(self, plan: NodePlan, now: float,
+                    pending: tuple[float, Future[str | None]] | None) -> RenderedNft | None:
+        """The full sync as the difference to what our table holds (`reconcile.py`, the table
+        as `pending` lists it), or None when there is no table, it cannot be read or its
+        layout is not ours."""
+        if pending is None:  # an adapter that cannot read the table back: write it whole
             return None
-        started = self.monotonic()
-        try:
-            text = listing(self.table)
-        except ProxyctlError as exc:
-            log.warning("cannot read table %s %s (%s): writing it whole", self.system.fam, self.table, exc)
-            return None
+        started, listing = pending
+        options = {"service_cidrs": self.service_cidrs, "table": self.table,
+                   "entry_points_only": self.entry_points_only}
+        # Computed while nft lists the table, unless the listing is back already (no table).
+        wanted = None if listing.done() else desired(plan, now=now, **options)
+        text = self._listed_text(listing)
         if text is None:
             return None
         try:
@@ -132,8 +142,8 @@ class NftablesWriter:
             log.warning("cannot read the listing of table %s %s (%s): writing it whole",
                         self.system.fam, self.table, exc)
             return None
-        rendered, problem = reconcile(plan, listed, now=now, service_cidrs=self.service_cidrs, table=self.table,
-                                      entry_points_only=self.entry_points_only)
+        wanted = wanted or desired(plan, now=now, **options)
+        rendered, problem = reconcile(plan, listed, wanted, now=now, **options)
         if rendered is None:
             log.info("table %s %s is not in our layout (%s): writing it whole", self.system.fam, self.table, problem)
             return None
@@ -142,12 +152,37 @@ class NftablesWriter:
                  rendered.elements_written)
         return rendered
 
+    def _start_listing(self) -> tuple[float, Future[str | None]] | None:
+        """Start listing our table in a thread of its own (nft does the work, in another
+        process and in the kernel, so the engine's thread runs on meanwhile); None when the
+        adapter cannot read the table back."""
+        listing = getattr(self.system, "listing", None)
+        if listing is None:
+            return None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft-listing")
+        try:
+            return self.monotonic(), pool.submit(listing, self.table)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def _listed_text(self, listing: Future[str | None]) -> str | None:
+        """The listing's text; None when there is no table or it cannot be read."""
+        try:
+            return listing.result()
+        except ProxyctlError as exc:
+            log.warning("cannot read table %s %s (%s): writing it whole", self.system.fam, self.table, exc)
+            return None
+
     def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
-        """Delete the chains stale for long enough: in a sync without pending changes, or once
-        the oldest has waited STALE_CHAIN_MAX_AGE."""
-        now = self.monotonic()
-        if self.state is None or not self.state.stale:
+        """Before a process's first sync (a full one): start listing our table, which that
+        sync reconciles. Otherwise delete the chains stale for long enough: in a sync without
+        pending changes, or once the oldest has waited STALE_CHAIN_MAX_AGE."""
+        if self.state is None:
+            self._pending_listing = self._start_listing()
             return
+        if not self.state.stale:
+            return
+        now = self.monotonic()
         if pending_changes and now - min(self.state.stale.values()) < self.STALE_CHAIN_MAX_AGE:
             return
         try:
