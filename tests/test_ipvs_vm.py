@@ -1,4 +1,6 @@
-"""IPVS mode on a real kernel: tests/vm/ipvs_kernel_suite.py inside ONE VM boot.
+"""IPVS mode on a real kernel: tests/vm/ipvs_kernel_suite.py and ipvs_settings_suite.py inside
+ONE VM boot, with the `ipvsadm -Sn` payloads of random dry runs (tests/test_ipvs_restore_fuzz.py)
+written beforehand into a directory of the checkout, the one place the VM shares with the host.
 
 The host's kernel has no IP_VS and no dummy links, so the suite runs in a QEMU VM booting
 Debian's 6.1 kernel with the host's files visible (`run-in-vm`, TESTING.md). Outside CI the
@@ -12,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,15 +40,23 @@ def test_ipvs_suite_in_a_vm(tmp_path: Path) -> None:
         pytest.skip("qemu-system-x86_64 is not installed (run-in-vm installs it under CI)")
     if os.geteuid() != 0:
         pytest.skip("the VM suite needs root")
+    from test_ipvs_restore_fuzz import payloads
+
     started = time.monotonic()
     log = tmp_path / "vm.log"
-    argv = [str(script), "env", "PROXYCTL_TEST_SEED=0", sys.executable, "-m", "pytest", "-v", "-p",
-            "no:cacheprovider", "tests/vm/ipvs_kernel_suite.py"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    with open(log, "w") as out:
-        # The VM's output goes to a file as it comes, so a run that times out still shows how far it got.
-        done = subprocess.run(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=900, env={**env, "VM_TIMEOUT": "840"}, check=False)
+    shared = Path(tempfile.mkdtemp(prefix=".ipvsadm-payloads-", dir=ROOT))
+    try:
+        payloads(shared, count=120)
+        argv = [str(script), "env", "PROXYCTL_TEST_SEED=0", f"PROXYCTL_IPVSADM_PAYLOADS={shared}", sys.executable,
+                "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/vm/ipvs_kernel_suite.py",
+                "tests/vm/ipvs_settings_suite.py"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+        with open(log, "w") as out:
+            # The VM's output goes to a file as it comes, so a run that times out still shows how far it got.
+            done = subprocess.run(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=900, env={**env, "VM_TIMEOUT": "840"}, check=False)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     took = time.monotonic() - started
     text = log.read_text(errors="replace")
     tail = text[-8000:]

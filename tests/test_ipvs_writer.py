@@ -9,6 +9,7 @@ say how much a sync touched. `FakeIpvs.save()` prints the table as `ipvsadm -Sn`
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -406,3 +407,83 @@ def test_ipv6_sets_carry_the_kube_6_prefix() -> None:
     assert ipset.members("KUBE-6-CLUSTER-IP") == {"fd00::10,tcp:80"}
     assert "KUBE-6-LOAD-BALANCER-SOURCE-CID" in ipset.sets  # cut at 31 characters
     assert set(ipvs.table[("TCP", "fd00::10", 80)].reals) == {("fd00:244::5", 8080)}
+
+
+def test_excluded_virtual_servers_survive_a_full_sync_and_others_of_ours_do_not() -> None:
+    ipvs, ipset, dummy, ipt = FakeIpvs(), FakeIpset(), FakeDummy(), FakeIptables()
+    w = IpvsWriter(IpvsSystem(ipvs, ipset, dummy, ipt), exclude_cidrs=("10.96.9.0/28", "fd00::/8"))
+    dummy.ensure()
+    dummy.bind(["10.96.9.9", "10.96.8.8"])  # addresses of ours: their virtual servers look stale
+    ipvs.add_service(("TCP", "10.96.9.9", 443), "wlc", 0, 0)  # in an excluded range
+    ipvs.add_service(("TCP", "10.96.8.8", 443), "rr", 0, 0)
+    w.sync(cluster(), True, set())
+    assert ("TCP", "10.96.9.9", 443) in ipvs.table
+    assert ("TCP", "10.96.8.8", 443) not in ipvs.table
+
+
+def test_an_excluded_virtual_server_stays_when_its_service_goes() -> None:
+    ipvs, ipset, dummy, ipt = FakeIpvs(), FakeIpset(), FakeDummy(), FakeIptables()
+    w = IpvsWriter(IpvsSystem(ipvs, ipset, dummy, ipt), exclude_cidrs=("10.96.0.53/32",))
+    config = ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",))
+    w.sync(cluster(), True, set())
+    w.sync(plan(state_from_objects(_objects_without("dns"), warn=lambda m: None), config), False, {"e2e/dns"})
+    assert ("UDP", "10.96.0.53", 53) in ipvs.table
+    assert "10.96.0.53" not in dummy.bound and ipset.members("KUBE-CLUSTER-IP") == {"10.96.0.10,tcp:80"}
+    w.sync(plan(state_from_objects(_objects_without("dns"), warn=lambda m: None), config), True, set())
+    assert ("UDP", "10.96.0.53", 53) in ipvs.table
+
+
+class RecordingIpvs:
+    """Only the timeouts call; refuses when told to, as a kernel without IPVS config support would."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.refuse = refuse
+
+    def set_timeouts(self, tcp: int, tcp_fin: int, udp: int) -> None:
+        if self.refuse:
+            raise ApplyError("cannot set the IPVS timeouts: Operation not permitted")
+        self.calls.append((tcp, tcp_fin, udp))
+
+
+def test_timeouts_are_set_only_when_given_and_a_refusal_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ipvs = RecordingIpvs()
+    assert not ipvs_writer.apply_timeouts(ipvs, ProxyConfig(node_name="n"))
+    assert ipvs.calls == []
+    assert ipvs_writer.apply_timeouts(ipvs, ProxyConfig(node_name="n", ipvs_tcp_timeout=900, ipvs_udp_timeout=300))
+    assert ipvs.calls == [(900, 0, 300)]  # 0: the kernel keeps its TCP FIN timeout
+    assert not ipvs_writer.apply_timeouts(RecordingIpvs(refuse=True), ProxyConfig(node_name="n", ipvs_tcp_timeout=1))
+    assert "cannot set the IPVS timeouts" in caplog.text
+
+
+def test_the_timeouts_request_is_ipvs_set_config_with_u32_seconds() -> None:
+    from pyroute2.netlink.generic import ipvs as genl_ipvs
+
+    from kubectl_proxyctl.system.ipvs import IpvsKernel
+
+    sent: list[Any] = []
+
+    class Socket:
+        class asyncore:
+            _do_request = object()
+
+        @staticmethod
+        def _run_with_cleanup(fn: Any, msg: Any, msg_flags: int) -> None:
+            sent.append(msg)
+
+    kernel = IpvsKernel.__new__(IpvsKernel)
+    kernel._ipvs = Socket()
+    kernel.set_timeouts(900, 120, 0)
+    (msg,) = sent
+    msg.encode()
+    assert msg["cmd"] == genl_ipvs.IPVS_CMD_SET_CONFIG
+    # the attributes are the kernel's u32 seconds, as bytes (pyroute2 types them as raw data)
+    assert msg.data.endswith(bytes.fromhex("0800040084030000" "0800050078000000" "0800060000000000"))
+
+
+def test_dry_run_shows_the_timeouts_as_ipvsadm_set() -> None:
+    p = cluster()
+    assert "--set" not in ipvs_writer.dry_run(p)[0]
+    timed = dataclasses.replace(p, config=dataclasses.replace(p.config, ipvs_tcp_timeout=900, ipvs_udp_timeout=300))
+    text = ipvs_writer.dry_run(timed)[0]
+    assert text.startswith("# ipvsadm -Sn\n--set 900 0 300\n-A -t ")

@@ -134,7 +134,8 @@ def test_sync_periods_come_from_the_modes_own_section(capsys: pytest.CaptureFixt
     code, out, err = cli(capsys, "run", "--config", config, "--node-name", "n1", "--write-config-to", "-")
     assert code == 0, err
     ipvs = yaml.safe_load(out)["ipvs"]
-    assert ipvs == {"scheduler": "wrr", "strictARP": True, "syncPeriod": "7s", "minSyncPeriod": "3s"}
+    assert ipvs == {"scheduler": "wrr", "strictARP": True, "excludeCIDRs": None, "tcpTimeout": "0s",
+                    "tcpFinTimeout": "0s", "udpTimeout": "0s", "syncPeriod": "7s", "minSyncPeriod": "3s"}
 
 
 def test_written_config_reads_back_to_the_same_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -249,3 +250,40 @@ def test_no_cluster_cidr_is_one_warning_when_the_engine_starts(monkeypatch: pyte
         app.run_engine(None, app.EngineFlags.from_flags({**flags, "cluster_cidr": "10.244.0.0/16"},
                                                         default_node=lambda: "node1"))
     assert caplog.records == []
+
+
+# --- IPVS exclusions and timeouts ----------------------------------------------------------------
+
+
+def test_ipvs_exclusions_and_timeouts_map_to_their_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = write(tmp_path, with_kubeadm(mode="ipvs", ipvs__excludeCIDRs=["192.0.2.0/24", "fd00::/8"],
+                                          ipvs__tcpTimeout="15m", ipvs__tcpFinTimeout="2m", ipvs__udpTimeout="0s"))
+    flags = ["--mode", "ipvs", "--cluster-cidr", "10.244.0.0/16", "--ipvs-exclude-cidrs", "192.0.2.0/24,fd00::/8",
+             "--ipvs-tcp-timeout", "900s", "--ipvs-tcpfin-timeout", "120s"]
+    from_file, _ = dry_run(capsys, "--config", config)
+    assert from_file == dry_run(capsys, *flags)[0]
+    assert from_file.startswith("# ipvsadm -Sn\n--set 900 120 0\n")
+    code, out, err = cli(capsys, "run", "--node-name", "node1", *flags, "--write-config-to", "-")
+    assert code == 0, err
+    ipvs = yaml.safe_load(out)["ipvs"]
+    assert (ipvs["excludeCIDRs"], ipvs["tcpTimeout"], ipvs["tcpFinTimeout"], ipvs["udpTimeout"]) == (
+        ["192.0.2.0/24", "fd00::/8"], "15m0s", "2m0s", "0s")
+
+
+@pytest.mark.parametrize("flags,words", [
+    (("--ipvs-exclude-cidrs", "10.0.0.0/8,10.1.0.0/33"), "--ipvs-exclude-cidrs: '10.1.0.0/33' is not a CIDR"),
+    (("--ipvs-exclude-cidrs", "eth0"), "--ipvs-exclude-cidrs: 'eth0' is not a CIDR"),
+    (("--ipvs-udp-timeout", "soon"), "invalid duration 'soon'"),
+])
+def test_bad_ipvs_flags_are_one_line_usage_errors(capsys: pytest.CaptureFixture[str], flags: tuple[str, ...],
+                                                  words: str) -> None:
+    code, out, err = cli(capsys, "run", "--dry-run", "--mode", "ipvs", "--from-file", SMALL, "--node-name", "n1",
+                         *flags)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: ") and words in err.splitlines()[0], err  # click adds a --help hint line
+
+
+def test_a_negative_ipvs_timeout_in_the_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = write(tmp_path, HEADER + "ipvs: {tcpTimeout: -5s}\n")
+    code, _, err = cli(capsys, "run", "--dry-run", "--from-file", SMALL, "--node-name", "n1", "--config", config)
+    assert code == 2 and "--ipvs-tcp-timeout must not be negative" in err

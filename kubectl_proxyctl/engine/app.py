@@ -62,11 +62,9 @@ class EngineFlags:
             raise ConfigError("--min-sync-period must not exceed --sync-period")
         import ipaddress
 
-        for cidr in _csv(flags["cluster_cidr"]):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"--cluster-cidr: {cidr!r} is not a CIDR") from None
+        _cidrs(flags["cluster_cidr"], "--cluster-cidr")
+        exclude_cidrs = _cidrs(flags.get("ipvs_exclude_cidrs"), "--ipvs-exclude-cidrs")
+        ipvs_timeouts = {name: _timeout(flags.get(name), name) for name in IPVS_TIMEOUTS}
         for ip in flags["node_ips"] or ():  # type: ignore[attr-defined]
             try:
                 ipaddress.ip_address(ip)
@@ -123,6 +121,8 @@ class EngineFlags:
                 writer_module is None or writer_module.LOCALHOST_NODEPORTS),
             ipvs_scheduler=str(flags.get("ipvs_scheduler") or "rr"),
             ipvs_strict_arp=bool(flags.get("ipvs_strict_arp")),
+            ipvs_exclude_cidrs=exclude_cidrs,
+            **ipvs_timeouts,
             bpf_cgroup_path=str(flags.get("cgroup_path") or ""),
             bpf_pin_path=str(flags.get("bpf_pin_path") or ""),
         )
@@ -133,6 +133,30 @@ class EngineFlags:
             hard_fail=bool(flags["bind_address_hard_fail"]), cleanup=bool(flags["cleanup"]),
             dry_run=bool(flags["dry_run"]), once=bool(flags["once"]),
         )
+
+
+IPVS_TIMEOUTS = ("ipvs_tcp_timeout", "ipvs_tcpfin_timeout", "ipvs_udp_timeout")
+
+
+def _cidrs(value: object, flag: str) -> tuple[str, ...]:
+    """A comma-separated list of CIDRs, each checked (ConfigError naming the flag and the bad one)."""
+    import ipaddress
+
+    out = _csv(value)
+    for cidr in out:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"{flag}: {cidr!r} is not a CIDR") from None
+    return out
+
+
+def _timeout(value: object, name: str) -> int:
+    """An IPVS timeout in whole seconds (the kernel's unit; kube-proxy truncates the same way)."""
+    seconds = float(value or 0)  # type: ignore[arg-type]
+    if seconds < 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    return int(seconds)
 
 
 def config_warnings(config: ProxyConfig) -> list[str]:

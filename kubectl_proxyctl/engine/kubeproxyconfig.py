@@ -21,7 +21,7 @@ boundary between that file and `run`'s flags:
 
 Which flags win is decided by the caller (`run`): a flag given on the command line overrides
 the file, as with kube-proxy; everything else comes from the file, else the flag's default.
-Fields the engine does not implement (conntrack sysctls, oomScoreAdj, IPVS timeouts, …) are
+Fields the engine does not implement (conntrack sysctls, oomScoreAdj, …) are
 known, checked, and reported as ignored when set to anything but their zero value.
 """
 
@@ -86,10 +86,15 @@ SUPPORTED = frozenset({
     "iptables.masqueradeBit", "iptables.masqueradeAll", "iptables.localhostNodePorts", "iptables.syncPeriod",
     "iptables.minSyncPeriod", "nftables.masqueradeBit", "nftables.masqueradeAll", "nftables.syncPeriod",
     "nftables.minSyncPeriod", "ipvs.syncPeriod", "ipvs.minSyncPeriod", "ipvs.scheduler", "ipvs.strictARP",
+    "ipvs.excludeCIDRs", "ipvs.tcpTimeout", "ipvs.tcpFinTimeout", "ipvs.udpTimeout",
 })
 
 # nodePortAddresses keywords other than `primary` (which the engine takes as it is).
 NODEPORT_KEYWORDS = {"all": ("0.0.0.0/0", "::/0"), "localhost": ("127.0.0.0/8", "::1/128")}
+
+# `run`'s IPVS timeout parameters and their fields (read in every mode, as kube-proxy reads them).
+IPVS_TIMEOUT_FIELDS = (("ipvs_tcp_timeout", "ipvs.tcpTimeout"), ("ipvs_tcpfin_timeout", "ipvs.tcpFinTimeout"),
+                       ("ipvs_udp_timeout", "ipvs.udpTimeout"))
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -236,6 +241,9 @@ class KubeProxyConfiguration:
         take("min_sync_period", f"{sync_section}.minSyncPeriod")
         take("ipvs_scheduler", "ipvs.scheduler")
         take("ipvs_strict_arp", "ipvs.strictARP")
+        take("ipvs_exclude_cidrs", "ipvs.excludeCIDRs", lambda cidrs: ",".join(c.strip() for c in cidrs))
+        for name, path in IPVS_TIMEOUT_FIELDS:
+            take(name, path)
         if self.fields.get("iptables.localhostNodePorts") is not None:  # false is a value here, not "unset"
             out["localhost_nodeports"] = ("iptables.localhostNodePorts", self.fields["iptables.localhostNodePorts"])
         bind = self.get("bindAddress")
@@ -335,7 +343,7 @@ def to_document(flags: Mapping[str, Any], kubeconfig: str | None = None) -> dict
     zero_sync = {"syncPeriod": "0s", "minSyncPeriod": "0s"}
     masq_all = bool(flags["masquerade_all"])
     bit = int(flags["masquerade_bit"])
-    nodeports = [p.strip() for p in str(flags.get("nodeport_addresses") or "").split(",") if p.strip()]
+    nodeports = _csv(flags.get("nodeport_addresses"))
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -352,6 +360,9 @@ def to_document(flags: Mapping[str, Any], kubeconfig: str | None = None) -> dict
                      "localhostNodePorts": bool(flags["localhost_nodeports"]),
                      **(sync if mode == "iptables" else zero_sync)},
         "ipvs": {"scheduler": str(flags.get("ipvs_scheduler") or ""), "strictARP": bool(flags.get("ipvs_strict_arp")),
+                 "excludeCIDRs": _csv(flags.get("ipvs_exclude_cidrs")) or None,
+                 **{path.split(".")[1]: format_go_duration(float(flags.get(name) or 0))
+                    for name, path in IPVS_TIMEOUT_FIELDS},
                  **(sync if mode == "ipvs" else zero_sync)},
         "metricsBindAddress": _bind_address(flags.get("metrics_bind_address")),
         "mode": mode,
@@ -359,6 +370,10 @@ def to_document(flags: Mapping[str, Any], kubeconfig: str | None = None) -> dict
                      **(sync if mode == "nftables" else zero_sync)},
         "nodePortAddresses": nodeports or None,
     }
+
+
+def _csv(value: Any) -> list[str]:
+    return [p.strip() for p in str(value or "").split(",") if p.strip()]
 
 
 def _bind_address(value: Any) -> str:

@@ -119,6 +119,10 @@ class ProxyConfig:
     prefer_same_node: bool = True  # the PreferSameTrafficDistribution gate (GA in 1.33)
     ipvs_scheduler: str = "rr"  # IPVS mode: every virtual server's scheduler
     ipvs_strict_arp: bool = False  # IPVS mode: arp_ignore/arp_announce so kube-ipvs0's addresses stay quiet
+    ipvs_exclude_cidrs: tuple[str, ...] = ()  # IPVS mode: virtual servers there are never deleted
+    ipvs_tcp_timeout: int = 0  # IPVS mode: the kernel's TCP, TCP FIN and UDP timeouts, seconds (0: leave it)
+    ipvs_tcpfin_timeout: int = 0
+    ipvs_udp_timeout: int = 0
     bpf_cgroup_path: str = ""  # eBPF mode: the cgroup v2 directory to attach to ("": the hierarchy's root)
     bpf_pin_path: str = ""  # eBPF mode: where maps and program links are pinned ("": /sys/fs/bpf/proxyctl)
 
@@ -147,7 +151,7 @@ class ProxyConfig:
                 values["detect_local_mode"] = DetectLocalMode(str(values["detect_local_mode"]))
         except ValueError as exc:
             raise ConfigError(f"proxy config: {exc}") from None
-        for name in ("cluster_cidrs", "nodeport_addresses", "node_ips"):
+        for name in ("cluster_cidrs", "nodeport_addresses", "node_ips", "ipvs_exclude_cidrs"):
             if name in values:
                 values[name] = _string_tuple(values[name], name)
         for name in ("masquerade_all", "localhost_nodeports", "prefer_same_node"):

@@ -185,6 +185,33 @@ class IpvsKernel:
         self._call(f"cannot delete real server {address}:{port} from {_name(key)}", self._ipvs.dest, "del",
                    service=self._service(*key), dest=self._dest(address, port))
 
+    def set_timeouts(self, tcp: int, tcp_fin: int, udp: int) -> None:
+        """`ipvsadm --set TCP TCPFIN UDP` (IPVS_CMD_SET_CONFIG), in seconds; the kernel keeps the
+        value of each one given as 0, as kube-proxy relies on."""
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+
+        msg = _config_message(tcp, tcp_fin, udp)
+        self._call(f"cannot set the IPVS timeouts (tcp {tcp}s, tcpfin {tcp_fin}s, udp {udp}s)",
+                   self._ipvs._run_with_cleanup, self._ipvs.asyncore._do_request, msg,
+                   msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+
+
+def _config_message(tcp: int, tcp_fin: int, udp: int) -> Any:
+    """An IPVS_CMD_SET_CONFIG request. pyroute2's IPVS class has no call for it, and its message
+    type declares the timeout attributes as raw bytes: each is given as the native-endian u32
+    of seconds the kernel reads (include/uapi/linux/ip_vs.h)."""
+    import struct
+
+    from pyroute2.netlink.generic import ipvs as genl_ipvs
+
+    msg = genl_ipvs.ipvsmsg()
+    msg["cmd"] = genl_ipvs.IPVS_CMD_SET_CONFIG
+    msg["version"] = genl_ipvs.GENL_VERSION
+    msg["attrs"] = [("IPVS_CMD_ATTR_TIMEOUT_TCP", struct.pack("=I", tcp)),
+                    ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", struct.pack("=I", tcp_fin)),
+                    ("IPVS_CMD_ATTR_TIMEOUT_UDP", struct.pack("=I", udp))]
+    return msg
+
 
 def _name(key: tuple[str, str, int]) -> str:
     protocol, address, port = key

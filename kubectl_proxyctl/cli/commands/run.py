@@ -40,6 +40,16 @@ def _default_node_name() -> str:
 @click.option("--ipvs-strict-arp", is_flag=True,
               help="Set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for kube-ipvs0's "
                    "addresses (--mode ipvs).")
+@click.option("--ipvs-exclude-cidrs", metavar="CIDR[,CIDR]", default="",
+              help="Never delete virtual servers whose address is in these ranges, also with --cleanup "
+                   "(--mode ipvs).")
+@click.option("--ipvs-tcp-timeout", type=DURATION, default="0s", show_default=True,
+              help="The IPVS timeout of idle TCP connections, as `ipvsadm --set`; 0 keeps the kernel's "
+                   "(--mode ipvs).")
+@click.option("--ipvs-tcpfin-timeout", type=DURATION, default="0s", show_default=True,
+              help="The IPVS timeout of TCP connections after a FIN; 0 keeps the kernel's (--mode ipvs).")
+@click.option("--ipvs-udp-timeout", type=DURATION, default="0s", show_default=True,
+              help="The IPVS timeout of UDP flows; 0 keeps the kernel's (--mode ipvs).")
 @click.option("--cgroup-path", metavar="DIR", default="",
               help="The cgroup v2 directory whose processes' sockets are load-balanced (--mode ebpf; default: "
                    "the cgroup v2 root, i.e. every process on the node).")
@@ -66,9 +76,9 @@ def _default_node_name() -> str:
                    "the primary node IP in nftables mode).")
 @click.option("--localhost-nodeports/--no-localhost-nodeports", default=True, show_default=True,
               help="Accept NodePort connections to 127.0.0.1 (sets route_localnet=1; IPv4, iptables mode only).")
-@click.option("--sync-period", "--iptables-sync-period", "sync_period", type=DURATION, default="30s",
+@click.option("--sync-period", "--iptables-sync-period", "--ipvs-sync-period", "sync_period", type=DURATION, default="30s",
               show_default=True, help="Maximum time between syncs (and canary checks).")
-@click.option("--min-sync-period", "--iptables-min-sync-period", "min_sync_period", type=DURATION,
+@click.option("--min-sync-period", "--iptables-min-sync-period", "--ipvs-min-sync-period", "min_sync_period", type=DURATION,
               default="1s", show_default=True, help="Minimum time between syncs; bursts of changes coalesce.")
 @click.option("--healthz-bind-address", default="0.0.0.0:10256", show_default=True,
               help="Serve /healthz and /livez here; empty disables.")
@@ -105,6 +115,7 @@ def run(cluster: ClusterOptions, **flags: object) -> None:
       kubectl proxyctl run --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode nftables --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --mode ipvs --ipvs-scheduler wrr --node-name node1 --cluster-cidr 10.244.0.0/16
+      kubectl proxyctl run --mode ipvs --ipvs-tcp-timeout 900s --ipvs-exclude-cidrs 192.0.2.0/24 --node-name node1
       kubectl proxyctl run --mode ebpf --node-name node1 --cluster-cidr 10.244.0.0/16
       kubectl proxyctl run --config /var/lib/kube-proxy/config.conf --hostname-override "$NODE_NAME"
       kubectl proxyctl run --dry-run --from-file cluster.yaml --node-name node1

@@ -142,8 +142,8 @@ def parse_ipvsadm(text: str, source: str = "<input>") -> IpvsTable:
     current: str | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if not line or line.startswith("#") or line.startswith(_LIST_HEADERS):
-            continue
+        if not line or line.startswith("#") or line.startswith(_LIST_HEADERS) or line.startswith("--set "):
+            continue  # `--set`: the connection timeouts of `ipvsadm -R` input (`run --dry-run`), no service
         try:
             words = split_line(line)
             if words[0] in ("-A", "-a"):

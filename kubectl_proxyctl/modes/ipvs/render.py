@@ -344,9 +344,13 @@ class RenderedIpvs:
     def partial(self) -> bool:
         return self.delta is not None
 
-    def save_text(self) -> str:
-        """The state as `ipvsadm -Sn`, `ipset save` and `iptables-save` print it, in that order."""
+    def save_text(self, timeouts: tuple[int, int, int] = (0, 0, 0)) -> str:
+        """The state as `ipvsadm -Sn`, `ipset save` and `iptables-save` print it, in that order.
+        Non-zero `timeouts` (TCP, TCP FIN, UDP seconds) head the IPVS part as the `--set` line
+        `ipvsadm -R` takes, since `ipvsadm -Sn` itself never prints them."""
         lines = ["# ipvsadm -Sn"]
+        if any(timeouts):
+            lines.append(timeouts_line(*timeouts))
         for key in sorted(self.state.vservers, key=_vs_sort_key):
             lines += self.state.vservers[key].save_lines()
         lines.append("# ipset save")
@@ -360,6 +364,11 @@ class RenderedIpvs:
         """(virtual servers, real servers, set members)."""
         reals = sum(len(vs.reals) for vs in self.state.vservers.values())
         return len(self.state.vservers), reals, sum(len(c) for c in self.state.members.values())
+
+
+def timeouts_line(tcp: int, tcp_fin: int, udp: int) -> str:
+    """`ipvsadm --set` arguments: 0 keeps the kernel's value, as with kube-proxy's timeout flags."""
+    return f"--set {tcp} {tcp_fin} {udp}"
 
 
 def ipset_lines(spec: SetSpec, family: IPFamily, members: Iterable[str]) -> list[str]:
@@ -412,6 +421,20 @@ def nodeport_addresses(plan: NodePlan, local_addresses: Iterable[str] | None) ->
     return tuple(sorted(out, key=lambda a: ipaddress.ip_address(a).packed))
 
 
+def _storable(ip: str) -> bool:
+    """Whether a service address fits the hash sets: the kernel refuses the unspecified address
+    (0.0.0.0, ::) in them, and one refused member would fail every sync, so such an address
+    (no API server hands one out) gets no virtual server, set member or binding."""
+    return not ipaddress.ip_address(ip).is_unspecified
+
+
+def _set_nets(cidr: str) -> tuple[str, ...]:
+    """A source range as `hash:ip,port,net` members: the kernel takes prefixes of 1 and more
+    only, so a whole-family range is its two halves (same addresses)."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    return tuple(str(half) for half in net.subnets()) if net.prefixlen == 0 else (cidr,)
+
+
 def _reals(endpoints: Iterable[Endpoint]) -> tuple[Real, ...]:
     return tuple(sorted({Real(e.ip, e.port) for e in endpoints}, key=lambda r: (ipaddress.ip_address(r.address).packed,
                                                                                  r.port)))
@@ -437,23 +460,25 @@ def service_entries(sps: Iterable[ServicePortPlan], plan: NodePlan, node_address
             endpoints = sp.local_endpoints if local_policy and sp.local_endpoints else sp.cluster_endpoints
             return VirtualServer(proto, address, port, options.scheduler, sp.affinity_seconds, flags, _reals(endpoints))
 
-        members.append((CLUSTER_IP, _host_port(sp.cluster_ip, proto, sp.port)))
-        vservers.append(vs(sp.cluster_ip, sp.port, sp.internal_policy_local))
-        bound.append(sp.cluster_ip)
-        for ip in sp.external_ips:
+        if _storable(sp.cluster_ip):
+            members.append((CLUSTER_IP, _host_port(sp.cluster_ip, proto, sp.port)))
+            vservers.append(vs(sp.cluster_ip, sp.port, sp.internal_policy_local))
+            bound.append(sp.cluster_ip)
+        for ip in filter(_storable, sp.external_ips):
             members.append((EXTERNAL_IP_LOCAL if sp.external_policy_local else EXTERNAL_IP,
                             _host_port(ip, proto, sp.port)))
             vservers.append(vs(ip, sp.port, sp.external_policy_local))
             if ip not in node_set:
                 bound.append(ip)
-        for ip in sp.load_balancer_ips:
+        for ip in filter(_storable, sp.load_balancer_ips):
             entry = _host_port(ip, proto, sp.port)
             members.append((LOAD_BALANCER, entry))
             if sp.external_policy_local:
                 members.append((LOAD_BALANCER_LOCAL, entry))
             if sp.source_ranges:
                 members.append((LOAD_BALANCER_FW, entry))
-                members += [(LOAD_BALANCER_SOURCE_CIDR, f"{entry},{cidr}") for cidr in sp.source_ranges]
+                members += [(LOAD_BALANCER_SOURCE_CIDR, f"{entry},{net}") for cidr in sp.source_ranges
+                            for net in _set_nets(cidr)]
                 if sp.firewall_allows_node:
                     members.append((LOAD_BALANCER_SOURCE_IP, f"{entry},{ip}"))
                 else:  # the node itself is outside every range: it must not reach the LB IP either

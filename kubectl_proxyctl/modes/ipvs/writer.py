@@ -9,6 +9,9 @@ constant-size companion rules (kube-proxy's IPVS layout, `render.py`).
   NodePort ones (a port in our NodePort sets, on a node address) and every one an earlier
   sync of this process wrote; a virtual server someone else made on another address is
   never touched, unlike kube-proxy, which deletes every virtual server it did not make.
+  Virtual servers on an address in `--ipvs-exclude-cidrs` are never deleted, ours included
+  (kube-proxy's cleanLegacyService skips them the same way), neither by a sync nor by
+  `run --cleanup`.
 * A **partial sync** renders only the changed Services and writes only what differs from
   the last sync (`render.Delta`): the virtual and real servers, set members and addresses of
   those Services. The iptables payload is restored only when it changed.
@@ -30,8 +33,9 @@ from __future__ import annotations
 
 import logging
 import time
+import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from kubectl_proxyctl.errors import ConfigError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
@@ -50,6 +54,7 @@ from kubectl_proxyctl.modes.ipvs.render import (
     VirtualServer,
     render,
     set_name,
+    timeouts_line,
 )
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 
@@ -62,6 +67,19 @@ DEFAULT_NODEPORT_ADDRESSES: tuple[str, ...] = ()  # NodePorts on every local add
 LOCALHOST_NODEPORTS = False  # IPVS mode has no NodePorts on 127.0.0.1
 
 RealKey = tuple[tuple[str, str, int], str, int]  # (virtual server, real address, real port)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """`--ipvs-exclude-cidrs` as networks (host bits allowed, as Go's net.ParseCIDR allows them)."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def excluded(address: str, exclude: Iterable[Network]) -> bool:
+    """Whether a virtual server's address lies in one of the excluded ranges."""
+    ip = ipaddress.ip_address(address)
+    return any(ip in net for net in exclude if net.version == ip.version)
+
 
 @dataclass(frozen=True)
 class IpvsSystem:
@@ -80,10 +98,11 @@ class IpvsWriter:
 
     def __init__(self, system: Any, *, family: IPFamily = IPFamily.IPv4,
                  options: Options = Options(), full_sync_period: float = FULL_SYNC_PERIOD,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, exclude_cidrs: Iterable[str] = ()) -> None:
         self.system = system
         self.family = family
         self.options = options
+        self.exclude = networks(exclude_cidrs)  # virtual servers there are never deleted
         self.full_sync_period = full_sync_period
         self.monotonic = monotonic
         self.rendered: RenderedIpvs | None = None  # the state after the last successful sync
@@ -175,7 +194,7 @@ class IpvsWriter:
             protocol, address, port = key
             ours = (key in self.owned or address in bound_before
                     or (port in old_nodeports.get(protocol, ()) and address in node_addresses))
-            if ours:
+            if ours and not excluded(address, self.exclude):
                 self._delete_vs(key)
 
     def _write_partial(self, rendered: RenderedIpvs) -> None:
@@ -183,7 +202,8 @@ class IpvsWriter:
         assert delta is not None
         for key, (old, new) in sorted(delta.vservers.items()):
             if new is None:
-                self._delete_vs(key)
+                if not excluded(key[1], self.exclude):
+                    self._delete_vs(key)
             elif old is None:
                 self._add_vs(new)
             else:
@@ -363,7 +383,8 @@ def make_writer(config: ProxyConfig) -> IpvsWriter:
     probe_scheduler(ipvs, config.ipvs_scheduler)
     return IpvsWriter(IpvsSystem(ipvs, ipset, DummyDevice(DUMMY_DEVICE), iptables), family=config.family,
                       options=Options(scheduler=config.ipvs_scheduler,
-                                      random_fully=iptables.supports_random_fully()))
+                                      random_fully=iptables.supports_random_fully()),
+                      exclude_cidrs=config.ipvs_exclude_cidrs)
 
 
 PROBE_KEY = ("TCP", "198.51.100.0", 20000)  # kube-proxy's TEST-NET-2 probe address
@@ -386,7 +407,7 @@ def dry_run(plan: NodePlan) -> tuple[str, str]:
     one-line summary) for `run --dry-run`."""
     rendered = render(plan, Options(scheduler=plan.config.ipvs_scheduler))
     services, reals, members = rendered.counts
-    return rendered.save_text(), (f"dry run: {services} IPVS virtual servers with {reals} real servers, "
+    return rendered.save_text(timeouts(plan.config)), (f"dry run: {services} IPVS virtual servers with {reals} real servers, "
                                   f"{members} ipset members, {len(rendered.state.bound)} addresses on "
                                   f"{DUMMY_DEVICE}, and the iptables rules above")
 
@@ -416,12 +437,40 @@ def node_sysctls(kernel_release: str, strict_arp: bool) -> list[tuple[str, int]]
     return out
 
 
+def timeouts(config: ProxyConfig) -> tuple[int, int, int]:
+    """(TCP, TCP FIN, UDP) connection timeouts in seconds, 0 for each one the kernel keeps."""
+    return (config.ipvs_tcp_timeout, config.ipvs_tcpfin_timeout, config.ipvs_udp_timeout)
+
+
+def apply_timeouts(ipvs: Any, config: ProxyConfig) -> bool:
+    """Set the IPVS timeouts when any is given; like kube-proxy, a refusal is logged, not fatal
+    (the timeouts tune connection expiry, the proxy works without them). Whether they were set."""
+    wanted = timeouts(config)
+    if not any(wanted):
+        return False
+    try:
+        ipvs.set_timeouts(*wanted)
+    except ProxyctlError as exc:
+        log.warning("%s", exc)
+        return False
+    log.info("set the IPVS timeouts: ipvsadm %s", timeouts_line(*wanted))
+    return True
+
+
 def prepare_node(config: ProxyConfig) -> None:
-    """Set kube-proxy's IPVS sysctls (warn, not fail, where one cannot be set)."""
+    """Set kube-proxy's IPVS sysctls (warn, not fail, where one cannot be set) and the
+    timeouts of `--ipvs-tcp-timeout` and its kin."""
     import os
 
+    from kubectl_proxyctl.system.ipvs import IpvsKernel
     from kubectl_proxyctl.system.sysctl import Sysctl
 
+    if any(timeouts(config)):
+        ipvs = IpvsKernel()
+        try:
+            apply_timeouts(ipvs, config)
+        finally:
+            ipvs.close()
     sysctl = Sysctl()
     for key, value in node_sysctls(os.uname().release, config.ipvs_strict_arp):
         try:
@@ -455,6 +504,7 @@ def cleanup(family: IPFamily, config: ProxyConfig | None = None) -> tuple[bool, 
     if dummy.index() is None and not present:
         return False, "removed nothing"
     bound = {a for a in dummy.addresses() if (":" in a) == v6}
+    exclude = networks(config.ipvs_exclude_cidrs if config is not None else ())
     nodeports: dict[str, set[int]] = {}
     for protocol, name in (("TCP", NODE_PORT_TCP), ("UDP", NODE_PORT_UDP), ("SCTP", NODE_PORT_SCTP)):
         members = ipset.members(set_name(name, family)) or set()
@@ -466,7 +516,7 @@ def cleanup(family: IPFamily, config: ProxyConfig | None = None) -> tuple[bool, 
         local = set(dummy.other_addresses())
         gone = 0
         for s in ipvs.services(reals=False):
-            if (":" in s.address) != v6:
+            if (":" in s.address) != v6 or excluded(s.address, exclude):
                 continue
             if s.address in bound or (s.port in nodeports.get(s.protocol, ()) and s.address in local):
                 ipvs.delete_service(s.key)
