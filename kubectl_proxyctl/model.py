@@ -273,6 +273,8 @@ class ClusterState:
     ignored_slices: tuple[IgnoredSlice, ...] = ()
     slices_by_service: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     has_pods: bool = False
+    # the cluster's service IP ranges (ServiceCIDR objects' spec.cidrs), sorted
+    service_cidrs: tuple[str, ...] = ()
 
     def endpoints_of(self, name: ServicePortName) -> tuple[Endpoint, ...]:
         return self.endpoints.get(name, ())

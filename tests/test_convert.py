@@ -250,7 +250,17 @@ def test_unknown_kinds_are_skipped_with_a_warning() -> None:
     warnings: list[str] = []
     state_from_objects([{"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}}], warnings.append)
     assert warnings == ["skipping ConfigMap default/c: kind 'ConfigMap' is not used (only Service, "
-                        "EndpointSlice, Node, Pod)"]
+                        "EndpointSlice, Node, Pod, ServiceCIDR)"]
+
+
+def test_service_cidrs_are_collected_sorted_and_checked() -> None:
+    warnings: list[str] = []
+    objs = [{"kind": "ServiceCIDR", "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}},
+            {"kind": "ServiceCIDR", "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.100.0.0/24"]}},
+            {"kind": "ServiceCIDR", "metadata": {"name": "bad"}, "spec": {"cidrs": ["10.1.2.3/8"]}}]
+    state = state_from_objects(objs, warnings.append)
+    assert state.service_cidrs == ("10.100.0.0/24", "10.96.0.0/16", "fd00:96::/112")
+    assert warnings == ["skipping invalid ServiceCIDR bad: spec.cidrs: '10.1.2.3/8' is not a CIDR"]
 
 
 def test_nodes_and_pods() -> None:

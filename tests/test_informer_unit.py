@@ -103,3 +103,38 @@ def test_backoff_doubles_with_jitter_and_caps() -> None:
         assert 0.5 * base <= d <= 1.5 * base
     b.reset()
     assert b.next() <= 0.3
+
+
+class AbsentAPI:
+    """A server that does not serve the resource (or forbids it): every list is refused."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.lists = 0
+
+    def list(self, resource: str, namespace: str | None = None, **_: Any) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        raise ClusterError(f"the server could not find the requested resource ({resource})", self.status)
+
+    def watch(self, resource: str, resource_version: str, **_: Any) -> Iterator[dict[str, Any]]:
+        raise AssertionError("never watched")
+
+
+def test_an_optional_resource_the_server_lacks_counts_as_listed_and_empty() -> None:
+    for status in (404, 403):
+        api = AbsentAPI(status)
+        events: list[str] = []
+        inf = Informer(api, "servicecidrs", lambda typ, _o: events.append(typ), optional=True)
+        inf.start()
+        assert inf.synced.wait(5) and len(inf) == 0 and inf.healthy.is_set()
+        inf.stop()
+        assert events == ["SYNCED"] and api.lists == 1
+
+
+def test_a_required_resource_the_server_lacks_never_counts_as_listed() -> None:
+    api = AbsentAPI(404)
+    inf = Informer(api, "services", backoff=Backoff(initial=0.01, maximum=0.02))
+    inf.start()
+    assert not inf.synced.wait(0.3)
+    inf.stop()
+    assert api.lists > 1 and "could not find" in inf.last_error

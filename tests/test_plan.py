@@ -437,3 +437,14 @@ def test_incremental_plans_over_random_change_sequences_equal_full_plans() -> No
         assert incremental._keys == full._keys and dict(incremental._by_service) == dict(full._by_service)
         assert dict(incremental._index) == dict(full._index)
         previous = incremental
+
+
+def test_service_cidrs_of_the_family_and_a_change_of_them_plans_everything_again() -> None:
+    state = state_of([node(), service("ns", "a", "172.30.0.1", [{"name": "p", "port": 80}])]).replace(
+        service_cidrs=("172.30.0.0/16", "fd00:30::/112"))
+    v4 = plan(state, default_config())
+    assert v4.service_cidrs == ("172.30.0.0/16",)
+    assert plan(state, default_config(family=IPFamily.IPv6)).service_cidrs == ("fd00:30::/112",)
+    wider = state.replace(service_cidrs=("172.30.0.0/15",))
+    again = plan(wider, default_config(), previous=v4, changed=())
+    assert again.service_cidrs == ("172.30.0.0/15",) and again == plan(wider, default_config())

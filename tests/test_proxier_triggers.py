@@ -69,3 +69,27 @@ def test_a_failed_sync_makes_the_next_one_full(proxier: Proxier) -> None:
     assert failed is not None and failed.error
     retried = proxier.sync()
     assert retried is not None and retried.full and not retried.error
+
+
+def service_cidr(cidrs: list[str], resource_version: str) -> dict[str, Any]:
+    return {"kind": "ServiceCIDR", "metadata": {"name": "kubernetes", "resourceVersion": resource_version},
+            "spec": {"cidrs": cidrs}}
+
+
+def test_a_service_cidr_change_rewrites_everything_and_nftables_drops_unallocated_cluster_ips() -> None:
+    fake, writer = WRITERS["nftables"]()
+    p = Proxier(ProxyConfig(node_name="node1", cluster_cidrs=("10.244.0.0/16",)), StateTracker("node1"), writer)
+    for obj in (node("zone-a", "1"), service("a", "10.96.0.1"), slice_("a", ["10.244.1.1"])):
+        p.on_event(obj["kind"], "ADDED", obj)
+    first = p.sync()
+    assert first is not None and first.full and "unallocated" not in fake.scripts[-1]
+    p.on_event("ServiceCIDR", "ADDED", service_cidr(["10.96.0.0/16", "fd00:96::/112"], "5"))
+    second = p.sync()
+    assert second is not None and second.full
+    assert 'ip daddr { 10.96.0.0/16 } drop comment "Drop traffic to unallocated ClusterIPs"' in fake.scripts[-1]
+    p.on_event("ServiceCIDR", "MODIFIED", service_cidr(["10.96.0.0/16", "fd00:96::/112"], "6"))  # same ranges
+    third = p.sync()
+    assert third is not None and not third.full
+    p.on_event("ServiceCIDR", "DELETED", service_cidr(["10.96.0.0/16"], "7"))
+    fourth = p.sync()
+    assert fourth is not None and fourth.full and "unallocated" not in fake.scripts[-1]

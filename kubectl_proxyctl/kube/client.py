@@ -54,6 +54,7 @@ RESOURCES: Mapping[str, Resource] = {
     "nodes": Resource("nodes", "v1", False, "Node"),
     "pods": Resource("pods", "v1", True, "Pod"),
     "namespaces": Resource("namespaces", "v1", False, "Namespace"),
+    "servicecidrs": Resource("servicecidrs", "networking.k8s.io/v1", False, "ServiceCIDR"),
 }
 
 

@@ -61,7 +61,7 @@ LABEL_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 DEFAULT_AFFINITY_SECONDS = 10800
 
-KINDS = ("Service", "EndpointSlice", "Node", "Pod")
+KINDS = ("Service", "EndpointSlice", "Node", "Pod", "ServiceCIDR")
 
 
 class InvalidObject(ValueError):
@@ -583,6 +583,22 @@ def merge_endpoints(pairs: Iterable[tuple[ServicePortName, Endpoint]]) -> dict[S
     return {spn: tuple(by_addr[k] for k in sorted(by_addr)) for spn, by_addr in merged.items()}
 
 
+def service_cidrs_of(obj: Obj) -> tuple[str, ...]:
+    """A ServiceCIDR's `spec.cidrs` (networking.k8s.io/v1, every cluster from 1.33): the
+    ranges cluster IPs are allocated from; each must be a CIDR."""
+    spec = obj.get("spec")
+    cidrs = spec.get("cidrs") if isinstance(spec, dict) else None
+    if not isinstance(cidrs, list) or not cidrs:
+        raise InvalidObject("spec.cidrs must be a non-empty list")
+    out = []
+    for cidr in cidrs:
+        try:
+            out.append(str(ipaddress.ip_network(str(cidr), strict=True)))
+        except ValueError:
+            raise InvalidObject(f"spec.cidrs: {cidr!r} is not a CIDR") from None
+    return tuple(out)
+
+
 def convert_node(obj: Obj, warn: Warn | None = None) -> NodeInfo:
     """One Node → model.NodeInfo; `warn` hears once about normalised legacy address text."""
     notes = _Notes()
@@ -690,6 +706,7 @@ def state_from_objects(objects: Iterable[Obj], warn: Warn = _ignore) -> ClusterS
     pairs: list[tuple[ServicePortName, Endpoint]] = []
     ignored: list[IgnoredSlice] = []
     slices_by_service: dict[str, list[str]] = {}
+    cidrs: set[str] = set()
     has_pods = False
     for obj in objects:
         if not isinstance(obj, dict):
@@ -719,6 +736,8 @@ def state_from_objects(objects: Iterable[Obj], warn: Warn = _ignore) -> ClusterS
                 has_pods = True
                 pod = convert_pod(obj)
                 pods[f"{pod.namespace}/{pod.name}"] = pod
+            elif kind == "ServiceCIDR":
+                cidrs.update(service_cidrs_of(obj))
             else:
                 warn(f"skipping {_describe(obj)}: kind {kind!r} is not used (only {', '.join(KINDS)})")
         except InvalidObject as exc:
@@ -737,4 +756,5 @@ def state_from_objects(objects: Iterable[Obj], warn: Warn = _ignore) -> ClusterS
         ignored_slices=tuple(ignored),
         slices_by_service={k: tuple(sorted(v)) for k, v in slices_by_service.items()},
         has_pods=has_pods,
+        service_cidrs=tuple(sorted(cidrs)),
     )

@@ -77,6 +77,9 @@ UNREACHABLE_RETRY = 1.0  # seconds between attempts while the server cannot be r
 UNREACHABLE_JITTER = 0.25
 
 
+OPTIONAL_RETRY = 300.0  # seconds between asks for an optional resource the server did not give
+
+
 class Informer:
     """One resource kind: list, watch, relist on 410, back off on errors."""
 
@@ -84,9 +87,12 @@ class Informer:
         self, api: WatchAPI, resource: str, handler: Handler | None = None, *,
         namespace: str | None = None, label_selector: str | None = None,
         watch_timeout: int = 300, page_size: int = 500, backoff: Backoff | None = None,
-        kind: str | None = None,
+        kind: str | None = None, optional: bool = False,
     ) -> None:
         self.api, self.resource = api, resource
+        # An optional resource the server does not serve (404) or lets us not read (403)
+        # counts as listed and empty; it is asked again every OPTIONAL_RETRY seconds.
+        self.optional = optional
         self.handler = handler or (lambda _t, _o: None)
         self.namespace, self.label_selector = namespace, label_selector
         self.watch_timeout, self.page_size = watch_timeout, page_size
@@ -207,6 +213,10 @@ class Informer:
             except ClusterError as exc:
                 if self.stopped.is_set():
                     return
+                if self.optional and exc.status in (403, 404):
+                    self._absent(exc)
+                    need_list = True
+                    continue
                 if exc.status == 410:
                     log.info("%s: resource version expired; relisting", self.resource)
                     need_list = True
@@ -232,6 +242,21 @@ class Informer:
                 log.exception("%s: unexpected error; retrying in %.1fs", self.resource, delay)
                 self.stopped.wait(delay)
 
+    def _absent(self, exc: ClusterError) -> None:
+        """An optional resource is not there for us: empty, synced, asked again later."""
+        if not self.synced.is_set() or self.last_error != str(exc):
+            log.info("%s: %s; going on without them (asking again every %.0fs)", self.resource, exc, OPTIONAL_RETRY)
+        with self._lock:
+            gone, self._store = list(self._store.values()), {}
+        for obj in gone:
+            self.handler("DELETED", obj)
+        self.last_error = str(exc)
+        self.healthy.set()
+        if not self.synced.is_set():
+            self.synced.set()
+            self.handler("SYNCED", {"metadata": {"resourceVersion": ""}})
+        self.stopped.wait(OPTIONAL_RETRY)
+
     def _reached(self) -> None:
         if self._outage:
             self._outage = False
@@ -256,7 +281,8 @@ SERVICE_NAME_SELECTOR = "kubernetes.io/service-name"
 
 
 class ClusterInformers:
-    """Services, EndpointSlices (those owned by a Service) and Nodes, each on its own connection.
+    """Services, EndpointSlices (those owned by a Service), Nodes and ServiceCIDRs, each on its
+    own connection.
 
     `on_change(kind, event_type, obj)` is called from informer threads; consumers should only
     mark themselves dirty there and do the work elsewhere.
@@ -265,17 +291,20 @@ class ClusterInformers:
     def __init__(self, connect: Callable[[], WatchAPI], *, include_pods: bool = False,
                  on_change: Callable[[str, str, JSON], None] | None = None, watch_timeout: int = 300) -> None:
         self._on_change = on_change
-        specs: list[tuple[str, str, str | None]] = [
-            ("services", "Service", None),
-            ("endpointslices", "EndpointSlice", SERVICE_NAME_SELECTOR),
-            ("nodes", "Node", None),
+        # (resource, kind, label selector, optional): ServiceCIDRs exist from Kubernetes 1.33
+        # (older servers answer 404, and a ClusterRole written for them may not grant them)
+        specs: list[tuple[str, str, str | None, bool]] = [
+            ("services", "Service", None, False),
+            ("endpointslices", "EndpointSlice", SERVICE_NAME_SELECTOR, False),
+            ("nodes", "Node", None, False),
+            ("servicecidrs", "ServiceCIDR", None, True),
         ]
         if include_pods:
-            specs.append(("pods", "Pod", None))
+            specs.append(("pods", "Pod", None, False))
         self.informers = {
             resource: Informer(connect(), resource, self._handler(kind), label_selector=selector,
-                               kind=kind, watch_timeout=watch_timeout)
-            for resource, kind, selector in specs
+                               kind=kind, watch_timeout=watch_timeout, optional=optional)
+            for resource, kind, selector, optional in specs
         }
 
     def _handler(self, kind: str) -> Handler:

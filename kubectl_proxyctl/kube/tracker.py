@@ -25,6 +25,7 @@ from kubectl_proxyctl.kube.convert import (
     convert_service,
     merge_endpoints,
     printable,
+    service_cidrs_of,
     slice_endpoints,
     slice_ignore_reason,
 )
@@ -40,7 +41,7 @@ class Snapshot:
     state: ClusterState
     changed_ports: frozenset[ServicePortName]
     changed_services: frozenset[str]  # ns/name of every Service whose ports or endpoints changed
-    node_changed: bool  # the local node (labels, addresses) changed: re-plan everything
+    node_changed: bool  # the local node (labels, addresses) or the service ranges changed: re-plan everything
     service_changes: int  # events counted since the last snapshot (for metrics)
     endpoint_changes: int
 
@@ -83,6 +84,7 @@ class StateTracker:
         self._endpoints: dict[ServicePortName, tuple[Endpoint, ...]] = {}
         self._eps_of: dict[str, set[ServicePortName]] = {}  # svc key → port names with endpoints
         self._nodes: dict[str, NodeInfo] = {}
+        self._service_cidrs: dict[str, tuple[str, ...]] = {}  # ServiceCIDR name → its ranges
         self._pending = _Pending()
         self._warned: set[tuple[str, str]] = set()
 
@@ -114,6 +116,24 @@ class StateTracker:
                 self._apply_slice(event, obj)
             elif kind == "Node":
                 self._apply_node(event, obj)
+            elif kind == "ServiceCIDR":
+                self._apply_service_cidr(event, obj)
+
+    def _apply_service_cidr(self, event: str, obj: JSON) -> None:
+        """The service ranges are node-wide (nftables mode drops traffic to their unallocated
+        addresses): a change re-plans everything, like a change of this node."""
+        name = str(_meta(obj).get("name") or "")
+        before = self._service_cidrs.get(name)
+        if event == "DELETED":
+            self._service_cidrs.pop(name, None)
+        else:
+            try:
+                self._service_cidrs[name] = service_cidrs_of(obj)
+            except (InvalidObject, TypeError, AttributeError, ValueError) as exc:
+                self._report(f"ServiceCIDR {name}", obj, exc)
+                self._service_cidrs.pop(name, None)
+        if self._service_cidrs.get(name) != before:
+            self._pending.node = True
 
     def _apply_service(self, event: str, obj: JSON) -> None:
         key = _key(obj)
@@ -210,6 +230,7 @@ class StateTracker:
                 endpoints=dict(self._endpoints),
                 nodes=dict(self._nodes),
                 slices_by_service=dict(self._slice_names),
+                service_cidrs=tuple(sorted({c for cidrs in self._service_cidrs.values() for c in cidrs})),
             )
             return Snapshot(
                 state=state,

@@ -322,6 +322,9 @@ class NodePlan:
     no_local_endpoints_internal: int
     no_local_endpoints_external: int
     skipped: tuple[tuple[ServicePortName, str], ...] = ()
+    # the cluster's service ranges of the family (ServiceCIDRs): nftables mode drops traffic
+    # to their addresses no Service holds
+    service_cidrs: tuple[str, ...] = ()
     _index: Mapping[ServicePortName, ServicePortPlan] = field(default_factory=dict, repr=False, compare=False)
     # sort keys parallel to `services`, and `namespace/name` → its planned port names: what
     # an incremental re-plan needs to splice changed services in without a full pass
@@ -730,10 +733,11 @@ def plan(
     else:
         internal_masq = InternalMasquerade.NONE
 
+    service_cidrs = tuple(c for c in state.service_cidrs if (":" in c) == v6)
     if (
         previous is not None and changed is not None and previous.config == config
         and previous.node_ips == node_ips and previous.zone == zone and previous.local_detector == detector
-        and len(previous._keys) == len(previous.services)
+        and previous.service_cidrs == service_cidrs and len(previous._keys) == len(previous.services)
     ):
         return _replan(previous, state, frozenset(changed), config, v6, family, zone, primary_ip)
 
@@ -772,6 +776,7 @@ def plan(
         no_local_endpoints_internal=no_local_internal,
         no_local_endpoints_external=no_local_external,
         skipped=tuple(skipped),
+        service_cidrs=service_cidrs,
         _index={sp.name: sp for sp in services},
         _keys=tuple(_sort_key(sp.name) for sp in services),
         _by_service=_by_service(services),

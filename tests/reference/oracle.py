@@ -307,9 +307,6 @@ EXCEPTIONS: list[Exception_] = [
     Exception_("nfacct-counters", "iptables", "ref", r"-m nfacct --nfacct-name", _NFACCT_REASON),
     Exception_("nfacct-counters", "iptables", "ours", r"^-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP$",
                _NFACCT_REASON),
-    Exception_("unallocated-clusterip-drop", "nftables", "ref", r'"Drop traffic to unallocated ClusterIPs"$',
-               "kube-proxy watches ServiceCIDR objects and drops traffic to ClusterIPs inside them that no "
-               "Service holds; our engine does not watch ServiceCIDRs yet, so it never writes that rule"),
     Exception_("masquerade-bit-flag", "nftables", "ref", r"^chain (mark-for-masquerade|masquerading): .*0x00004000",
                "kube-proxy's --iptables-masquerade-bit applies to iptables and IPVS mode only (nftables mode "
                "reads nftables.masqueradeBit from a config file, default 14); our --masquerade-bit "

@@ -32,7 +32,8 @@ so a partial render does no work for unchanged services.
 
 Deliberate differences from kube-proxy 1.34, all documented in the README and named in
 tests/reference/oracle.py (where the real kube-proxy checks this module): the "unallocated
-ClusterIPs" drop rule is written only when `service_cidrs` are passed. The local-traffic
+ClusterIPs" drop rule is written when `service_cidrs` are passed (the engine passes the
+cluster's ServiceCIDRs, as kube-proxy watches them). The local-traffic
 detector for `BridgeInterface`/`InterfaceNamePrefix` matches `iifname`, as kube-proxy 1.34
 writes it too (`iif` would be refused for an interface that does not exist yet and for a
 prefix).

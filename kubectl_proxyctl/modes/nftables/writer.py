@@ -105,10 +105,10 @@ class NftablesWriter:
             if rendered is None:
                 affinity = {s for s in self.system.sets() if is_affinity_set(s)}
                 rendered = render(plan, existing_chains=self.system.chains(), existing_affinity_sets=affinity,
-                                  first=not self._recreated_base_chains, now=now, service_cidrs=self.service_cidrs,
+                                  first=not self._recreated_base_chains, now=now, service_cidrs=self._cidrs(plan),
                                   table=self.table, entry_points_only=self.entry_points_only)
         else:
-            rendered = render(plan, previous=self.state, changed=changed, now=now, service_cidrs=self.service_cidrs,
+            rendered = render(plan, previous=self.state, changed=changed, now=now, service_cidrs=self._cidrs(plan),
                               table=self.table, entry_points_only=self.entry_points_only)
         self.system.run(rendered.text)
         self.state = rendered.state
@@ -121,6 +121,11 @@ class NftablesWriter:
         self._generation = None if not rendered.partial or unchecked else self._read_generation()
         return Written(not rendered.partial, rendered.rules_written, rendered)
 
+    def _cidrs(self, plan: NodePlan) -> tuple[str, ...]:
+        """The service ranges whose unallocated addresses are dropped: the cluster's
+        ServiceCIDRs (in the plan), else those this writer was made with."""
+        return plan.service_cidrs or self.service_cidrs
+
     def _reconciled(self, plan: NodePlan, now: float,
                     pending: tuple[float, Future[str | None]] | None) -> RenderedNft | None:
         """The full sync as the difference to what our table holds (`reconcile.py`, the table
@@ -129,7 +134,7 @@ class NftablesWriter:
         if pending is None:  # an adapter that cannot read the table back: write it whole
             return None
         started, listing = pending
-        options = {"service_cidrs": self.service_cidrs, "table": self.table,
+        options = {"service_cidrs": self._cidrs(plan), "table": self.table,
                    "entry_points_only": self.entry_points_only}
         # Computed while nft lists the table, unless the listing is back already (no table).
         wanted = None if listing.done() else desired(plan, now=now, **options)
@@ -290,7 +295,7 @@ def make_writer(config: ProxyConfig) -> NftablesWriter:
 
 def dry_run(plan: NodePlan) -> tuple[str, str]:
     """(the `nft -f` script a full sync would run, a one-line summary) for `run --dry-run`."""
-    rendered: RenderedNft = render(plan)
+    rendered: RenderedNft = render(plan, service_cidrs=plan.service_cidrs)
     return rendered.text, (f"dry run: one nft transaction with {rendered.rules_written} rules and "
                            f"{rendered.elements_written} map/set elements (apply with nft -f)")
 
