@@ -7,7 +7,8 @@ Everything happens in throw-away network namespaces (`pxbench<hex>-*`), removed 
 Per backend, with N services x M endpoints (`synth.cluster`):
 
   (a) our whole full sync (`Proxier.sync()` with the iptables writer in-process, the real IptablesSystem bound
-      to a fresh namespace: plan, save, render, restore with the jump rules and canaries) / a
+      to a fresh namespace: plan, save, render, restore with the jump rules and canaries; the save runs
+      while the render starts, and the payload streams into the restore as it is rendered) / a
       bare `iptables-restore -w 5 --noflush` of the same payload into a fresh namespace;
       medians of `--runs` (target <= 1.3) and best of `--runs` each (target <= 1.2); each
       run prints how many saves and restores the full sync made;
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from common import ENGINE_WITH_RSS, in_ns, median, netns, remove_all_netns, report, rss_mb, terminate_as_interrupt
 from synth import cluster
@@ -71,19 +72,36 @@ class CountingIptablesSystem(IptablesSystem):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.restored: list[str] = []
+        self._restored: list[list[str]] = []  # each payload as the chunks it was restored in
         self.saves = 0
 
+    @property
+    def restored(self) -> list[str]:
+        return ["".join(chunks) for chunks in self._restored]
+
     def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
-        self.restored.append(payload)
+        self._restored.append([payload])
         super().restore(payload, noflush, counters)
+
+    def restore_chunks(self, chunks: Iterable[str], noflush: bool = True) -> None:
+        """The streamed restore, keeping the chunks (joined only when read, outside the
+        timed sync)."""
+        kept: list[str] = []
+        self._restored.append(kept)
+
+        def keep() -> Iterator[str]:
+            for chunk in chunks:
+                kept.append(chunk)
+                yield chunk
+
+        super().restore_chunks(keep(), noflush)
 
     def save(self, table: str | None = None) -> str:
         self.saves += 1
         return super().save(table)
 
     def calls(self) -> str:
-        return f"{self.saves} iptables-save, {len(self.restored)} iptables-restore"
+        return f"{self.saves} iptables-save, {len(self._restored)} iptables-restore"
 
 
 def new_proxier(ns: str, backend: Backend, objs: list[dict[str, Any]]) -> Proxier:

@@ -19,7 +19,7 @@ from flowhelpers import (
     service,
     state_of,
 )
-from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, jump_rules_text, render
+from kubectl_proxyctl.modes.iptables.render import JUMP_RULES, RenderStream, jump_rules_text, render
 from kubectl_proxyctl.plan.planner import DetectLocalMode, ProxyConfig, plan
 from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.model import IPFamily, Protocol, ServicePortName
@@ -237,6 +237,35 @@ def test_stale_chains_are_deleted_before_the_nodeports_jump() -> None:
     assert parse(r.text).chain("nat", stale) is None
     assert parse(r.text).table("nat").deleted == ("KUBE-SEP-BBBBBBBBBBBBBBBB", stale)
 
+
+
+def test_the_stream_is_the_render_in_chunks_with_extra_lines_before_each_commit() -> None:
+    built = build(RICH)
+    existing = ["KUBE-SVC-AAAAAAAAAAAAAAAA"]
+    whole = render(built.plan, existing_nat_chains=existing)
+    stream = RenderStream(built.plan)
+    assert stream.top_level_chains == {"filter": whole.filter_chains, "nat": whole.nat_chains[:4]}
+    with pytest.raises(RuntimeError):
+        stream.rendered  # noqa: B018 - complete only once the chunks are taken
+    extra = {"filter": ["-I INPUT 1 -j KUBE-FIREWALL"], "nat": [], "mangle": [":KUBE-PROXY-CANARY - [0:0]"]}
+    chunks = list(stream.chunks(existing, extra))
+    assert all(c.endswith("\n") for c in chunks) and len(chunks) > 4
+    filter_block, nat_block = whole.text.split("COMMIT\n")[:2]
+    assert "".join(chunks) == (filter_block + "-I INPUT 1 -j KUBE-FIREWALL\nCOMMIT\n" + nat_block + "COMMIT\n"
+                               "*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n")
+    assert stream.rendered == whole  # the payload without the extra lines, and the same bookkeeping
+    assert stream.rendered.deleted_chains == ("KUBE-SVC-AAAAAAAAAAAAAAAA",)
+
+
+def test_the_stream_sends_the_chain_declarations_before_rendering_the_rules() -> None:
+    many = [obj for i in range(RenderStream.BATCH_LINES) for obj in (  # more chains than a chunk holds
+        service("ns1", f"svc{i}", f"172.30.{i // 250}.{i % 250 + 1}", [{"name": "p80", "port": 80}]),
+        endpoint_slice("ns1", f"svc{i}", [endpoint(f"10.180.{i // 250}.{i % 250 + 1}")], [("p80", 80)]),
+    )]
+    chunks = RenderStream(build(many).plan).chunks()
+    head = [next(chunks), next(chunks), next(chunks)]  # filter block, its COMMIT, the first nat chunk
+    assert head[0].startswith("*filter\n") and head[1] == "COMMIT\n"
+    assert head[2].startswith("*nat\n:KUBE-SERVICES - [0:0]\n") and "-A " not in head[2]
 
 @pytest.mark.parametrize(
     "config,want,firewall",

@@ -131,16 +131,15 @@ def test_a_partial_sync_renders_only_the_changed_service(setup: Any, monkeypatch
     proxier, fake = setup
     proxier.sync()
     rendered: list[str] = []
-    entry, chains = render_module._entry_rules, render_module._service_port_chains
-    monkeypatch.setattr(render_module, "_entry_rules", lambda sp, *a: rendered.append(sp.name.name) or entry(sp, *a))
-    monkeypatch.setattr(render_module, "_service_port_chains",
-                        lambda sp, *a: rendered.append(sp.name.name) or chains(sp, *a))
+    for step in ("_filter_entry_rules", "_nat_entry_rules", "_chain_rules"):
+        monkeypatch.setattr(render_module, step,
+                            lambda sp, *a, f=getattr(render_module, step): rendered.append(sp.name.name) or f(sp, *a))
     proxier.on_event("EndpointSlice", "MODIFIED", slice_("c", ["10.244.1.3", "10.244.2.3"]))
     fake.calls.clear()
     result = proxier.sync()
     assert result is not None and not result.full
     assert fake.calls == ["restore"]
-    assert rendered == ["c", "c"]  # its entry rules and its chains; nothing for a, b, d
+    assert rendered == ["c", "c", "c"]  # its filter and nat entry rules and its chains; nothing for a, b, d
     # ... and the payload and counts are what a render from scratch gives
     monkeypatch.undo()
     writer = proxier.writer

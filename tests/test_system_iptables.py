@@ -3,7 +3,7 @@ on both backends (nf_tables and legacy)."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pytest
 
@@ -22,6 +22,7 @@ from kubectl_proxyctl.system.iptables import (
     parse_save,
     quote_arg,
 )
+from kubectl_proxyctl.system.iptables import _run_streaming
 
 from netns import empty_netns, requires_lab
 
@@ -205,6 +206,51 @@ def test_restore_failure_without_a_line_number() -> None:
         nft(fake).restore(TWO_TABLES)
     assert info.value.line is None
 
+
+
+def test_streamed_restore_without_a_real_process_is_one_restore() -> None:
+    fake = FakeExecutor()
+    fake.script(["iptables-nft-restore"], Result(0))
+    nft(fake).restore_chunks(iter(["*nat\n", "COMMIT\n"]))
+    assert fake.argvs() == [("iptables-nft-restore", "-w", "5", "--noflush")]
+    assert fake.calls[0].stdin == "*nat\nCOMMIT\n"
+
+
+def lines_of(payload: str) -> Iterator[str]:
+    yield from payload.splitlines(keepends=True)
+
+
+def test_streaming_writes_every_chunk_in_order(tmp_path: Any) -> None:
+    out = tmp_path / "stdin"
+    payload = "".join(f"-A KUBE-X -m comment --comment {i}\n" for i in range(50000))  # past any pipe buffer
+    result, taken = _run_streaming(None, ["sh", "-c", f"cat > {out}"], lines_of(payload))
+    assert result.ok and "".join(taken) == payload and out.read_text() == payload
+
+
+def test_streaming_to_a_process_that_gave_up_still_takes_the_whole_payload() -> None:
+    payload = "".join(f"line {i}\n" for i in range(50000))
+    result, taken = _run_streaming(None, ["sh", "-c", "head -c 10 >/dev/null; echo 'line 2 failed' >&2; exit 4"],
+                                   lines_of(payload))
+    assert (result.returncode, result.stderr) == (4, "line 2 failed\n") and "".join(taken) == payload
+
+
+def failing_after(payload: str) -> Iterator[str]:
+    yield from lines_of(payload)
+    raise RuntimeError("render bug")
+
+
+def test_a_failing_producer_stops_the_process_with_its_own_error_before_any_commit(tmp_path: Any) -> None:
+    ended = tmp_path / "ended"
+    with pytest.raises(RuntimeError, match="render bug"):
+        _run_streaming(None, ["sh", "-c", f"cat >/dev/null; touch {ended}"], failing_after("*filter\n:KUBE-A - [0:0]\n"))
+    assert not ended.exists()  # killed, not ended by EOF
+
+
+def test_a_failing_producer_after_a_commit_is_an_apply_error_naming_the_table() -> None:
+    with pytest.raises(ApplyError, match="tables already committed by this restore: filter$") as info:
+        _run_streaming(None, ["sh", "-c", "cat >/dev/null"], failing_after("*filter\nCOMMIT\n*nat\n"))
+    assert "producing its input failed (render bug)" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 def test_missing_binary_is_a_clear_error() -> None:
     with pytest.raises(ProxyctlError, match="^iptables-restore-nonexistent not found: install the iptables package$"):
@@ -431,6 +477,30 @@ def test_failed_restore_raises_with_the_line_and_keeps_the_table(ns: str, backen
     assert f">{expected:6d}: {failing}" in str(err)
     assert rules_of(ipt.save()) == before  # the whole nat block was refused
 
+
+@pytest.mark.lab
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_streamed_restore_is_the_same_restore(ns: str, backend: Backend) -> None:
+    ipt = IptablesSystem(executor=SubprocessExecutor(ns), backend=backend)
+    ipt.restore_chunks(lines_of(KUBE_PAYLOAD))
+    streamed = rules_of(ipt.save())
+    ipt.restore(KUBE_PAYLOAD)
+    assert rules_of(ipt.save()) == streamed and "KUBE-SVC-XPGD46QRK7WJZT7O" in "".join(streamed)
+    bad = KUBE_PAYLOAD[KUBE_PAYLOAD.index("*nat"):].replace("-j MARK --or-mark 0x4000", "-j KUBE-DOES-NOT-EXIST")
+    with pytest.raises(ApplyError) as info:
+        ipt.restore_chunks(lines_of(bad))
+    assert info.value.script == bad and "failed at line" in str(info.value) and "(table nat)" in str(info.value)
+    assert rules_of(ipt.save()) == streamed
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_producer_commits_nothing_of_the_open_table(ns: str, backend: Backend) -> None:
+    ipt = IptablesSystem(executor=SubprocessExecutor(ns), backend=backend)
+    with pytest.raises(ApplyError, match="tables already committed by this restore: filter$"):
+        ipt.restore_chunks(failing_after("*filter\n:KUBE-A - [0:0]\nCOMMIT\n*nat\n:KUBE-B - [0:0]\n"))
+    # filter may or may not have been read and committed before the kill; nat never is
+    assert "KUBE-B" not in parse_save(ipt.save()).get("nat", parse_save("*nat\nCOMMIT\n")["nat"]).chains
 
 @pytest.mark.lab
 @pytest.mark.parametrize("backend", BACKENDS)

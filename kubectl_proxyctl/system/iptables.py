@@ -33,6 +33,18 @@ table's COMMIT line), `line N: RULE_APPEND failed (...)` (nft kernel errors) or 
 failed` (legacy kernel errors, on the COMMIT line). The ApplyError names that line and
 shows three lines either side of it, like kube-proxy's `ExtractLines`.
 
+**Streaming.** `restore_chunks(chunks)` is `restore` of a payload that is still being
+produced: iptables-restore starts at once and every chunk goes into its stdin (a pipe
+widened to 1 MiB) as soon as it exists, so the process parses the first lines while the
+caller renders the later ones. It acts on each `*table ... COMMIT` block as it reads it:
+the xtables lock is taken at `*table` and released after COMMIT, so nothing that needs the
+lock (`iptables -C`) may run while a block is open. When the process fails it stops
+reading; the remaining chunks are still taken (not written) so the ApplyError quotes the
+whole payload. When producing a chunk raises, the process is killed before it can commit
+the open block; if an earlier block's COMMIT went out, the error is an ApplyError naming
+those tables (the caller's cue to restore its last good payload), otherwise the exception
+itself.
+
 `test(payload)` is `iptables-restore --test`: it parses and builds every rule without
 committing. It catches syntax errors and unknown matches; the nft backend does not check
 that jump targets exist, and neither backend can see errors only the kernel reports (a
@@ -76,13 +88,25 @@ rule lines per table); the inspector's rule parser lives in `kubectl_proxyctl.mo
 from __future__ import annotations
 
 import enum
+import fcntl
+import os
 import re
+import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import IO, Callable, Iterable, Mapping, Sequence
 
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
-from kubectl_proxyctl.system.executor import Executor, Result, SubprocessExecutor
+from kubectl_proxyctl.system.executor import (
+    DEFAULT_TIMEOUT,
+    Executor,
+    Result,
+    SubprocessExecutor,
+    netns_path,
+    require_binary,
+)
 
 LOCK_WAIT_SECONDS = 5
 CANARY_CHAIN = "KUBE-PROXY-CANARY"
@@ -392,6 +416,91 @@ def _table_block(table: str, lines: Iterable[str]) -> list[str]:
     return [f"*{table}", *body, "COMMIT"] if body else []
 
 
+# --- streaming into iptables-restore ----------------------------------------------------
+
+PIPE_BYTES = 1 << 20  # room for the producer to run ahead of iptables-restore
+
+
+def _command_line(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """`argv` as `SubprocessExecutor(netns).run` would run it."""
+    full = [require_binary(argv[0]), *argv[1:]]
+    if netns is None:
+        return full
+    path = netns_path(netns)
+    if not os.path.exists(path):
+        raise ProxyctlError(f"network namespace {netns} does not exist ({path})")
+    return [require_binary("nsenter"), f"--net={path}", "--", *full]
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Give the pipe PIPE_BYTES, so that a producer briefly off the CPU does not leave the
+    reader idle (the default 64 KiB is a few milliseconds of iptables-restore's work)."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default size still works
+
+
+def _feed(stdin: IO[bytes], chunks: Iterable[str], taken: list[str]) -> None:
+    """Write every chunk to `stdin`, then close it. Once the process stopped reading (it
+    failed), the chunks are still taken, so that its error can quote the whole payload."""
+    reading = True
+    for chunk in chunks:
+        taken.append(chunk)
+        if reading:
+            try:
+                stdin.write(chunk.encode())
+                stdin.flush()  # a COMMIT must not wait in the buffer for the next chunk
+            except BrokenPipeError:
+                reading = False
+    try:
+        stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _run_streaming(netns: str | None, argv: Sequence[str], chunks: Iterable[str],
+                   timeout: float = DEFAULT_TIMEOUT) -> tuple[Result, list[str]]:
+    """Run `argv` with the chunks on its stdin as they are produced: (its Result, the
+    chunks, joined only when an error quotes them). Killed after `timeout` seconds, like
+    `SubprocessExecutor.run`."""
+    taken: list[str] = []
+    expired = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(_command_line(netns, argv), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        except OSError as exc:
+            raise ProxyctlError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+        assert proc.stdin is not None
+        _widen(proc.stdin)
+        watchdog = threading.Timer(timeout, lambda: (expired.set(), proc.kill()))
+        watchdog.start()
+        try:
+            _feed(proc.stdin, chunks, taken)
+            proc.wait()
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            _raise_if_committed(argv[0], "".join(taken), exc)
+            raise
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            raise ProxyctlError(f"{argv[0]} timed out after {timeout:g} s")
+        err.seek(0)
+        return Result(proc.returncode, "", err.read().decode(errors="replace")), taken
+
+
+def _raise_if_committed(binary: str, sent: str, exc: BaseException) -> None:
+    """Producing the payload failed midway: when a block sent before may have been committed,
+    an ApplyError naming its tables (the caller's cue to put its last good rules back)."""
+    committed = _committed_before(sent, sent.count("\n") + 1)
+    if committed and isinstance(exc, Exception):
+        raise ApplyError(f"{binary} stopped: producing its input failed ({exc}); "
+                         f"tables already committed by this restore: {', '.join(committed)}", script=sent) from exc
+
+
 # --- backend detection -----------------------------------------------------------------
 
 
@@ -512,14 +621,28 @@ class IptablesSystem:
     def _iptables(self, *args: str) -> Result:
         return self.executor.run([self.binaries.iptables, "-w", str(LOCK_WAIT_SECONDS), *args], timeout=30)
 
-    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
-        """Apply `payload` with one iptables-restore; ApplyError (with the line) on failure."""
+    def _restore_argv(self, noflush: bool, counters: bool) -> list[str]:
         argv = [self.binaries.restore, "-w", str(LOCK_WAIT_SECONDS)]
         argv += ["--noflush"] if noflush else []
         argv += ["--counters"] if counters else []
-        result = self.executor.run(argv, stdin=payload)
+        return argv
+
+    def restore(self, payload: str, noflush: bool = True, counters: bool = False) -> None:
+        """Apply `payload` with one iptables-restore; ApplyError (with the line) on failure."""
+        result = self.executor.run(self._restore_argv(noflush, counters), stdin=payload)
         if not result.ok:
             raise restore_error(self.binaries.restore, payload, result)
+
+    def restore_chunks(self, chunks: Iterable[str], noflush: bool = True) -> None:
+        """`restore` of the concatenated `chunks`, each written to iptables-restore as soon
+        as it is produced (see Streaming above). An executor that runs no real process (a
+        FakeExecutor) gets the payload whole, as from `restore`."""
+        if not isinstance(self.executor, SubprocessExecutor):
+            self.restore("".join(chunks), noflush)
+            return
+        result, taken = _run_streaming(self.executor.netns, self._restore_argv(noflush, False), chunks)
+        if not result.ok:
+            raise restore_error(self.binaries.restore, "".join(taken), result)
 
     def test(self, payload: str, noflush: bool = True) -> None:
         """`iptables-restore --test`: parse and build every rule, commit nothing."""

@@ -33,8 +33,11 @@ its rule count: a partial sync does no per-rule work for unchanged services, onl
 their top-level lines into the payload (which must hold them: declaring KUBE-SERVICES
 flushes it).
 
-`with_extra_lines(payload, lines)` adds lines at the end of table blocks (and new blocks
-for other tables): how a writer puts missing jump rules and canaries into the same restore.
+Streaming: `RenderStream` is the same render handed out in chunks while it is produced, so
+that iptables-restore reads and parses the first lines while the later ones are rendered
+(`render()` takes it whole). Its `chunks(existing_nat_chains, extra)` adds `extra` lines at
+the end of table blocks (and new blocks for other tables): how a writer puts missing jump
+rules and canaries into the same restore.
 
 Hot path: one f-string per rule, no per-rule objects; 10,000 services with 5 endpoints each
 render in well under a second.
@@ -42,12 +45,14 @@ render in well under a second.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Collection, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 from kubectl_proxyctl.model import Endpoint, IPFamily, Protocol, ServicePortName
 from kubectl_proxyctl.modes.iptables.naming import (
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
+    ServiceChains,
     endpoint_chain_for,
     format_mark,
     is_service_chain,
@@ -179,7 +184,7 @@ class RenderedRules:
         return self.text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ServiceLines:
     """One service port's part of a render: its plan object, its lines in the top-level
     chains, its chains and how many rules they hold."""
@@ -270,112 +275,245 @@ def render(
     unchanged service), then stale chains' deletion, the KUBE-NODEPORTS jump (which must be
     the last rule of KUBE-SERVICES) and KUBE-FORWARD.
     """
-    ctx = _context(plan, large_cluster, nfacct)
-    changed_set = None if changed is None else frozenset(changed)
+    stream = RenderStream(plan, random_fully=random_fully, nfacct=nfacct, tcp_be_liberal=tcp_be_liberal,
+                          large_cluster=large_cluster, changed=changed, previous=previous)
+    deque(stream.chunks(existing_nat_chains), maxlen=0)
+    return stream.rendered
 
-    filter_chains = [f":{c} - [0:0]" for c in FILTER_CHAINS]
-    filter_names = list(FILTER_CHAINS)
-    filter_rules: list[str] = []
-    nat_chains = [f":{c} - [0:0]" for c in NAT_CHAINS]
-    nat_rules = _postrouting_rules(ctx.mark, random_fully)
-    if ctx.localhost_np:
-        filter_chains.append(f":{KUBE_FIREWALL} - [0:0]")
-        filter_names.append(KUBE_FIREWALL)
-        filter_rules.append(
-            f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" '
-            "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-        )
 
-    skipped_rules = 0
-    active: set[str] = set()
-    written: set[str] = set()
-    chains_by_service: dict[ServicePortName, tuple[str, ...]] = {}
-    skipped_services: list[ServicePortName] = []
-    reuse_key = (ctx, random_fully, nfacct, tcp_be_liberal)
-    lines_by_plan: dict[int, _ServiceLines] = {}
-    touched: set[int] | None = None  # ids of the plan objects of the changed service ports
-    reusing = (previous is not None and previous.plan is not None and changed_set is not None
-               and previous.reuse_key == reuse_key)
-    if reusing:
-        # Start from the previous render's bookkeeping without the changed ports' entries;
-        # every other port whose plan object is the one rendered then reuses its lines.
-        assert previous is not None and previous.plan is not None and changed_set is not None
-        names = _changed_names(changed_set, plan, previous.plan)
-        active = set(previous.service_chains)
-        chains_by_service = dict(previous.chains_by_service)
-        lines_by_plan = dict(previous.lines_by_plan)
+@dataclass(slots=True)
+class _Job:
+    """One service port on its way through a render: its filter entry rules (first pass), its
+    own chains (second pass), and its lines once its nat rules are written or counted (third
+    pass; from the start when the previous render's lines are reused)."""
+
+    sp: ServicePortPlan
+    filter_entry: tuple[str, ...]
+    writing: bool
+    lines: _ServiceLines | None = None
+    chains: tuple[str, ...] = ()
+    names: ServiceChains | None = None
+    seps: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def _text(lines: Sequence[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+class RenderStream:
+    """A render whose payload comes out in chunks while it is being produced, so that
+    iptables-restore, reading them from a pipe, parses the first lines while Python renders
+    the later ones (at 10,000 services it spends about a second on the chain declarations
+    alone, time in which the rules are rendered).
+
+    iptables-restore needs a chain declared before a rule jumps to it, and *filter comes
+    before *nat, so the service ports are walked three times: the constructor renders their
+    rules in the filter table (few: most service ports have none); `chunks()` then yields the
+    filter block, the nat chain declarations as the chains are named, and the nat rules as
+    they are rendered. `render()` is this stream taken whole: the chunks concatenated are its
+    payload byte for byte, and `rendered` is its result, available once `chunks()` is exhausted.
+    """
+
+    BATCH_LINES = 2048  # lines per chunk: few pipe writes, yet the first chunk leaves early
+
+    def __init__(self, plan: NodePlan, *, random_fully: bool = True, nfacct: bool = False,
+                 tcp_be_liberal: bool = False, large_cluster: bool | None = None,
+                 changed: Collection[ServicePortName | str] | None = None,
+                 previous: RenderedRules | None = None) -> None:
+        ctx = _context(plan, large_cluster, nfacct)
+        self._plan, self._ctx = plan, ctx
+        self._changed = None if changed is None else frozenset(changed)
+        self._postrouting = _postrouting_rules(ctx.mark, random_fully)
+        self._reuse_key: tuple[object, ...] = (ctx, random_fully, nfacct, tcp_be_liberal)
+        filter_names = list(FILTER_CHAINS)
+        self._filter_rules: list[str] = []
+        if ctx.localhost_np:
+            filter_names.append(KUBE_FIREWALL)
+            self._filter_rules.append(
+                f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" '
+                "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+            )
+        self.filter_chains = tuple(filter_names)
+        self._active: set[str] = set()
+        self._chains_by_service: dict[ServicePortName, tuple[str, ...]] = {}
+        self._lines_by_plan: dict[int, _ServiceLines] = {}
+        self._touched: set[int] | None = None  # ids of the plan objects of the changed service ports
+        self._reusing = self._start_from(previous)
+        self._skipped_services: list[ServicePortName] = []
+        self._jobs = [self._entry_job(sp) for sp in plan.services]
+        self._filter_rules += _forward_rules(ctx.mark, tcp_be_liberal, nfacct)
+        self._rendered: RenderedRules | None = None
+
+    @property
+    def top_level_chains(self) -> dict[str, tuple[str, ...]]:
+        """Table → the fixed chains the payload declares, known before any chunk: every
+        target of a jump rule (`JUMP_RULES`) is among them, never a service chain."""
+        return {"filter": self.filter_chains, "nat": NAT_CHAINS}
+
+    @property
+    def rendered(self) -> RenderedRules:
+        if self._rendered is None:
+            raise RuntimeError("the render is complete only once chunks() is exhausted")
+        return self._rendered
+
+    def _start_from(self, previous: RenderedRules | None) -> bool:
+        """Start from the previous render's bookkeeping without the changed ports' entries
+        (every other port whose plan object is the one rendered then reuses its lines);
+        whether the previous render is reused."""
+        changed = self._changed
+        if previous is None or previous.plan is None or changed is None or previous.reuse_key != self._reuse_key:
+            return False
+        names = _changed_names(changed, self._plan, previous.plan)
+        self._active = set(previous.service_chains)
+        self._chains_by_service = dict(previous.chains_by_service)
+        self._lines_by_plan = dict(previous.lines_by_plan)
         for name in names:
-            active.difference_update(chains_by_service.pop(name, ()))
+            self._active.difference_update(self._chains_by_service.pop(name, ()))
             old = previous.plan.service(name)
             if old is not None:
-                lines_by_plan.pop(id(old), None)
-        touched = {id(sp) for sp in map(plan.service, names) if sp is not None}
+                self._lines_by_plan.pop(id(old), None)
+        self._touched = {id(sp) for sp in map(self._plan.service, names) if sp is not None}
+        return True
 
-    for sp in plan.services:
-        known = lines_by_plan.get(id(sp))
+    def _entry_job(self, sp: ServicePortPlan) -> _Job:
+        """First pass: a service port's filter entry rules, which join *filter now."""
+        known = self._lines_by_plan.get(id(sp))
         if known is not None and known.plan is sp:  # only when reusing: unchanged, not rendered again
-            filter_rules += known.filter_entry
-            nat_rules += known.nat_entry
-            skipped_rules += known.chain_rules
-            skipped_services.append(sp.name)
-            continue
+            self._filter_rules += known.filter_entry
+            self._skipped_services.append(sp.name)
+            return _Job(sp, known.filter_entry, False, known, known.chains)
         name = sp.name
-        if touched is not None:
-            writing = id(sp) in touched
+        if self._touched is not None:
+            writing = id(sp) in self._touched
         else:
-            writing = changed_set is None or name in changed_set or name.service in changed_set
-        f0, n0 = len(filter_rules), len(nat_rules)
-        _entry_rules(sp, ctx, filter_rules, nat_rules)
-        f1, n1 = len(filter_rules), len(nat_rules)
-        if writing:
-            mine = tuple(_service_port_chains(sp, ctx, nat_chains, nat_rules))
-            written.update(mine)
-            count = len(nat_rules) - n1
-        else:  # not written, but its chains and rules are counted
-            skipped: list[str] = []
-            mine = tuple(_service_port_chains(sp, ctx, [], skipped))
-            count = len(skipped)
-            skipped_rules += count
-            skipped_services.append(name)
-        lines_by_plan[id(sp)] = _ServiceLines(sp, tuple(filter_rules[f0:f1]), tuple(nat_rules[n0:n1]),
-                                              mine, count)
-        active.update(mine)
-        chains_by_service[name] = mine
-    if reusing and (len(chains_by_service) != len(plan.services) or len(lines_by_plan) != len(plan.services)):
-        # A port left the plan without being named in `changed`: recount from the plan.
-        lines_by_plan = {id(sp): lines_by_plan[id(sp)] for sp in plan.services}
-        chains_by_service = {sp.name: lines_by_plan[id(sp)].chains for sp in plan.services}
-        active = {c for chains in chains_by_service.values() for c in chains}
+            changed = self._changed
+            writing = changed is None or name in changed or name.service in changed
+        rules = self._filter_rules
+        f0 = len(rules)
+        _filter_entry_rules(sp, rules)
+        if not writing:
+            self._skipped_services.append(name)
+        return _Job(sp, tuple(rules[f0:]) if len(rules) > f0 else (), writing)
 
-    deleted = _delete_stale_chains(existing_nat_chains, active, nat_chains, nat_rules)
-    nat_rules += _nodeports_jumps(plan, ctx)
-    filter_rules += _forward_rules(ctx.mark, tcp_be_liberal, nfacct)
+    def chunks(self, existing_nat_chains: Collection[str] | None = None,
+               extra: Mapping[str, Sequence[str]] | None = None) -> Iterator[str]:
+        """The payload in chunks of whole lines (once per stream). `existing_nat_chains` as
+        for `render()`; `extra[table]` lines go at the end of that table's block (before its
+        COMMIT), in a block of their own after the others for a table the payload does not
+        hold: how a writer adds missing jump rules and canaries to the same restore.
+        `rendered.text` is the payload without them."""
+        extra = extra or {}
+        parts: list[str] = []  # the payload without `extra`
+        head = _text(["*filter", *(f":{c} - [0:0]" for c in self.filter_chains), *self._filter_rules])
+        parts.append(head)
+        yield head
+        if extra.get("filter"):
+            yield _text(extra["filter"])
+        parts.append("COMMIT\n")
+        yield "COMMIT\n"
+        nat_names = list(NAT_CHAINS)
+        written: set[str] = set()
+        buf = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS)]
+        for job in self._jobs:
+            self._name_chains(job, written, nat_names, buf)
+            if len(buf) >= self.BATCH_LINES:
+                parts.append(_text(buf))
+                yield parts[-1]
+                buf = []
+        self._drop_departed()
+        deleted = _stale_chains(existing_nat_chains, self._active)
+        nat_names += deleted
+        buf += [f":{c} - [0:0]" for c in deleted]
+        buf += self._postrouting
+        nat_rules, skipped_rules = len(self._postrouting), 0
+        for job in self._jobs:
+            written_rules, counted = self._write_rules(job, buf)
+            nat_rules += written_rules
+            skipped_rules += counted
+            if len(buf) >= self.BATCH_LINES:
+                parts.append(_text(buf))
+                yield parts[-1]
+                buf = []
+        tail = _nodeports_jumps(self._plan, self._ctx)
+        nat_rules += len(tail)
+        buf += [f"-X {c}" for c in deleted]
+        buf += tail
+        parts.append(_text(buf))
+        yield parts[-1]
+        if extra.get("nat"):
+            yield _text(extra["nat"])
+        parts.append("COMMIT\n")
+        yield "COMMIT\n"
+        for table, lines in extra.items():
+            if table not in ("filter", "nat") and lines:
+                yield _text([f"*{table}", *lines, "COMMIT"])
+        self._finish("".join(parts), tuple(nat_names), frozenset(written), tuple(deleted), nat_rules, skipped_rules)
 
-    nat_names = [line[1:].split(" ", 1)[0] for line in nat_chains]
-    parts = ["*filter", *filter_chains, *filter_rules, "COMMIT", "*nat", *nat_chains, *nat_rules, "COMMIT"]
-    text = "\n".join(parts) + "\n"
+    def _name_chains(self, job: _Job, written: set[str], nat_names: list[str], out: list[str]) -> None:
+        """Second pass: a service port's own chains, declared in `out` when it is written."""
+        if job.lines is not None:
+            return
+        job.names = service_chains(job.sp.name)
+        job.chains, job.seps = _chain_names(job.sp, job.names)
+        self._active.update(job.chains)
+        self._chains_by_service[job.sp.name] = job.chains
+        if job.writing:
+            written.update(job.chains)
+            nat_names += job.chains
+            out += [f":{c} - [0:0]" for c in job.chains]
 
-    nat_written = len(nat_rules) - len(deleted)
-    return RenderedRules(
-        text=text,
-        family=plan.family,
-        jump_rules=JUMP_RULES,
-        filter_chains=tuple(filter_names),
-        nat_chains=tuple(nat_names),
-        service_chains=frozenset(active),
-        written_chains=frozenset(written),
-        deleted_chains=tuple(deleted),
-        chains_by_service=chains_by_service,
-        large_cluster=ctx.large,
-        partial=changed_set is not None,
-        filter_rules=len(filter_rules),
-        nat_rules=nat_written,
-        nat_rules_total=nat_written + skipped_rules,
-        skipped_services=tuple(skipped_services),
-        reuse_key=reuse_key,
-        plan=plan,
-        lines_by_plan=lines_by_plan,
-    )
+    def _drop_departed(self) -> None:
+        """A port left the plan without being named in `changed`: recount from the plan."""
+        if not self._reusing:
+            return
+        n = len(self._jobs)
+        fresh = sum(1 for job in self._jobs if job.lines is None and id(job.sp) not in self._lines_by_plan)
+        if len(self._chains_by_service) != n or len(self._lines_by_plan) + fresh != n:
+            self._chains_by_service = {job.sp.name: job.chains for job in self._jobs}
+            self._active = {c for job in self._jobs for c in job.chains}
+            self._lines_by_plan = {}
+
+    def _write_rules(self, job: _Job, out: list[str]) -> tuple[int, int]:
+        """Third pass: a service port's nat entry rules and, when it is written, its chains'
+        rules to `out`; (rules written, rules counted but not written)."""
+        if job.lines is not None:
+            out += job.lines.nat_entry
+            self._lines_by_plan[id(job.sp)] = job.lines
+            return len(job.lines.nat_entry), job.lines.chain_rules
+        assert job.names is not None
+        n0 = len(out)
+        _nat_entry_rules(job.sp, self._ctx, job.names, out)
+        nat_entry = tuple(out[n0:])
+        rules = out if job.writing else []
+        before = len(rules)
+        _chain_rules(job.sp, self._ctx, job.names, job.seps, rules)
+        count = len(rules) - before
+        job.lines = _ServiceLines(job.sp, job.filter_entry, nat_entry, job.chains, count)
+        self._lines_by_plan[id(job.sp)] = job.lines
+        return (len(nat_entry) + count, 0) if job.writing else (len(nat_entry), count)
+
+    def _finish(self, text: str, nat_names: tuple[str, ...], written: frozenset[str], deleted: tuple[str, ...],
+                nat_rules: int, skipped_rules: int) -> None:
+        self._rendered = RenderedRules(
+            text=text,
+            family=self._plan.family,
+            jump_rules=JUMP_RULES,
+            filter_chains=self.filter_chains,
+            nat_chains=nat_names,
+            service_chains=frozenset(self._active),
+            written_chains=written,
+            deleted_chains=deleted,
+            chains_by_service=self._chains_by_service,
+            large_cluster=self._ctx.large,
+            partial=self._changed is not None,
+            filter_rules=len(self._filter_rules),
+            nat_rules=nat_rules,
+            nat_rules_total=nat_rules + skipped_rules,
+            skipped_services=tuple(self._skipped_services),
+            reuse_key=self._reuse_key,
+            plan=self._plan,
+            lines_by_plan=self._lines_by_plan,
+        )
 
 
 def _changed_names(changed: Collection[ServicePortName | str], plan: NodePlan,
@@ -402,93 +540,118 @@ def _postrouting_rules(mark: str, random_fully: bool) -> list[str]:
     ]
 
 
-def _entry_rules(sp: ServicePortPlan, ctx: _Ctx, filter_rules: list[str], nat_rules: list[str]) -> None:
-    """A service port's rules in the top-level chains (KUBE-SERVICES, KUBE-NODEPORTS,
-    KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), written by every sync."""
-    spn = str(sp.name)
+def _filter_entry_rules(sp: ServicePortPlan, out: list[str]) -> None:
+    """A service port's rules in the filter table's top-level chains (KUBE-SERVICES,
+    KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL, KUBE-NODEPORTS), written by every sync: what
+    has no endpoints is rejected or dropped, the firewall drops what it did not accept, the
+    health check node port is accepted. Most service ports have none of these."""
     proto = _PROTO[sp.protocol]
     pp = f"-m {proto} -p {proto}"
-    names = service_chains(sp.name)
-    ext, fw = names.ext, names.fw
     cip = sp.cluster_ip
     port = sp.port
-    internal_chain = names.svl if sp.internal_policy_local else names.svc
-    has_any = sp.has_any_endpoints
     has_external = sp.has_external_endpoints
-
-    if sp.has_internal_endpoints:
-        nat_rules.append(
-            f'-A {KUBE_SERVICES} -m comment --comment "{spn} cluster IP" {pp} -d {cip} --dport {port} -j {internal_chain}'
-        )
-    else:
+    if not sp.has_internal_endpoints:
         action = sp.internal_filter or FilterAction.REJECT
         why = "has no endpoints" if action == FilterAction.REJECT else "has no local endpoints"
-        filter_rules.append(
-            f'-A {KUBE_SERVICES} -m comment --comment "{spn} {why}" {pp} -d {cip} --dport {port} -j {action.value}'
+        out.append(
+            f'-A {KUBE_SERVICES} -m comment --comment "{sp.name} {why}" {pp} -d {cip} --dport {port} -j {action.value}'
         )
     ext_action = ""
     ext_comment = ""
     if sp.external_filter is not None:
         ext_action = sp.external_filter.value
         ext_why = "has no endpoints" if sp.external_filter == FilterAction.REJECT else "has no local endpoints"
-        ext_comment = f'-m comment --comment "{spn} {ext_why}"'
-    for eip in sp.external_ips:
-        if has_any:
-            nat_rules.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{spn} external IP" {pp} -d {eip} --dport {port} -j {ext}'
-            )
-        if not has_external:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {eip} --dport {port} -j {ext_action}"
-            )
-    lb_chain = fw if sp.uses_firewall else ext
-    for lbip in sp.load_balancer_ips:
-        if has_any:
-            nat_rules.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {pp} -d {lbip} --dport {port} -j {lb_chain}'
-            )
-        if sp.uses_firewall:
-            filter_rules.append(
-                f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{spn} traffic not accepted by {fw}" {pp} -d {lbip} --dport {port} -j DROP'
+        ext_comment = f'-m comment --comment "{sp.name} {ext_why}"'
+    if not has_external:
+        for eip in sp.external_ips:
+            out.append(f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {eip} --dport {port} -j {ext_action}")
+    if sp.uses_firewall:
+        fw = service_chains(sp.name).fw
+        for lbip in sp.load_balancer_ips:
+            out.append(
+                f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{sp.name} traffic not accepted by {fw}" {pp} -d {lbip} --dport {port} -j DROP'
             )
     if not has_external:
         for lbip in sp.load_balancer_ips:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {lbip} --dport {port} -j {ext_action}"
-            )
-    if sp.node_port:
-        np = sp.node_port
-        if has_any:
-            if ctx.nfacct_localhost:
-                nat_rules.append(
-                    f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np} "
-                    f"-m nfacct --nfacct-name {NFACCT_LOCALHOST_NODEPORTS} -j {ext}"
-                )
-            nat_rules.append(f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} --dport {np} -j {ext}")
-        if not has_external:
-            filter_rules.append(
-                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} -m addrtype --dst-type LOCAL {pp} --dport {np} -j {ext_action}"
+            out.append(f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} {pp} -d {lbip} --dport {port} -j {ext_action}")
+        if sp.node_port:
+            out.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} {ext_comment} -m addrtype --dst-type LOCAL {pp} --dport {sp.node_port} -j {ext_action}"
             )
     if sp.health_check_node_port:
-        filter_rules.append(
-            f'-A {KUBE_NODEPORTS} -m comment --comment "{spn} health check node port" '
+        out.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{sp.name} health check node port" '
             f"-m tcp -p tcp --dport {sp.health_check_node_port} -j ACCEPT"
         )
 
 
-def _service_port_chains(sp: ServicePortPlan, ctx: _Ctx, chain_out: list[str], rule_out: list[str]) -> list[str]:
-    """A service port's own chains (KUBE-SVC/SVL/EXT/FW/SEP): declarations to `chain_out`,
-    rules to `rule_out`. Returns the chains' names."""
+def _nat_entry_rules(sp: ServicePortPlan, ctx: _Ctx, names: ServiceChains, out: list[str]) -> None:
+    """A service port's rules in the nat table's top-level chains (KUBE-SERVICES,
+    KUBE-NODEPORTS), written by every sync: the jumps into its own chains."""
     spn = str(sp.name)
     proto = _PROTO[sp.protocol]
     pp = f"-m {proto} -p {proto}"
-    names = service_chains(sp.name)
+    ext = names.ext
+    port = sp.port
+    if sp.has_internal_endpoints:
+        internal_chain = names.svl if sp.internal_policy_local else names.svc
+        out.append(
+            f'-A {KUBE_SERVICES} -m comment --comment "{spn} cluster IP" {pp} -d {sp.cluster_ip} --dport {port} -j {internal_chain}'
+        )
+    if not sp.has_any_endpoints:
+        return
+    for eip in sp.external_ips:
+        out.append(f'-A {KUBE_SERVICES} -m comment --comment "{spn} external IP" {pp} -d {eip} --dport {port} -j {ext}')
+    lb_chain = names.fw if sp.uses_firewall else ext
+    for lbip in sp.load_balancer_ips:
+        out.append(
+            f'-A {KUBE_SERVICES} -m comment --comment "{spn} loadbalancer IP" {pp} -d {lbip} --dport {port} -j {lb_chain}'
+        )
+    if sp.node_port:
+        np = sp.node_port
+        if ctx.nfacct_localhost:
+            out.append(
+                f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np} "
+                f"-m nfacct --nfacct-name {NFACCT_LOCALHOST_NODEPORTS} -j {ext}"
+            )
+        out.append(f"-A {KUBE_NODEPORTS} -m comment --comment {spn} {pp} --dport {np} -j {ext}")
+
+
+def _chain_names(sp: ServicePortPlan, names: ServiceChains) -> tuple[tuple[str, ...], dict[int, tuple[str, str]]]:
+    """A service port's own chains (KUBE-EXT/FW/SVC/SVL/SEP) in the order they are declared,
+    and per reachable endpoint (by id; dispatch lists hold the same objects) its `ip:port`
+    and KUBE-SEP chain."""
+    spn = str(sp.name)
+    proto_value = sp.protocol.value
+    reachable = sp.reachable_endpoints
+    seps: dict[int, tuple[str, str]] = {}
+    for ep in reachable:
+        addr = ep.address
+        seps[id(ep)] = (addr, endpoint_chain_for(spn, proto_value, addr))
+    mine: list[str] = []
+    if sp.uses_external_chain:
+        mine.append(names.ext)
+    if sp.uses_firewall:
+        mine.append(names.fw)
+    if sp.uses_cluster_chain:
+        mine.append(names.svc)
+    if sp.uses_local_chain:
+        mine.append(names.svl)
+    mine += [seps[id(ep)][1] for ep in reachable]
+    return tuple(mine), seps
+
+
+def _chain_rules(sp: ServicePortPlan, ctx: _Ctx, names: ServiceChains, seps: dict[int, tuple[str, str]],
+                 rule_out: list[str]) -> None:
+    """The rules of a service port's own chains (`_chain_names`), to `rule_out`."""
+    spn = str(sp.name)
+    proto = _PROTO[sp.protocol]
+    pp = f"-m {proto} -p {proto}"
     svc, svl, ext, fw = names.svc, names.svl, names.ext, names.fw
     cip = sp.cluster_ip
     port = sp.port
     internal_chain = svl if sp.internal_policy_local else svc
     has_external = sp.has_external_endpoints
-    mine: list[str] = []
 
     if sp.has_internal_endpoints:
         if ctx.masq_all:
@@ -501,8 +664,6 @@ def _service_port_chains(sp: ServicePortPlan, ctx: _Ctx, chain_out: list[str], r
             )
 
     if sp.uses_external_chain:
-        chain_out.append(f":{ext} - [0:0]")
-        mine.append(ext)
         if not sp.external_policy_local:
             rule_out.append(
                 f'-A {ext} -m comment --comment "masquerade traffic for {spn} external destinations" -j {KUBE_MARK_MASQ}'
@@ -526,8 +687,6 @@ def _service_port_chains(sp: ServicePortPlan, ctx: _Ctx, chain_out: list[str], r
                 rule_out.append(f"-A {ext} -j {svl}")
 
     if sp.uses_firewall:
-        chain_out.append(f":{fw} - [0:0]")
-        mine.append(fw)
         head = f'-A {fw} -m comment --comment "{spn} loadbalancer IP"'
         for cidr in sp.source_ranges:
             rule_out.append(f"{head} -s {cidr} -j {ext}")
@@ -541,45 +700,26 @@ def _service_port_chains(sp: ServicePortPlan, ctx: _Ctx, chain_out: list[str], r
     affinity = sp.affinity_seconds
     proto_value = sp.protocol.value
     large = ctx.large
-    # id(endpoint) → (ip:port, its chain); dispatch lists hold the same objects.
-    seps: dict[int, tuple[str, str]] = {}
-    reachable = sp.reachable_endpoints
-    for ep in reachable:
-        addr = ep.address
-        seps[id(ep)] = (addr, endpoint_chain_for(spn, proto_value, addr))
     if sp.uses_cluster_chain:
-        chain_out.append(f":{svc} - [0:0]")
-        mine.append(svc)
         _dispatch(rule_out, svc, spn, proto_value, sp.cluster_endpoints, seps, affinity, large)
     if sp.uses_local_chain:
-        chain_out.append(f":{svl} - [0:0]")
-        mine.append(svl)
         _dispatch(rule_out, svl, spn, proto_value, sp.local_endpoints, seps, affinity, large)
 
     comment = "" if large else f" -m comment --comment {spn}"
     recent_fmt = " -m recent --name {} --set" if affinity else ""
-    for ep in reachable:
+    for ep in sp.reachable_endpoints:
         addr, sep = seps[id(ep)]
-        chain_out.append(f":{sep} - [0:0]")
-        mine.append(sep)
         rule_out.append(f"-A {sep}{comment} -s {ep.ip} -j {KUBE_MARK_MASQ}")
         recent = recent_fmt.format(sep) if affinity else ""
         rule_out.append(f"-A {sep}{comment}{recent} {pp} -j DNAT --to-destination {addr}")
-    return mine
 
 
-def _delete_stale_chains(existing: Collection[str] | None, active: set[str], nat_chains: list[str],
-                         nat_rules: list[str]) -> list[str]:
-    """Stale service chains: declare them (flushing them), then delete them with `-X`."""
-    deleted: list[str] = []
-    if existing is not None:
-        present = existing if isinstance(existing, (set, frozenset)) else set(existing)
-        for chain in sorted(present - active):
-            if is_service_chain(chain):
-                nat_chains.append(f":{chain} - [0:0]")
-                nat_rules.append(f"-X {chain}")
-                deleted.append(chain)
-    return deleted
+def _stale_chains(existing: Collection[str] | None, active: set[str]) -> list[str]:
+    """Stale service chains: the payload declares them (flushing them), then deletes them with `-X`."""
+    if existing is None:
+        return []
+    present = existing if isinstance(existing, (set, frozenset)) else set(existing)
+    return [chain for chain in sorted(present - active) if is_service_chain(chain)]
 
 
 def _nodeports_jumps(plan: NodePlan, ctx: _Ctx) -> list[str]:
@@ -651,25 +791,6 @@ def jump_rules_text(rules: tuple[JumpRule, ...] = JUMP_RULES) -> dict[tuple[str,
     for rule in rules:
         out.setdefault((rule.table, rule.chain), []).insert(0, rule.restore_line())
     return out
-
-
-def with_extra_lines(payload: str, extra: Mapping[str, Sequence[str]]) -> str:
-    """`payload` with `extra[table]` appended to each table's block (before its COMMIT), and
-    a block of their own, after the others, for tables the payload does not hold."""
-    if not any(extra.values()):
-        return payload
-    out = []
-    done = set()
-    for block in payload.split("COMMIT\n"):
-        if not block.strip():
-            continue
-        table = block.split("\n", 1)[0][1:]
-        done.add(table)
-        out.append(block + "".join(f"{line}\n" for line in extra.get(table, ())) + "COMMIT\n")
-    for table, lines in extra.items():
-        if table not in done and lines:
-            out.append(f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n")
-    return "".join(out)
 
 
 def with_jump_rules(payload: str, rules: tuple[JumpRule, ...] = JUMP_RULES) -> str:

@@ -4,10 +4,16 @@
   shows the stale service chains, which the payload deletes with `-X`, the jump rules missing
   from the built-in chains and the missing canaries (`KUBE-PROXY-CANARY` in
   mangle/nat/filter); those are added to the same payload (`system.iptables.repair_lines`,
-  `render.with_extra_lines`), so the rules, the jumps into them and the canaries commit in
-  one restore. When the save fails, the sync still restores its payload and then ensures
+  `RenderStream.chunks(extra=...)`), so the rules, the jumps into them and the canaries commit
+  in one restore. When the save fails, the sync still restores its payload and then ensures
   the jumps and canaries the slow way (`ensure_jumps`, `ensure_canaries`), as it cannot know
   what is missing.
+* A full sync overlaps its steps: the save runs in a thread while the entry rules are
+  rendered, and the rest of the payload is rendered while iptables-restore reads it
+  (`IptablesSystem.restore_chunks`): at 10,000 services the restore spends about a second
+  creating the chains declared first, in which Python renders the rules. What is missing
+  (`iptables -C` included) is settled before the restore starts, as an open restore block
+  holds the xtables lock.
 * A **partial sync** writes the top-level chains plus the changed Services' chains; stale
   chains of deleted Services are removed with `-X` in the same payload. It reuses the last
   render's lines of every unchanged service port (`render(previous=...)`): its cost grows
@@ -27,20 +33,25 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
-from typing import Any, Callable
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
 
 from kubectl_proxyctl.errors import ApplyError, ProxyctlError
 from kubectl_proxyctl.model import IPFamily
 from kubectl_proxyctl.modes.base import Mode, Written
 from kubectl_proxyctl.modes.iptables.render import (
+    JUMP_RULES,
     KUBE_FORWARD,
     KUBE_MARK_MASQ,
     KUBE_POSTROUTING,
+    JumpRule,
     RenderedRules,
+    RenderStream,
     render,
-    with_extra_lines,
 )
 from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 
@@ -62,7 +73,8 @@ OWNED_CHAIN_PREFIXES = (
 
 class IptablesWriter:
     """Writes kube-proxy's iptables layout through `system.iptables.IptablesSystem` (or a fake
-    with `restore`, `save`, `rule_exists`, `ensure_jumps`, `ensure_canaries`)."""
+    with `restore`, `save`, `rule_exists`, `ensure_jumps`, `ensure_canaries`; one without
+    `restore_chunks` gets each full payload whole)."""
 
     mode = Mode.IPTABLES
 
@@ -93,19 +105,7 @@ class IptablesWriter:
         unchecked = self._fingerprint is None or self._read_fingerprint() != self._fingerprint
         self._rendered, previous = None, self._rendered  # unknown until the restore succeeded
         if full:
-            saved = self._saved_chains()
-            # every nat chain: render picks the stale service chains among those it does not write
-            existing = set(self.service_chains) if saved is None else saved.chains.get("nat", set())
-            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
-                              existing_nat_chains=existing)
-            if saved is None:
-                self.system.restore(rendered.text)
-                self.system.ensure_jumps(_system_jumps(rendered))
-                self.system.ensure_canaries()
-            else:
-                self.system.restore(self._with_repairs(rendered, saved))
-            self.payload = rendered.text  # partial syncs after it are redone by the next full sync
-            self._jumps = tuple((j.table, j.chain, j.target) for j in rendered.jump_rules)
+            rendered = self._full_sync(plan)
         else:
             rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
                               changed=changed, existing_nat_chains=self.service_chains, previous=previous)
@@ -182,9 +182,41 @@ class IptablesWriter:
                    else metrics.sync_proxy_rules_iptables_partial_restore_failures_total)
         counter.labels(ip_family=family).inc()
 
+    def _full_sync(self, plan: NodePlan) -> RenderedRules:
+        """Save (in a thread) while the entry rules are rendered, then stream the payload, with
+        what the save shows missing, into one restore (see the module docstring)."""
+        saved_chains = self._save_in_background()
+        stream = RenderStream(plan, random_fully=self.random_fully, large_cluster=self.large_cluster)
+        saved = saved_chains()
+        if saved is None:
+            # every service chain we wrote: render picks the stale ones among those it does not write
+            self._restore_chunks(_then_collect(stream.chunks(set(self.service_chains))))
+            self.system.ensure_jumps(_system_jumps(stream.rendered.jump_rules))
+            self.system.ensure_canaries()
+        else:
+            extra = self._repairs(saved, stream)
+            self._restore_chunks(_then_collect(stream.chunks(saved.chains.get("nat", set()), extra)))
+        rendered = stream.rendered
+        self.payload = rendered.text  # partial syncs after it are redone by the next full sync
+        self._jumps = tuple((j.table, j.chain, j.target) for j in rendered.jump_rules)
+        return rendered
+
+    def _save_in_background(self) -> Callable[[], Any]:
+        """Start the one `iptables-save` of a full sync in a thread; returns what waits for it
+        and gives the scanned save (`system.iptables.SavedChains`), or None when it failed."""
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self._saved_chains())
+            except BaseException as exc:  # handed to the waiting sync, which raises it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="iptables-save", daemon=True).start()
+        return future.result
+
     def _saved_chains(self) -> Any:
-        """The one `iptables-save` of a full sync, scanned (`system.iptables.SavedChains`), or
-        None when it failed."""
+        """The one `iptables-save` of a full sync, scanned, or None when it failed."""
         from kubectl_proxyctl.system.iptables import scan_save
 
         try:
@@ -193,16 +225,24 @@ class IptablesWriter:
             log.warning("cannot read the tables (%s); stale chains stay until the next full sync", exc)
             return None
 
-    def _with_repairs(self, rendered: RenderedRules, saved: Any) -> str:
-        """The payload plus the jump rules and canaries `saved` lacks (usually nothing)."""
+    def _repairs(self, saved: Any, stream: RenderStream) -> dict[str, list[str]]:
+        """Table → the jump rules and canaries `saved` lacks (usually nothing), as restore lines."""
         from kubectl_proxyctl.system.iptables import repair_lines
 
-        declared = {"filter": rendered.filter_chains, "nat": rendered.nat_chains}
-        extra = repair_lines(saved, _system_jumps(rendered), self.CANARY_TABLES, declared, self._confirm)
+        extra = repair_lines(saved, _system_jumps(JUMP_RULES), self.CANARY_TABLES, stream.top_level_chains,
+                             self._confirm)
         if extra:
             log.info("adding to this sync's restore what is missing: %s",
                      "; ".join(f"{t}: {len(lines)} line(s)" for t, lines in extra.items()))
-        return with_extra_lines(rendered.text, extra)
+        return extra
+
+    def _restore_chunks(self, chunks: Iterable[str]) -> None:
+        """One restore of the payload as it is produced; a system that cannot stream gets it whole."""
+        streaming = getattr(self.system, "restore_chunks", None)
+        if streaming is None:
+            self.system.restore("".join(chunks))
+        else:
+            streaming(chunks)
 
     def _confirm(self, jump: Any) -> bool:
         """`iptables -C`: is the rule there in another spelling?"""
@@ -215,10 +255,19 @@ class IptablesWriter:
 CANARY_CHAIN = "KUBE-PROXY-CANARY"
 
 
-def _system_jumps(rendered: RenderedRules) -> list[Any]:
+def _then_collect(chunks: Iterator[str]) -> Iterator[str]:
+    """The chunks, then a collection of the young generations, which runs while
+    iptables-restore commits the last table and Python would only wait. The sync allocated
+    a few hundred thousand objects with the collector paused (`Proxier.sync`), whose
+    collection afterwards then finds little left to do."""
+    yield from chunks
+    gc.collect(1)
+
+
+def _system_jumps(rules: Iterable[JumpRule]) -> list[Any]:
     from kubectl_proxyctl.system.iptables import Jump
 
-    return [Jump(j.table, j.chain, j.args()) for j in rendered.jump_rules]
+    return [Jump(j.table, j.chain, j.args()) for j in rules]
 
 
 def make_writer(config: ProxyConfig) -> IptablesWriter:
