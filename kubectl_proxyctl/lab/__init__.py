@@ -11,7 +11,8 @@ It reads as three parts, each a package, plus what holds them together:
 * `spec.py` (the lab's shape: names, addresses, ranges), `controlplane.py` (the process that
   serves the API: the API server, the controllers and the pod runtime) and `supervisor.py`
   (the daemon that runs the control plane, the engines and sshd, restarted by the control
-  plane in turn; `lab up`/`lab down` and `lab status`).
+  plane in turn; `lab up`/`lab down` and `lab status`), and `external.py` (etcd and the
+  upstream kube-apiserver in place of `apiserver/`, for `lab up --apiserver external`).
 
 Dependencies point one way: `controllers` use `apiserver`, `dataplane` uses both, and
 `apiserver` knows neither. Kernel work (netlink, namespaces, processes) goes through

@@ -25,6 +25,11 @@ resourceVersion it had. The kubeconfigs are written atomically (a reader never s
 half-written one) and only change when the server's token or CA does: `kubeconfig` (all
 rights), `kubeconfig-nodes` (what the nodes' engines use) and `kubeconfig-viewer` (the
 read-only user `lab-viewer`: get, list and watch; no writes, no exec).
+
+With `--apiserver external` (external.py) the supervisor runs etcd and kube-apiserver
+instead, and this process runs no API server: it waits until kube-apiserver answers, then
+runs the external controllers (controllers/external.py) and the same pod runtime on it,
+through the API. There are no proxy pods (their exec needs the lab's own server).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from kubectl_proxyctl.errors import ConfigError
 from kubectl_proxyctl.lab.spec import LabSpec
 from kubectl_proxyctl.lab.supervisor import (
     API_DIR, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, KUBECONFIG, KUBECONFIG_NODES, KUBECONFIG_VIEWER, MAX_RESTART_DELAY,
-    RESTART_DELAY, SUPERVISE_PERIOD, run_daemon, start_supervisor, stopping, supervisor_running,
+    RESTART_DELAY, SUPERVISE_PERIOD, LabAPI, run_daemon, start_supervisor, stopping, supervisor_running,
     write_private,
 )
 from kubectl_proxyctl.system.processes import Child
@@ -96,7 +101,10 @@ class ControlPlane:
     def run(self) -> int:
         def serve() -> None:
             with contextlib.ExitStack() as stack:
-                self._serve(stack)
+                if self.spec.apiserver == "external":
+                    self._serve_external(stack)
+                else:
+                    self._serve(stack)
 
         return run_daemon(self.spec, CONTROL_PLANE_LOCK, CONTROL_PLANE_PID, "control plane", self._stop, serve)
 
@@ -131,7 +139,29 @@ class ControlPlane:
         self._write_kubeconfigs(server)
         log.info("API server on %s, ready in %.2fs (kubeconfig %s)", server.url, time.monotonic() - started,
                  self.state / KUBECONFIG)
-        watchdog = SupervisorWatchdog(spec)
+        self._watch_supervisor()
+
+    def _serve_external(self, stack: contextlib.ExitStack) -> None:
+        """The controllers and the pod runtime on kube-apiserver (see the module docstring).
+        The supervisor is watched from the start: kube-apiserver may take a while."""
+        from kubectl_proxyctl.lab.controllers.external import ExternalControllers, RemoteServer
+        from kubectl_proxyctl.lab.dataplane.runtime import PodRuntime
+
+        started = time.monotonic()
+        server = RemoteServer(LabAPI(self.spec, timeout=5.0))
+        watchdog = SupervisorWatchdog(self.spec)
+        while not server.answers():
+            watchdog.check()
+            if self._stop.wait(SUPERVISE_PERIOD):
+                return
+        stack.callback(ExternalControllers(server, self.spec).start().stop)
+        stack.callback(PodRuntime(server, self.spec).start().stop)  # type: ignore[arg-type]
+        log.info("controllers on kube-apiserver at %s, ready in %.2fs", self.spec.api_url, time.monotonic() - started)
+        self._watch_supervisor(watchdog)
+
+    def _watch_supervisor(self, watchdog: SupervisorWatchdog | None = None) -> None:
+        """Until asked to stop: start a supervisor whenever none runs."""
+        watchdog = watchdog or SupervisorWatchdog(self.spec)
         while not self._stop.is_set():
             watchdog.check()
             self._stop.wait(SUPERVISE_PERIOD)

@@ -31,6 +31,7 @@ from kubectl_proxyctl.errors import ConfigError
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # short: it prefixes interface names (15 chars max)
 MAX_NODES = 50
 MODES = ("iptables", "nftables", "ebpf")  # the engines' proxy modes a lab runs
+APISERVERS = ("lab", "external")  # the lab's own API server, or etcd + kube-apiserver (external.py)
 BPFFS = "/sys/fs/bpf"  # where eBPF-mode engines pin their maps and links (one directory per node)
 
 
@@ -53,6 +54,7 @@ class LabSpec:
     name: str = "lab"
     nodes: tuple[NodeSpec, ...] = ()
     mode: str = "iptables"
+    apiserver: str = "lab"
     underlay_cidr: str = "172.18.0.0/24"
     host_ip: str = "172.18.0.1"  # the root namespace's address on the underlay
     client_ip: str = "172.18.0.100"
@@ -65,7 +67,7 @@ class LabSpec:
 
     @classmethod
     def build(cls, name: str = "lab", nodes: int = 3, zones: int = 0, mode: str = "iptables",
-              state_root: str | None = None) -> "LabSpec":
+              state_root: str | None = None, apiserver: str = "lab") -> "LabSpec":
         if not NAME_RE.match(name):
             raise ConfigError(f"lab name {name!r}: use 1-8 lower-case letters or digits, starting with a letter")
         if not 1 <= nodes <= MAX_NODES:
@@ -74,13 +76,15 @@ class LabSpec:
             raise ConfigError("--zones must be within 0..--nodes")
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: the lab runs {', '.join(MODES[:-1])} or {MODES[-1]}")
+        if apiserver not in APISERVERS:
+            raise ConfigError(f"--apiserver {apiserver!r}: use {' or '.join(APISERVERS)}")
         specs = tuple(
             NodeSpec(name=f"node{i}", index=i, ip=f"172.18.0.{i + 1}", pod_cidr=f"10.244.{i}.0/24",
                      zone=f"zone-{chr(ord('a') + (i - 1) % zones)}" if zones else "")
             for i in range(1, nodes + 1)
         )
         kwargs = {"state_root": state_root} if state_root else {}
-        return cls(name=name, nodes=specs, mode=mode, **kwargs)
+        return cls(name=name, nodes=specs, mode=mode, apiserver=apiserver, **kwargs)
 
     # --- names of everything the lab creates -------------------------------------------------
 

@@ -27,6 +27,10 @@ one restarts the other:
   https://172.18.0.1:6443) and watches the supervisor: when nobody holds the supervisor's
   lock it starts a new supervisor (checked every 0.2 s).
 
+With `--apiserver external` (external.py) the supervisor also runs etcd and kube-apiserver,
+before the control plane, which then runs no API server of its own; the credentials and
+kubeconfigs are made before either starts, with the same names, so nothing else changes.
+
 So a killed API server is started again by the supervisor, and a killed supervisor by the
 control plane, each within about a second: the new control plane reloads every object and
 the resourceVersion counter from sqlite, so the engines' informers (which retry every
@@ -119,8 +123,10 @@ API_DIR = "api"
 RUN_DIR = "run"
 LOGS_DIR = "logs"
 PODS_DIR = "pods"
+ETCD_DIR = "etcd"  # etcd's data, with `--apiserver external` (external.py)
 STATE_ENTRIES = (LAB_FILE, PID_FILE, LOCK_FILE, LOG_FILE, CONTROL_PLANE_PID, CONTROL_PLANE_LOCK, STOPPING,
-                 KUBECONFIG, KUBECONFIG_NODES, KUBECONFIG_VIEWER, API_DIR, RUN_DIR, LOGS_DIR, PODS_DIR, sshd.SSH_DIR)
+                 KUBECONFIG, KUBECONFIG_NODES, KUBECONFIG_VIEWER, API_DIR, RUN_DIR, LOGS_DIR, PODS_DIR, ETCD_DIR,
+                 sshd.SSH_DIR)
 DEFAULT_STATE_ROOT = Path("/var/lib/proxyctl-lab")  # LabSpec's default, created by the first lab
 HEALTHZ_PORT = 10256
 METRICS_ADDRESS = "127.0.0.1:10249"
@@ -186,7 +192,7 @@ def proxyctl_argv() -> list[str]:
 def save_spec(spec: LabSpec) -> None:
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     data = {"name": spec.name, "nodes": len(spec.nodes), "mode": spec.mode,
-            "zones": len({n.zone for n in spec.nodes if n.zone})}
+            "zones": len({n.zone for n in spec.nodes if n.zone}), "apiserver": spec.apiserver}
     (spec.state_dir / LAB_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -196,7 +202,8 @@ def load_spec(name: str, state_root: str | None = None) -> LabSpec:
     try:
         data = json.loads((bare.state_dir / LAB_FILE).read_text())
         return LabSpec.build(name, nodes=int(data["nodes"]), zones=int(data.get("zones", 0)),
-                             mode=str(data.get("mode", "iptables")), state_root=state_root)
+                             mode=str(data.get("mode", "iptables")), state_root=state_root,
+                             apiserver=str(data.get("apiserver", "lab")))
     except FileNotFoundError:
         raise NotFoundError(f"no lab {name!r} here ({bare.state_dir} has no {LAB_FILE}): "
                             f"start it with `kubectl proxyctl lab up --name {name}`") from None
@@ -492,8 +499,10 @@ def lab_status(spec: LabSpec) -> dict[str, Any]:
     supervisor_pid, _ = read_pid(state / PID_FILE)
     control_pid, control_alive = read_pid(state / CONTROL_PLANE_PID)
     control_alive = control_alive and control_plane_running(spec)
-    api: dict[str, Any] = {"pid": control_pid, "alive": control_alive, "url": spec.api_url, "answers": False,
-                           "resourceVersion": None, "error": None}
+    api_pid, api_alive = (control_pid, control_alive) if spec.apiserver == "lab" else \
+        read_pid(state / RUN_DIR / "kube-apiserver.json")
+    api: dict[str, Any] = {"pid": api_pid, "alive": api_alive, "url": spec.api_url, "answers": False,
+                           "resourceVersion": None, "error": None, "kind": spec.apiserver}
     pods: list[dict[str, Any]] | None = None
     services: list[dict[str, Any]] | None = None
     try:
@@ -527,12 +536,17 @@ def lab_status(spec: LabSpec) -> dict[str, Any]:
         })
     in_control_plane = {"pid": control_pid, "alive": control_alive, "process": CONTROL_PLANE}
     supervisor_alive = supervisor_running(spec) and read_ref(state / PID_FILE) is not None
+    extra = {}
+    if spec.apiserver == "external":
+        etcd_pid, etcd_alive = read_pid(state / RUN_DIR / "etcd.json")
+        extra["etcd"] = {"pid": etcd_pid, "alive": etcd_alive}
     return {
         "name": spec.name, "mode": spec.mode, "stateDir": str(state),
         "supervisor": {"pid": supervisor_pid, "alive": supervisor_alive},
         "apiserver": api,
         "controllers": dict(in_control_plane),
         "podRuntime": dict(in_control_plane),
+        **extra,
         "nodes": nodes,
         "pods": pods,
         "services": services,
@@ -794,8 +808,9 @@ class Supervisor:
     def _processes(self) -> list[ManagedProcess]:
         spec = self.spec
         logs, run = self.state / LOGS_DIR, self.state / RUN_DIR
-        processes = [ManagedProcess(CONTROL_PLANE, control_plane_argv(spec), logs / f"{CONTROL_PLANE}.log",
-                                    run / f"{CONTROL_PLANE}.json", stable_after=CONTROL_PLANE_STABLE_AFTER)]
+        processes = self._external_apiserver() if spec.apiserver == "external" else []
+        processes.append(ManagedProcess(CONTROL_PLANE, control_plane_argv(spec), logs / f"{CONTROL_PLANE}.log",
+                                        run / f"{CONTROL_PLANE}.json", stable_after=CONTROL_PLANE_STABLE_AFTER))
         for node in spec.nodes:
             processes.append(ManagedProcess(f"engine-{node.name}", engine_argv(spec, node),
                                             logs / f"engine-{node.name}.log", run / f"engine-{node.name}.json",
@@ -809,6 +824,18 @@ class Supervisor:
         else:
             log.warning("%s is missing: the nodes get no SSH (install openssh-server)", sshd.SSHD)
         return processes
+
+    def _external_apiserver(self) -> list[ManagedProcess]:
+        """etcd and kube-apiserver, with the credentials they and every client need made
+        first (`external.prepare`), when the lab runs on the upstream API server."""
+        from kubectl_proxyctl.lab import external
+
+        binaries = external.binaries()
+        external.prepare(self.spec)
+        logs, run = self.state / LOGS_DIR, self.state / RUN_DIR
+        return [ManagedProcess(name, argv, logs / f"{name}.log", run / f"{name}.json")
+                for name, argv in (("etcd", external.etcd_argv(self.spec, binaries["etcd"])),
+                                   ("kube-apiserver", external.apiserver_argv(self.spec, binaries["kube-apiserver"])))]
 
     def _supervise(self, processes: list[ManagedProcess]) -> None:
         now = time.monotonic()

@@ -147,10 +147,13 @@ def _name_flag(lab_name: str) -> str:
               help="The engines' proxy mode.")
 @click.option("--zones", default=0, show_default=True, type=click.IntRange(min=0),
               help="Spread the nodes over this many zones (topology.kubernetes.io/zone); 0: none.")
+@click.option("--apiserver", type=click.Choice(["lab", "external"]), default="lab", show_default=True,
+              help="The lab's own API server, or etcd and the upstream kube-apiserver (found through "
+                   "$PROXYCTL_KUBE_APISERVER and $PROXYCTL_ETCD, else PATH).")
 @click.option("--timeout", type=DURATION, default="90s", show_default=True,
               help="How long to wait for the lab to become ready.")
 @common_options
-def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None:
+def up(lab_name: str, nodes: int, mode: str, zones: int, apiserver: str, timeout: float) -> None:
     """Start a multi-node Service data plane on this machine, and wait until it is ready.
 
     Builds an underlay network (172.18.0.0/24) of network namespaces: one per node, with a pod
@@ -171,10 +174,17 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     on the node's IP, external and LoadBalancer IPs). It needs the cgroup v2 hierarchy and
     bpf(2).
 
+    --apiserver external runs etcd and the upstream kube-apiserver (built by
+    tests/reference/build-apiserver) on the same address instead of the lab's API server;
+    kube-apiserver allocates ClusterIPs and NodePorts, and the lab's controllers and pod
+    runtime work through its API. There are no proxy pods then (`explain --node` works
+    over SSH).
+
     \b
     Examples:
       sudo kubectl proxyctl lab up
       sudo kubectl proxyctl lab up --mode nftables
+      sudo kubectl proxyctl lab up --apiserver external
       sudo kubectl proxyctl lab up --mode ebpf
       sudo kubectl proxyctl lab up --name demo --nodes 5 --zones 2
     """
@@ -185,8 +195,12 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     from kubectl_proxyctl.lab.spec import LabSpec
 
     supervisor.require_root()
-    spec = LabSpec.build(lab_name, nodes=nodes, zones=zones, mode=mode)
+    spec = LabSpec.build(lab_name, nodes=nodes, zones=zones, mode=mode, apiserver=apiserver)
     supervisor.check_mode(mode)
+    if apiserver == "external":
+        from kubectl_proxyctl.lab import external
+
+        external.binaries()
     started = time.monotonic()
     try:
         existing = supervisor.load_spec(lab_name)
@@ -195,7 +209,8 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     if existing is not None and existing != spec and topology.lab_namespaces(spec):
         zones = len({n.zone for n in existing.nodes if n.zone})
         same = (f"--nodes {len(existing.nodes)}{f' --zones {zones}' if zones else ''}"
-                f"{' --mode ' + existing.mode if existing.mode != 'iptables' else ''}")
+                f"{' --mode ' + existing.mode if existing.mode != 'iptables' else ''}"
+                f"{' --apiserver ' + existing.apiserver if existing.apiserver != 'lab' else ''}")
         raise ConfigError(
             f"lab {lab_name!r} is up with {len(existing.nodes)} nodes"
             f"{f' in {zones} zones' if zones else ''} ({existing.mode}); `kubectl proxyctl lab up"
@@ -208,7 +223,9 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, timeout: float) -> None
     supervisor.wait_ready(spec, timeout, lambda what: click.echo(
         f"  {what} ready ({time.monotonic() - started:.1f}s)", err=True), daemon)
     flag = _name_flag(lab_name)
-    click.echo(f"lab {lab_name!r} is up: {len(spec.nodes)} nodes ({mode}) in {time.monotonic() - started:.1f}s\n")
+    server = ", kube-apiserver" if apiserver == "external" else ""
+    click.echo(f"lab {lab_name!r} is up: {len(spec.nodes)} nodes ({mode}{server}) "
+               f"in {time.monotonic() - started:.1f}s\n")
     click.echo(f"  eval \"$(kubectl proxyctl lab env{flag})\"   # KUBECONFIG and PROXYCTL_SSH_CONFIG")
     click.echo("  kubectl get nodes -o wide")
     click.echo(f"  kubectl proxyctl lab run web --replicas 3 --labels app=web --port 80{flag}")
@@ -280,8 +297,9 @@ def status_(lab_name: str, output: str) -> None:
         daemon = f"running (pid {supervisor['pid']})" if supervisor["alive"] else "NOT running"
         api_state = (f"running (pid {api['pid']}, {'answers' if api['answers'] else 'does NOT answer'})"
                      if api["alive"] else "NOT running")
+        server = "kube-apiserver" if spec.apiserver == "external" else "API server"
         click.echo(f"lab {spec.name}: {len(spec.nodes)} nodes, {spec.mode}; daemon {daemon}; "
-                   f"API server {api_state}; state {spec.state_dir}\n")
+                   f"{server} {api_state}; state {spec.state_dir}\n")
         click.echo(table(["NODE", "IP", "POD CIDR", "ZONE", "ENGINE", "SSH"], [
             (n["name"], n["ip"], n["podCIDR"], n["zone"], n["engine"]["health"], n["sshd"]["port"])
             for n in report["nodes"]]))

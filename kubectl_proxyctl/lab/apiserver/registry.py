@@ -105,6 +105,20 @@ def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
+INTERNAL_PACKAGES = {"": "core", "discovery.k8s.io": "discovery", "networking.k8s.io": "networking",
+                     "events.k8s.io": "core"}  # where kube-apiserver's internal types live, per group
+
+
+def _undecodable(r: ResourceType, kind: str) -> str:
+    """Why a body of another `kind` cannot become an `r`, as kube-apiserver's decoder says it:
+    a kind its group version has cannot be converted, any other one is not registered."""
+    if any(other.kind == kind and other.api_version == r.api_version for other in RESOURCES) or \
+            kind == r.list_kind:
+        return f"converting ({r.version}.{kind}) to ({INTERNAL_PACKAGES.get(r.group, r.group)}.{r.kind}): " \
+               "unknown conversion"
+    return f'no kind "{kind}" is registered for version "{r.api_version}" in scheme "pkg/runtime/scheme.go:110"'
+
+
 def _preview(obj: dict[str, Any]) -> StoredObject:
     """A dry-run create's answer: the object as it would be stored, without an RV."""
     obj.get("metadata", {}).pop("resourceVersion", None)
@@ -145,7 +159,8 @@ class Registry:
                 f"({r.api_version})"
             )
         if kind and kind != r.kind:
-            raise status.bad_request(f'{kind} in version "{r.version}" cannot be handled as a {r.kind}')
+            raise status.bad_request(f'{kind} in version "{r.version}" cannot be handled as a {r.kind}: '
+                                     f"{_undecodable(r, str(kind))}")
         if not isinstance(obj.get("metadata", {}), dict):
             raise status.bad_request(f"the object provided is unrecognized (must be of type {r.kind})")
         rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
@@ -266,6 +281,9 @@ class Registry:
                 else:
                     raise status.unsupported_media_type(patch_type, PATCH_TYPES)
             except PatchError as exc:
+                if patch_type == JSON_PATCH:  # kube-apiserver drops the reason of a failed JSON patch
+                    raise APIError(422, "Invalid", "the server rejected our request due to an error in our "
+                                   "request", {}) from None
                 raise APIError(422, "Invalid", str(exc)) from None
             patched = self._typed(r, patched)
             (fields or FieldValidation()).check(r, patched)

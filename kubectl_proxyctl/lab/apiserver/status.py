@@ -104,7 +104,8 @@ def invalid(r: ResourceType, name: str, causes: list[Cause]) -> APIError:
         details["group"] = r.group
     details["kind"] = r.kind
     details["causes"] = [c.to_dict() for c in causes]
-    return APIError(422, "Invalid", f'{r.kind} "{name}" is invalid: {summary}', details)
+    qualified = f"{r.kind}.{r.group}" if r.group else r.kind  # schema.GroupKind's String()
+    return APIError(422, "Invalid", f'{qualified} "{name}" is invalid: {summary}', details)
 
 
 def bad_request(message: str) -> APIError:
@@ -137,7 +138,7 @@ def too_old_resource_version(requested: int, oldest: int) -> APIError:
 
 def too_large_resource_version(requested: int, current: int) -> APIError:
     return APIError(
-        504, "Timeout", f"Too large resource version: {requested}, current: {current}",
+        504, "Timeout", f"Timeout: Too large resource version: {requested}, current: {current}",
         {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
          "retryAfterSeconds": 1},
     )

@@ -13,6 +13,7 @@ Nothing here allocates (cluster IPs, node ports): that is for admission hooks.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from typing import Any, Callable
@@ -148,9 +149,9 @@ def _ip_family(ip: str) -> str | None:
 def _default_service(svc: dict[str, Any]) -> None:
     spec = svc.setdefault("spec", {})
     stype = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
     if stype == "ExternalName":
         return
-    spec.setdefault("sessionAffinity", "None")
     for port in spec.get("ports") or []:
         if isinstance(port, dict):
             port.setdefault("protocol", "TCP")
@@ -264,6 +265,41 @@ def _ip(path: str, value: Any, family: str | None = None) -> list[Cause]:
     return []
 
 
+def _endpoint_ip(path: str, value: Any) -> list[Cause]:
+    """ValidateEndpointIP: an endpoint's address may not be unspecified, loopback or
+    link-local (kube-apiserver checks this on Endpoints and EndpointSlices alike)."""
+    try:
+        ip = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        return [invalid(path, value, "must be a valid IP address")]
+    for bad, detail in ((ip.is_unspecified, f"may not be unspecified ({value})"),
+                        (ip.is_loopback, "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+                        (ip.is_link_local and not ip.is_multicast,
+                         "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+                        (ip.is_multicast and _link_local_multicast(ip),
+                         "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")):
+        if bad:
+            return [invalid(path, value, detail)]
+    return []
+
+
+def _link_local_multicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    network = "224.0.0.0/24" if ip.version == 4 else "ff02::/16"
+    return ip in ipaddress.ip_network(network)
+
+
+def _slice_address(path: str, index: int, value: Any, family: str) -> list[Cause]:
+    """An EndpointSlice address of an IP family: any IP first (an address of the other
+    family is reported on the list, as upstream does), then `_endpoint_ip`."""
+    found = _ip_family(value) if isinstance(value, str) else None
+    if found is None:
+        return _ip(f"{path}[{index}]", value)
+    causes = [invalid(path, value, f"must be an {family} address")] if found != family else []
+    return causes + _endpoint_ip(f"{path}[{index}]", value)
+
+
 def _validate_service_ports(spec: dict[str, Any], stype: str) -> list[Cause]:
     ports = spec.get("ports") or []
     causes: list[Cause] = []
@@ -329,7 +365,7 @@ def _validate_endpoint_slice(eps: dict[str, Any]) -> list[Cause]:
             causes.append(Cause("FieldValueTooMany", message, f"endpoints[{i}].addresses"))
         if family != "FQDN":
             for j, address in enumerate(addresses):
-                causes += _ip(f"endpoints[{i}].addresses[{j}]", address, family)
+                causes += _slice_address(f"endpoints[{i}].addresses", j, address, family)
     for i, port in enumerate(eps.get("ports") or []):
         if port.get("port") is not None:
             causes += _port_number(f"ports[{i}].port", port.get("port"))
@@ -342,7 +378,8 @@ def _validate_endpoints(ep: dict[str, Any]) -> list[Cause]:
     for i, subset in enumerate(ep.get("subsets") or []):
         for key in ("addresses", "notReadyAddresses"):
             for j, address in enumerate((subset or {}).get(key) or []):
-                causes += _ip(f"subsets[{i}].{key}[{j}].ip", (address or {}).get("ip"))
+                ip, path = (address or {}).get("ip"), f"subsets[{i}].{key}[{j}].ip"
+                causes += _ip(path, ip) + _endpoint_ip(path, ip)
         for j, port in enumerate((subset or {}).get("ports") or []):
             causes += _port_number(f"subsets[{i}].ports[{j}].port", port.get("port"))
             causes += _protocol(f"subsets[{i}].ports[{j}].protocol", port.get("protocol"))

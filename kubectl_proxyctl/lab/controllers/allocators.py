@@ -525,8 +525,6 @@ class PodPlacer:
     def _address(self, key: Key, pod: dict[str, Any], node: _NodeState, old_ip: Any) -> None:
         st = pod["status"]
         now = timestamp()
-        st["hostIP"] = node.spec.ip
-        st["hostIPs"] = [{"ip": node.spec.ip}]
         ip = st.get("podIP")
         if pod["spec"].get("hostNetwork"):
             ip = node.spec.ip
@@ -540,17 +538,28 @@ class PodPlacer:
             ip = node.pool.pick_ip()
             if ip is None:
                 return  # the node's pod CIDR is full: no sandbox, the pod stays Pending
-        st["podIP"] = ip
-        st["podIPs"] = [{"ip": ip}]
-        conditions = st.setdefault("conditions", [])
-        if not any(c.get("type") == "PodScheduled" for c in conditions if isinstance(c, dict)):
-            conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-                               "lastTransitionTime": now})
-        st.setdefault("startTime", now)
-        st.setdefault("qosClass", "BestEffort")
-        if "containerStatuses" not in st and st.get("phase", "Pending") == "Pending":
-            st["containerStatuses"] = [
-                {"name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": False,
-                 "started": False, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}
-                for c in pod["spec"].get("containers") or [] if isinstance(c, dict)
-            ]
+        set_addressed(pod, node.spec.ip, ip, now)
+
+
+def set_addressed(pod: dict[str, Any], host_ip: str, ip: str, now: str) -> None:
+    """Fill in `pod`'s status as a kubelet does once the sandbox has an IP and the containers
+    are being created: host and pod IPs, PodScheduled, the start time, waiting containers.
+    Shared by the admission hook (the lab's API server) and the external controllers, which
+    write it through `pods/status`."""
+    st = pod.setdefault("status", {})
+    st["hostIP"] = host_ip
+    st["hostIPs"] = [{"ip": host_ip}]
+    st["podIP"] = ip
+    st["podIPs"] = [{"ip": ip}]
+    conditions = st.setdefault("conditions", [])
+    if not any(c.get("type") == "PodScheduled" for c in conditions if isinstance(c, dict)):
+        conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                           "lastTransitionTime": now})
+    st.setdefault("startTime", now)
+    st.setdefault("qosClass", "BestEffort")
+    if "containerStatuses" not in st and st.get("phase", "Pending") == "Pending":
+        st["containerStatuses"] = [
+            {"name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": False,
+             "started": False, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}
+            for c in pod["spec"].get("containers") or [] if isinstance(c, dict)
+        ]
