@@ -61,7 +61,7 @@ from kubectl_proxyctl.system.netns import socket_in_netns
 from kubectl_proxyctl.system.processes import ProcessRef
 
 from netns import lab_skip_reason as _tools_skip_reason
-from waiting import wait_for  # noqa: F401 (re-exported: the lab tests and bench/bench_lab.py wait with it)
+from waiting import TIMEOUT, wait_for  # wait_for re-exported: the lab tests and bench/bench_lab.py wait with it
 
 TOOLS = ("iptables", "iptables-save", "iptables-restore", "kubectl")
 MODE_TOOLS = {"iptables": (), "nftables": ("nft",), "ebpf": ("nft", "nsenter", "bpftool", "conntrack", "curl")}
@@ -498,3 +498,25 @@ class LabSlot:
         stack, self._lab, self._stack = self._stack, None, None
         if stack is not None:
             stack.close()
+
+
+def replace_under_load(lab: Any, old_pods: list[str], node_ip: str, node_port: int, rate: int) -> tuple["Load", list[str]]:
+    """A rolling replacement: under steady traffic to `node_ip:node_port`, start a new nginx pod
+    and delete one old pod at a time, then wait for 20 more connections after the last one is
+    gone. Returns the (stopped) load and the new pods' names; `lab` is a Lab or an external one
+    (both have spec, cli and kubectl)."""
+    load = Load(lab.spec.client_ns, node_ip, node_port, rate=rate).start()
+    replaced: list[str] = []
+    try:
+        for old in old_pods:
+            new = lab.cli("run", "nginx", "--labels", "app=nginx", "--port", "http=80").stdout.split()[0]
+            replaced.append(new.removeprefix("pod/"))
+            lab.kubectl("delete", "pod", old, "--grace-period=2", "--wait=false")
+            wait_for(lambda: lab.kubectl("get", "pod", old, check=False).returncode != 0, TIMEOUT,
+                     f"{old} to be removed")
+        # Traffic after the last old pod is gone: 20 more connections (callers check the last 10).
+        after = len(load.answers)
+        wait_for(lambda: len(load.answers) >= after + 2 * 10, TIMEOUT, "20 connections after the last removal")
+    finally:
+        load.stop()
+    return load, replaced

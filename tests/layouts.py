@@ -399,20 +399,7 @@ def _sync_service_1_20(sync: _Sync, svc: ServicePort) -> None:
     else:
         _reject(sync, "KUBE-SERVICES", svc, f"-m {svc.proto} -p {svc.proto} -d {sync.ip(svc.cluster_ip)} "
                 f"--dport {svc.port}")
-    for ingress in svc.lb_ips:
-        if not has:
-            _reject(sync, "KUBE-EXTERNAL-SERVICES", svc, f"-m {svc.proto} -p {svc.proto} -d {sync.ip(ingress)} "
-                    f"--dport {svc.port}")
-            continue
-        sync.nat_chain(fw)
-        sync.nat("-A KUBE-SERVICES", _args(svc, "loadbalancer IP", ingress, sync), f"-j {fw}")
-        head = f'-A {fw} -m comment --comment "{svc.name_string} loadbalancer IP"'
-        chosen = xlb
-        if not svc.etp_local:
-            sync.nat(head, "-j KUBE-MARK-MASQ")
-            chosen = svc_chain
-        _source_ranges(sync, svc, head, ingress, chosen)
-        sync.nat(head, "-j KUBE-MARK-DROP")
+    _load_balancer_rules(sync, svc, has, fw, xlb, svc_chain, sync.ip)
     if svc.node_port:
         np_args = f"-m comment --comment {svc.name_string} -m {svc.proto} -p {svc.proto} --dport {svc.node_port}"
         if has and not svc.etp_local:
@@ -459,6 +446,27 @@ def _source_ranges(sync: _Sync, svc: ServicePort, head: str, ingress: str, chose
             allow_from_node = True
     if allow_from_node:
         sync.nat(head, f"-s {sync.ip(ingress)} -j {chosen}")
+
+
+def _load_balancer_rules(sync: _Sync, svc: ServicePort, has: bool, fw: str, xlb: str, svc_chain: str,
+                         spell: Callable[[str], str]) -> None:
+    """≤ 1.23: every load-balancer IP through KUBE-FW-: masquerade (Cluster policy), the
+    allowed source ranges on to XLB/SVC, the rest to KUBE-MARK-DROP; the REJECT twin in
+    filter without endpoints. `spell` writes the address in the reject rule (1.20: with /32)."""
+    for ingress in svc.lb_ips:
+        if not has:
+            _reject(sync, "KUBE-EXTERNAL-SERVICES", svc, f"-m {svc.proto} -p {svc.proto} -d {spell(ingress)} "
+                    f"--dport {svc.port}")
+            continue
+        sync.nat_chain(fw)
+        sync.nat("-A KUBE-SERVICES", _args(svc, "loadbalancer IP", ingress, sync), f"-j {fw}")
+        head = f'-A {fw} -m comment --comment "{svc.name_string} loadbalancer IP"'
+        chosen = xlb
+        if not svc.etp_local:
+            sync.nat(head, "-j KUBE-MARK-MASQ")
+            chosen = svc_chain
+        _source_ranges(sync, svc, head, ingress, chosen)
+        sync.nat(head, "-j KUBE-MARK-DROP")
 
 
 def _xlb_chain(sync: _Sync, svc: ServicePort, svc_chain: str, xlb: str, local: Sequence[Endpoint],
@@ -508,20 +516,7 @@ def _sync_service_1_23(sync: _Sync, svc: ServicePort) -> None:
         sync.nat("-A KUBE-SERVICES", args, f"-j {svc_chain}")
     else:
         _reject(sync, "KUBE-SERVICES", svc, f"-m {svc.proto} -p {svc.proto} -d {svc.cluster_ip} --dport {svc.port}")
-    for ingress in svc.lb_ips:
-        if not has:
-            _reject(sync, "KUBE-EXTERNAL-SERVICES", svc, f"-m {svc.proto} -p {svc.proto} -d {ingress} "
-                    f"--dport {svc.port}")
-            continue
-        sync.nat_chain(fw)
-        sync.nat("-A KUBE-SERVICES", _args(svc, "loadbalancer IP", ingress, sync), f"-j {fw}")
-        head = f'-A {fw} -m comment --comment "{svc.name_string} loadbalancer IP"'
-        chosen = xlb
-        if not svc.etp_local:
-            sync.nat(head, "-j KUBE-MARK-MASQ")
-            chosen = svc_chain
-        _source_ranges(sync, svc, head, ingress, chosen)
-        sync.nat(head, "-j KUBE-MARK-DROP")
+    _load_balancer_rules(sync, svc, has, fw, xlb, svc_chain, str)
     if svc.node_port:
         np_args = f"-m comment --comment {svc.name_string} -m {svc.proto} -p {svc.proto} --dport {svc.node_port}"
         if has and not svc.etp_local:

@@ -42,7 +42,7 @@ from kubectl_proxyctl.system import cgroups
 from labfixtures import (
     NGINX_DEMO, NGINX_PODS, NOTHING_LEFT, Lab, LabSlot, Load, answers_in_pod, api_server_down, cgroup_of,
     ebpf_services, http_request, in_node_netns, kill_daemons, lab_skip_reason, leftovers, programmed, proxyctl,
-    running_lab, spread, udp_request, wait_for,
+    replace_under_load, running_lab, spread, udp_request, wait_for,
 )
 from waiting import TIMEOUT
 
@@ -369,20 +369,7 @@ def test_a_dead_engine_or_pod_server_is_started_again(lab: Lab, nginx: dict[str,
 def test_rolling_replacement_under_load_loses_nothing(lab: Lab, nginx: dict[str, str]) -> None:
     # The replacements stay behind: the `nginx` fixture of the next test puts the demo pods back.
     node = lab.spec.nodes[0]
-    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=LOAD_RATE).start()
-    replaced = []
-    try:
-        for old in NGINX_PODS:
-            new = lab.cli("run", "nginx", "--labels", "app=nginx", "--port", "http=80").stdout.split()[0]
-            replaced.append(new.removeprefix("pod/"))
-            lab.kubectl("delete", "pod", old, "--grace-period=2", "--wait=false")
-            wait_for(lambda: lab.kubectl("get", "pod", old, check=False).returncode != 0, TIMEOUT,
-                     f"{old} to be removed")
-        # Traffic after the last old pod is gone: 20 more connections (the last 10 are checked).
-        after = len(load.answers)
-        wait_for(lambda: len(load.answers) >= after + 2 * 10, TIMEOUT, "20 connections after the last removal")
-    finally:
-        load.stop()
+    load, replaced = replace_under_load(lab, list(NGINX_PODS), node.ip, NODE_PORT, LOAD_RATE)
     assert load.failures == [], f"{len(load.failures)} of {len(load.answers)} failed: {load.failures[:5]}"
     assert len(load.answers) > 60
     late = {a.pod for t, a in load.answers[-10:]}

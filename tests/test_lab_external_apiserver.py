@@ -29,7 +29,8 @@ import pytest
 from kubectl_proxyctl.lab.supervisor import KUBECONFIG, read_ref
 
 from labfixtures import (
-    NGINX_DEMO, NGINX_PODS, NOTHING_LEFT, Lab, Load, http_request, lab_skip_reason, leftovers, proxyctl, spread, wait_for,
+    NGINX_DEMO, NGINX_PODS, NOTHING_LEFT, Lab, Load, http_request, lab_skip_reason, leftovers, proxyctl,
+    replace_under_load, spread, wait_for,
 )
 from waiting import TIMEOUT
 
@@ -177,20 +178,7 @@ def test_demo_flow(lab: ExternalLab, nginx: dict[str, str]) -> None:
 
 
 def test_rolling_replacement_under_load_loses_nothing(lab: ExternalLab, nginx: dict[str, str]) -> None:
-    node = lab.spec.nodes[0]
-    load = Load(lab.spec.client_ns, node.ip, NODE_PORT, rate=LOAD_RATE).start()
-    replaced = []
-    try:
-        for old in NGINX_PODS:
-            new = lab.cli("run", "nginx", "--labels", "app=nginx", "--port", "http=80").stdout.split()[0]
-            replaced.append(new.removeprefix("pod/"))
-            lab.kubectl("delete", "pod", old, "--grace-period=2", "--wait=false")
-            wait_for(lambda: lab.kubectl("get", "pod", old, check=False).returncode != 0, TIMEOUT,
-                     f"{old} to be removed")
-        after = len(load.answers)
-        wait_for(lambda: len(load.answers) >= after + 20, TIMEOUT, "20 connections after the last removal")
-    finally:
-        load.stop()
+    load, replaced = replace_under_load(lab, list(NGINX_PODS), lab.spec.nodes[0].ip, NODE_PORT, LOAD_RATE)
     assert load.failures == [], f"{len(load.failures)} of {len(load.answers)} failed: {load.failures[:5]}"
     late = {a.pod for t, a in load.answers[-10:]}
     assert late <= set(replaced), f"old pods still answer at the end: {late}"
