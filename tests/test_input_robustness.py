@@ -373,7 +373,7 @@ def test_objects_of_unused_kinds_are_one_warning(capsys: pytest.CaptureFixture[s
     path = write(tmp_path, "cms.json", json.dumps({"kind": "List", "items": items}))
     code, _, err = cli(capsys, "endpoints", "-A", "-o", "json", "--from-file", path)
     assert code == 0 and err == ("warning: skipping 500 objects of kind ConfigMap (ConfigMap cm-0, ConfigMap cm-1, "
-                                 "ConfigMap cm-2, …): only Service, EndpointSlice, Node, Pod are used\n")
+                                 "ConfigMap cm-2, …): only Service, EndpointSlice, Node, Pod, ServiceCIDR are used\n")
 
 
 def test_library_loggers_stay_quiet_without_v(tmp_path: Path) -> None:
