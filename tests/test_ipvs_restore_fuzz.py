@@ -32,9 +32,11 @@ from test_engine_fuzz import FUZZ, Case, cases, configs, convert_and_check_repor
 
 LAB_SKIP = lab_skip_reason("ipset")
 timeout = st.sampled_from([0, 0, 1, 120, 900, 86400])
+# Schedulers the VM's kernel (Debian's 6.1) does not have: `twos` came with 6.2.
+NEWER_SCHEDULERS = ("twos",)
 ipvs_configs = st.builds(lambda c, scheduler, t, f, u: dataclasses.replace(
     c, ipvs_scheduler=scheduler, ipvs_tcp_timeout=t, ipvs_tcpfin_timeout=f, ipvs_udp_timeout=u),
-    configs, st.sampled_from(SCHEDULERS), timeout, timeout, timeout)
+    configs, st.sampled_from([s for s in SCHEDULERS if s not in NEWER_SCHEDULERS]), timeout, timeout, timeout)
 
 
 def dry_run_text(state: ClusterState, config: ProxyConfig) -> str:
