@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -205,14 +206,25 @@ class VirtualServer:
         return (self.scheduler, self.persistent, self.flags) == (other.scheduler, other.persistent, other.flags)
 
     def save_lines(self) -> list[str]:
-        """`ipvsadm -Sn` lines."""
+        """`ipvsadm -Sn` lines, addresses spelled as ipvsadm prints them."""
         flag = _PROTO_FLAG[self.protocol]
-        head = f"-A {flag} {self.where} -s {self.scheduler}"
+        where = saved_endpoint(self.address, self.port)
+        head = f"-A {flag} {where} -s {self.scheduler}"
+        if self.persistent:  # ipvsadm prints the persistence before the scheduler flags
+            head += f" -p {self.persistent}"
         if self.flags:
             head += f" -b {','.join(self.flags)}"
-        if self.persistent:
-            head += f" -p {self.persistent}"
-        return [head] + [f"-a {flag} {self.where} -r {r.endpoint} -m -w {r.weight}" for r in self.reals]
+        return [head] + [f"-a {flag} {where} -r {saved_endpoint(r.address, r.port)} -m -w {r.weight}"
+                         for r in self.reals]
+
+
+def saved_endpoint(address: str, port: int) -> str:
+    """`ADDRESS:PORT` as `ipvsadm -Sn` prints it: IPv6 in brackets and in inet_ntop's spelling,
+    which writes an IPv4-mapped address's last 32 bits dotted (`::ffff:240.237.11.100`, where
+    Python writes `::ffff:f0ed:b64`)."""
+    if ":" not in address:
+        return f"{address}:{port}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, ipaddress.ip_address(address).packed)}]:{port}"
 
 
 @dataclass(frozen=True)
