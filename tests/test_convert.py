@@ -278,15 +278,3 @@ def test_nodes_and_pods() -> None:
     p = state.pods["default/p"]
     assert p.ready and p.ip == "10.244.1.5" and p.container_ports == (("web", 80, Protocol.TCP),)
 
-
-def test_an_affinity_timeout_beyond_a_day_makes_the_service_invalid() -> None:
-    warnings: list[str] = []
-    svc = {"kind": "Service", "metadata": {"name": "s", "namespace": "default"},
-           "spec": {"clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP",
-                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1 << 40}},
-                    "ports": [{"port": 80, "protocol": "TCP"}]}}
-    state = state_from_objects([svc], warnings.append)
-    assert "default/s" not in state.services
-    assert warnings and "timeoutSeconds: 1099511627776 is more than 86400 (a day)" in warnings[0]
-    svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = 86400
-    assert state_from_objects([svc]).services["default/s"].ports[0].sticky_max_age_seconds == 86400

@@ -487,3 +487,10 @@ def test_dry_run_shows_the_timeouts_as_ipvsadm_set() -> None:
     timed = dataclasses.replace(p, config=dataclasses.replace(p.config, ipvs_tcp_timeout=900, ipvs_udp_timeout=300))
     text = ipvs_writer.dry_run(timed)[0]
     assert text.startswith("# ipvsadm -Sn\n--set 900 0 300\n-A -t ")
+
+
+def test_affinity_timeouts_beyond_the_api_maximum_are_capped() -> None:
+    objects = [node("node1", NODE_IP), service("s", "10.96.0.9", [{"name": "http", "port": 80}], affinity=2**40),
+               endpoint_slice("s", [endpoint("10.244.1.5", "node1")], [("http", 80, "TCP")])]
+    p = plan(state_from_objects(objects, warn=lambda m: None), ProxyConfig(node_name="node1"))
+    assert "-A -t 10.96.0.9:80 -s rr -p 86400" in ipvs_writer.dry_run(p)[0]

@@ -61,8 +61,6 @@ LABEL_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
 DEFAULT_AFFINITY_SECONDS = 10800
 
-MAX_AFFINITY_SECONDS = 86400  # the API's limit on sessionAffinityConfig.clientIP.timeoutSeconds
-
 KINDS = ("Service", "EndpointSlice", "Node", "Pod", "ServiceCIDR")
 
 
@@ -411,11 +409,6 @@ def _convert_service(obj: Obj, notes: "_Notes") -> Service:
     timeout = DEFAULT_AFFINITY_SECONDS
     if affinity:
         cfg = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
-        if isinstance(cfg, int) and not isinstance(cfg, bool) and cfg > MAX_AFFINITY_SECONDS:
-            # the API server refuses it; the kernel's timers (iptables recent, IPVS persistence,
-            # nft set timeouts) cannot hold it, and one such rule would fail every sync
-            raise InvalidObject(f"spec.sessionAffinityConfig.clientIP.timeoutSeconds: {cfg} is more than "
-                                f"{MAX_AFFINITY_SECONDS} (a day), the most Kubernetes allows")
         if isinstance(cfg, int) and not isinstance(cfg, bool) and cfg > 0:
             timeout = cfg
     accessible_by_type = svc_type in (ServiceType.NodePort, ServiceType.LoadBalancer) or bool(external_ips)

@@ -54,6 +54,10 @@ from kubectl_proxyctl.plan.planner import InternalMasquerade, NodePlan, ServiceP
 DUMMY_DEVICE = "kube-ipvs0"
 DEFAULT_SCHEDULER = "rr"
 # ipvsadm's schedulers (the kernel loads ip_vs_<name> on first use).
+# The API's maximum ClientIP timeout: a Service from a file may say more, which the kernel's
+# persistence timeout (and `ipvsadm -R`) refuses; capped, as nftables mode caps its set timeouts.
+AFFINITY_SECONDS_MAX = 86400
+
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
 
 KUBE_NODE_PORT = "KUBE-NODE-PORT"
@@ -470,7 +474,8 @@ def service_entries(sps: Iterable[ServicePortPlan], plan: NodePlan, node_address
 
         def vs(address: str, port: int, local_policy: bool) -> VirtualServer:
             endpoints = sp.local_endpoints if local_policy and sp.local_endpoints else sp.cluster_endpoints
-            return VirtualServer(proto, address, port, options.scheduler, sp.affinity_seconds, flags, _reals(endpoints))
+            return VirtualServer(proto, address, port, options.scheduler, min(sp.affinity_seconds, AFFINITY_SECONDS_MAX),
+                                 flags, _reals(endpoints))
 
         if _storable(sp.cluster_ip):
             members.append((CLUSTER_IP, _host_port(sp.cluster_ip, proto, sp.port)))
