@@ -7,6 +7,9 @@ random scheduler and random timeouts on top. Two tools read the text:
 * `ipset restore` (lab): the `ipset save` part, on the host, inside a throw-away network
   namespace (ipsets belong to a namespace, so the host's stay untouched); every set must come
   back with as many members as we wrote, so no member was merged or dropped.
+* the engine's own netlink writes (`system/ipset.py`, lab): the same members added through
+  `IpsetKernel` into sets made empty must give exactly the `ipset save` output that
+  `ipset restore` of the text gave, and deleting them all must leave the sets empty.
 * `ipvsadm -R`: the `ipvsadm -Sn` part needs IP_VS, which only the VM has. `payloads()` writes
   the texts to files before the VM boots, and tests/vm/ipvs_settings_suite.py restores them
   all in the same boot as the rest of the VM suite (tests/test_ipvs_vm.py).
@@ -86,6 +89,57 @@ def test_every_ipset_save_part_passes_ipset_restore(ipset_netns: str, batch: lis
         ipset(ipset_netns, "restore", stdin=text)
         assert member_counts(ipset(ipset_netns, "save")) == member_counts(text)
     finally:
+        ipset(ipset_netns, "destroy")
+
+
+def creates_and_members(text: str) -> tuple[str, list[tuple[str, str, str, str]]]:
+    """The `create` lines of an `ipset save` text, and (set, type, family, member) of each `add`."""
+    creates, types, members = [], {}, []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["create"]:
+            creates.append(line)
+            family = words[words.index("family") + 1] if "family" in words else "inet"
+            types[words[1]] = (words[2], family)
+        elif words[:1] == ["add"]:
+            members.append((words[1], *types[words[1]], words[2]))
+    return "\n".join(creates) + "\n", members
+
+
+def added_lines(save: str) -> list[str]:
+    """The members of an `ipset save` output, sorted (the sets' random initval left out)."""
+    return sorted(line for line in save.splitlines() if line.startswith("add "))
+
+
+@pytest.mark.lab
+@given(batch=cases(), config=ipvs_configs)
+@settings(FUZZ, max_examples=150)
+def test_netlink_member_writes_match_ipset_restore(ipset_netns: str, batch: list[Case], config: ProxyConfig) -> None:
+    from kubectl_proxyctl.system.ipset import IpsetKernel
+    from kubectl_proxyctl.system.netns import call_in_netns
+
+    state, _ = convert_and_check_reports(batch)
+    assume(state.ports)
+    text = part(dry_run_text(state, config), "# ipset save")
+    creates, members = creates_and_members(text)
+    kernel = call_in_netns(ipset_netns, IpsetKernel)
+    try:
+        ipset(ipset_netns, "restore", stdin=text)
+        restored = added_lines(ipset(ipset_netns, "save"))
+        ipset(ipset_netns, "destroy")
+        ipset(ipset_netns, "restore", stdin=creates)
+        kernel.defer(True)
+        for name, type_, family, member in members:
+            kernel.add(name, type_, [member], family)
+        kernel.flush()
+        assert added_lines(ipset(ipset_netns, "save")) == restored
+        for name, type_, family, member in members:
+            kernel.delete(name, type_, [member, member], family)  # the second delete finds it gone: fine
+        kernel.flush()
+        assert added_lines(ipset(ipset_netns, "save")) == []
+    finally:
+        kernel.defer(False)
+        kernel.close()
         ipset(ipset_netns, "destroy")
 
 

@@ -44,6 +44,12 @@ class FakeIpvs:
         self.table: dict[Key, _VS] = {}
         self.writes: list[tuple[Any, ...]] = []
 
+
+    def defer(self, on: bool) -> None:
+        pass  # a fake applies every write at once
+
+    def flush(self) -> None:
+        pass
     def services(self, reals: bool = True) -> list[KernelService]:
         return [KernelService(*k, v.scheduler, v.persistent, v.flags,
                               tuple(KernelReal(a, p, w, act, ina) for (a, p), (w, act, ina) in v.reals.items())
@@ -111,6 +117,12 @@ class FakeIpset:
         self.sets: dict[str, tuple[str, set[str]]] = {}
         self.writes = 0
 
+
+    def defer(self, on: bool) -> None:
+        pass  # a fake applies every write at once
+
+    def flush(self) -> None:
+        pass
     def exists(self, name: str) -> bool:
         return name in self.sets
 
@@ -165,6 +177,12 @@ class FakeDummy:
         self.bound: set[str] = set()
         self.node_addresses = list(node_addresses)
 
+
+    def defer(self, on: bool) -> None:
+        pass  # a fake applies every write at once
+
+    def flush(self) -> None:
+        pass
     def index(self) -> int | None:
         return 7 if self.present else None
 

@@ -1,5 +1,9 @@
-"""IPVS over generic netlink (pyroute2's `IPVS`) and the dummy interface that holds the
-service addresses (pyroute2's `IPRoute`): the only module that talks to the kernel's ip_vs.
+"""IPVS over generic netlink and the dummy interface that holds the service addresses: the
+only module that talks to the kernel's ip_vs. Reads (dumps, lookups) go through pyroute2's
+`IPVS` and `IPRoute`; writes are encoded here and sent through `system.netlink.Batch`, so a
+sync's thousands of virtual servers, real servers and addresses cost a few sends. Writes are
+sent at once, unless `defer(True)`: then they wait for `flush()` (or for a read, which flushes
+first), and `defer(False)` drops what was never flushed.
 
 Virtual servers are keyed by (protocol name, address, port); real servers by (address, port).
 The kernel's own flag bits stay here: callers pass `persistent` seconds and scheduler flag
@@ -12,11 +16,13 @@ import ipaddress
 import os
 import shutil
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from kubectl_proxyctl.errors import ApplyError
+from kubectl_proxyctl.system import netlink as nl
 
 PROC_IP_VS = "/proc/net/ip_vs"
 _PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
@@ -27,6 +33,17 @@ _SCHED_FLAGS = {"sh-fallback": 0x0008, "sh-port": 0x0010, "mh-fallback": 0x0008,
                 "flag-1": 0x0008, "flag-2": 0x0010, "flag-3": 0x0020}
 _OUR_FLAGS = _PERSISTENT | 0x0008 | 0x0010 | 0x0020
 _MASQ = 0  # IP_VS_CONN_F_MASQ
+
+# include/uapi/linux/ip_vs.h
+_GENL_VERSION = 1
+_CMD_NEW_SERVICE, _CMD_SET_SERVICE, _CMD_DEL_SERVICE = 1, 2, 3
+_CMD_NEW_DEST, _CMD_SET_DEST, _CMD_DEL_DEST = 5, 6, 7
+_CMD_ATTR_SERVICE, _CMD_ATTR_DEST = 1, 2
+_SVC_AF, _SVC_PROTOCOL, _SVC_ADDR, _SVC_PORT = 1, 2, 3, 4
+_SVC_SCHED_NAME, _SVC_FLAGS, _SVC_TIMEOUT, _SVC_NETMASK = 6, 7, 8, 9
+_DEST_ADDR, _DEST_PORT, _DEST_FWD_METHOD, _DEST_WEIGHT = 1, 2, 3, 4
+_DEST_U_THRESH, _DEST_L_THRESH, _DEST_ADDR_FAMILY = 5, 6, 11
+_ENOENT, _ESRCH, _EEXIST, _EADDRNOTAVAIL = 2, 3, 17, 99
 
 
 @dataclass(frozen=True)
@@ -88,11 +105,30 @@ class IpvsKernel:
 
         try:
             self._ipvs: Any = IPVS()
+            self._batch = nl.Batch(nl.NETLINK_GENERIC)
+            self._genl = nl.generic_family(self._batch, "IPVS")
         except Exception as exc:  # noqa: BLE001 - no IPVS generic netlink family
             raise ApplyError(f"cannot open the IPVS netlink socket (kernel module ip_vs): {exc}") from exc
+        self.deferred = False
 
     def close(self) -> None:
         self._ipvs.close()
+        self._batch.close()
+
+    def defer(self, on: bool) -> None:
+        """Queue writes until `flush()` (on), or send each at once (off: anything still queued
+        is dropped, as after a failed sync)."""
+        self.deferred = on
+        if not on:
+            self._batch.discard()
+
+    def flush(self) -> None:
+        self._batch.flush()
+
+    def _send(self, cmd: int, attrs: bytes, what: str, ignore: tuple[int, ...] = ()) -> None:
+        self._batch.add(self._genl, struct.pack("=BBH", cmd, _GENL_VERSION, 0) + attrs, what, ignore=ignore)
+        if not self.deferred:
+            self._batch.flush()
 
     @staticmethod
     def _service(protocol: str, address: str, port: int, **extra: Any) -> Any:
@@ -102,6 +138,7 @@ class IpvsKernel:
 
     def services(self, reals: bool = True) -> list[KernelService]:
         """Every virtual server (with its real servers when `reals`); firewall-mark ones left out."""
+        self._batch.flush()
         try:
             messages = list(self._ipvs.service("dump"))
         except Exception as exc:  # noqa: BLE001
@@ -128,6 +165,7 @@ class IpvsKernel:
         return out
 
     def reals(self, key: tuple[str, str, int]) -> list[KernelReal]:
+        self._batch.flush()
         try:
             messages = list(self._ipvs.dest("dump", service=self._service(*key)))
         except Exception as exc:  # noqa: BLE001
@@ -150,40 +188,52 @@ class IpvsKernel:
         except Exception as exc:  # noqa: BLE001
             raise ApplyError(f"{what}: {exc}") from exc
 
-    def _full_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> Any:
+    @staticmethod
+    def _key_attrs(key: tuple[str, str, int]) -> bytes:
+        protocol, address, port = key
+        ip = ipaddress.ip_address(address)
+        return (nl.u16(_SVC_AF, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+                + nl.u16(_SVC_PROTOCOL, _PROTOCOLS[protocol]) + nl.attr(_SVC_ADDR, ip.packed)
+                + nl.be16(_SVC_PORT, port))
+
+    def _full_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> bytes:
         flags = (_PERSISTENT if persistent else 0) | sched_flags
-        return self._service(*key, sched_name=scheduler, timeout=persistent,
-                             flags={"flags": flags, "mask": _OUR_FLAGS})
+        v6 = ":" in key[1]
+        return nl.nested(_CMD_ATTR_SERVICE, self._key_attrs(key), nl.string(_SVC_SCHED_NAME, scheduler),
+                         nl.attr(_SVC_FLAGS, struct.pack("=II", flags, _OUR_FLAGS)),
+                         nl.u32(_SVC_TIMEOUT, persistent), nl.u32(_SVC_NETMASK, 128 if v6 else 0xFFFFFFFF))
 
     def add_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> None:
-        self._call(f"cannot add IPVS virtual server {_name(key)}", self._ipvs.service, "add",
-                   service=self._full_service(key, scheduler, persistent, sched_flags))
+        self._send(_CMD_NEW_SERVICE, self._full_service(key, scheduler, persistent, sched_flags),
+                   f"cannot add IPVS virtual server {_name(key)}")
 
     def update_service(self, key: tuple[str, str, int], scheduler: str, persistent: int, sched_flags: int) -> None:
-        self._call(f"cannot update IPVS virtual server {_name(key)}", self._ipvs.service, "set",
-                   service=self._full_service(key, scheduler, persistent, sched_flags))
+        self._send(_CMD_SET_SERVICE, self._full_service(key, scheduler, persistent, sched_flags),
+                   f"cannot update IPVS virtual server {_name(key)}")
 
     def delete_service(self, key: tuple[str, str, int]) -> None:
-        self._call(f"cannot delete IPVS virtual server {_name(key)}", self._ipvs.service, "del",
-                   service=self._service(*key))
+        self._send(_CMD_DEL_SERVICE, nl.nested(_CMD_ATTR_SERVICE, self._key_attrs(key)),
+                   f"cannot delete IPVS virtual server {_name(key)}")
 
-    @staticmethod
-    def _dest(address: str, port: int, weight: int = 1) -> Any:
-        from pyroute2 import IPVSDest
-
-        return IPVSDest(addr=address, port=port, weight=weight, fwd_method=_MASQ)
+    def _dest(self, key: tuple[str, str, int], address: str, port: int, weight: int) -> bytes:
+        ip = ipaddress.ip_address(address)
+        return (nl.nested(_CMD_ATTR_SERVICE, self._key_attrs(key))
+                + nl.nested(_CMD_ATTR_DEST, nl.attr(_DEST_ADDR, ip.packed), nl.be16(_DEST_PORT, port),
+                            nl.u32(_DEST_FWD_METHOD, _MASQ), nl.u32(_DEST_WEIGHT, weight),
+                            nl.u32(_DEST_U_THRESH, 0), nl.u32(_DEST_L_THRESH, 0),
+                            nl.u16(_DEST_ADDR_FAMILY, socket.AF_INET6 if ip.version == 6 else socket.AF_INET)))
 
     def add_real(self, key: tuple[str, str, int], address: str, port: int, weight: int = 1) -> None:
-        self._call(f"cannot add real server {address}:{port} to {_name(key)}", self._ipvs.dest, "add",
-                   service=self._service(*key), dest=self._dest(address, port, weight))
+        self._send(_CMD_NEW_DEST, self._dest(key, address, port, weight),
+                   f"cannot add real server {_host(address)}:{port} to {_name(key)}")
 
     def set_weight(self, key: tuple[str, str, int], address: str, port: int, weight: int) -> None:
-        self._call(f"cannot set the weight of {address}:{port} in {_name(key)}", self._ipvs.dest, "set",
-                   service=self._service(*key), dest=self._dest(address, port, weight))
+        self._send(_CMD_SET_DEST, self._dest(key, address, port, weight),
+                   f"cannot set the weight of {_host(address)}:{port} in {_name(key)}")
 
     def delete_real(self, key: tuple[str, str, int], address: str, port: int) -> None:
-        self._call(f"cannot delete real server {address}:{port} from {_name(key)}", self._ipvs.dest, "del",
-                   service=self._service(*key), dest=self._dest(address, port))
+        self._send(_CMD_DEL_DEST, self._dest(key, address, port, 0),
+                   f"cannot delete real server {_host(address)}:{port} from {_name(key)}")
 
     def set_timeouts(self, tcp: int, tcp_fin: int, udp: int) -> None:
         """`ipvsadm --set TCP TCPFIN UDP` (IPVS_CMD_SET_CONFIG), in seconds; the kernel keeps the
@@ -200,8 +250,6 @@ def _config_message(tcp: int, tcp_fin: int, udp: int) -> Any:
     """An IPVS_CMD_SET_CONFIG request. pyroute2's IPVS class has no call for it, and its message
     type declares the timeout attributes as raw bytes: each is given as the native-endian u32
     of seconds the kernel reads (include/uapi/linux/ip_vs.h)."""
-    import struct
-
     from pyroute2.netlink.generic import ipvs as genl_ipvs
 
     msg = genl_ipvs.ipvsmsg()
@@ -213,10 +261,25 @@ def _config_message(tcp: int, tcp_fin: int, udp: int) -> Any:
     return msg
 
 
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 def _name(key: tuple[str, str, int]) -> str:
     protocol, address, port = key
-    host = f"[{address}]" if ":" in address else address
-    return f"{protocol} {host}:{port}"
+    return f"{protocol} {_host(address)}:{port}"
+
+
+_RTM_NEWADDR, _RTM_DELADDR = 20, 21
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+
+
+def _address_message(index: int, address: str) -> bytes:
+    """An ifaddrmsg for a host address (/32 or /128, scope global) on interface `index`."""
+    ip = ipaddress.ip_address(address)
+    family, prefix = (socket.AF_INET6, 128) if ip.version == 6 else (socket.AF_INET, 32)
+    return (struct.pack("=BBBBI", family, prefix, 0, 0, index)
+            + nl.attr(_IFA_LOCAL, ip.packed) + nl.attr(_IFA_ADDRESS, ip.packed))
 
 
 class DummyDevice:
@@ -227,11 +290,24 @@ class DummyDevice:
 
         self.name = name
         self._ipr: Any = IPRoute()
+        self._batch = nl.Batch(nl.NETLINK_ROUTE)
+        self.deferred = False
 
     def close(self) -> None:
         self._ipr.close()
+        self._batch.close()
+
+    def defer(self, on: bool) -> None:
+        """As `IpvsKernel.defer`."""
+        self.deferred = on
+        if not on:
+            self._batch.discard()
+
+    def flush(self) -> None:
+        self._batch.flush()
 
     def index(self) -> int | None:
+        self._batch.flush()
         found = self._ipr.link_lookup(ifname=self.name)
         return int(found[0]) if found else None
 
@@ -259,7 +335,7 @@ class DummyDevice:
         return True
 
     def addresses(self) -> set[str]:
-        index = self.index()
+        index = self.index()  # flushes
         if index is None:
             return set()
         return {str(a.get_attr("IFA_ADDRESS")) for a in self._ipr.get_addr(index=index)}
@@ -267,24 +343,20 @@ class DummyDevice:
     def bind(self, addresses: Iterable[str]) -> None:
         index = self.ensure()
         for address in addresses:
-            prefix = 128 if ":" in address else 32
-            try:
-                self._ipr.addr("add", index=index, address=address, prefixlen=prefix)
-            except Exception as exc:  # noqa: BLE001
-                if getattr(exc, "code", None) != 17:  # EEXIST
-                    raise ApplyError(f"cannot bind {address} to {self.name}: {exc}") from exc
+            self._batch.add(_RTM_NEWADDR, _address_message(index, address), f"cannot bind {address} to {self.name}",
+                            flags=nl.NLM_F_CREATE | nl.NLM_F_EXCL, ignore=(_EEXIST,))
+        if not self.deferred:
+            self._batch.flush()
 
     def unbind(self, addresses: Iterable[str]) -> None:
         index = self.index()
         if index is None:
             return
         for address in addresses:
-            prefix = 128 if ":" in address else 32
-            try:
-                self._ipr.addr("del", index=index, address=address, prefixlen=prefix)
-            except Exception as exc:  # noqa: BLE001
-                if getattr(exc, "code", None) not in (99, 2):  # EADDRNOTAVAIL, ENOENT
-                    raise ApplyError(f"cannot unbind {address} from {self.name}: {exc}") from exc
+            self._batch.add(_RTM_DELADDR, _address_message(index, address),
+                            f"cannot unbind {address} from {self.name}", ignore=(_EADDRNOTAVAIL, _ENOENT))
+        if not self.deferred:
+            self._batch.flush()
 
     def other_addresses(self) -> list[str]:
         """Every local address not on this interface (kube-proxy's node address set)."""

@@ -25,8 +25,11 @@ constant-size companion rules (kube-proxy's IPVS layout, `render.py`).
   we wrote (`ipvsadm -C` shows), every set, and the iptables jumps and chains; anything lost
   makes the next sync a full one, which repairs it.
 
-A sync stops at the first kernel refusal (ApplyError); the proxier then makes the next sync a
-full one, which starts from what the kernel holds, so there is nothing to roll back.
+Kernel writes are queued and sent many to a system call (`system/netlink.py`), before the
+iptables restore and at the end of the sync. A refusal fails the sync with an ApplyError naming
+the first refused object (requests sent with it may have been applied); the proxier then makes
+the next sync a full one, which starts from what the kernel holds, so there is nothing to roll
+back.
 """
 
 from __future__ import annotations
@@ -143,10 +146,15 @@ class IpvsWriter:
             rendered = render(plan, self.options, local_addresses=local)
         else:
             rendered = render(plan, self.options, local_addresses=local, previous=self.rendered, changed=changed)
-        if rendered.delta is None:
-            self._write_full(rendered)
-        else:
-            self._write_partial(rendered)
+        self._defer(True)
+        try:
+            if rendered.delta is None:
+                self._write_full(rendered)
+            else:
+                self._write_partial(rendered)
+            self._flush()
+        finally:
+            self._defer(False)  # after a refusal, what was queued behind it is dropped
         self.rendered = rendered
         self.owned = set(rendered.state.vservers)
         return Written(rendered.delta is None, self.ops, rendered)
@@ -229,7 +237,17 @@ class IpvsWriter:
             self.dummy.unbind(sorted(delta.unbind))
             self.ops += len(delta.unbind)
 
+    def _defer(self, on: bool) -> None:
+        for part in (self.ipvs, self.ipset, self.dummy):
+            part.defer(on)
+
+    def _flush(self) -> None:
+        """Send the queued virtual servers, real servers, addresses and set members."""
+        for part in (self.ipvs, self.ipset, self.dummy):
+            part.flush()
+
     def _restore(self, rendered: RenderedIpvs, force: bool) -> None:
+        self._flush()  # the iptables rules steer traffic to what must be there by then
         if force or rendered.iptables != self.iptables_text:
             self.iptables.restore(rendered.iptables)
             self.iptables_text = rendered.iptables
