@@ -102,6 +102,7 @@ def test_addresses_are_bound_and_unbound_in_one_batch(netns: str) -> None:
         device.bind(wanted[:5])  # bound already: not an error
         device.flush()
         assert bound() == set(wanted)
+        assert device.addresses() - {"127.0.0.1", "::1"} == set(wanted)  # one dump, decoded by us
         assert "10.96.2.100/32" in sh(netns, "ip", "-4", "addr", "show", "dev", "lo")
         device.unbind(wanted + ["10.99.0.1"])  # one that was never bound: not an error
         device.flush()

@@ -270,7 +270,7 @@ def _name(key: tuple[str, str, int]) -> str:
     return f"{protocol} {_host(address)}:{port}"
 
 
-_RTM_NEWADDR, _RTM_DELADDR = 20, 21
+_RTM_NEWADDR, _RTM_DELADDR, _RTM_GETADDR = 20, 21, 22
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 
@@ -334,11 +334,24 @@ class DummyDevice:
             raise ApplyError(f"cannot delete {self.name}: {exc}") from exc
         return True
 
+    def _all_addresses(self) -> list[tuple[int, str]]:
+        """(interface index, address) of every address of the namespace: one dump, decoded here
+        (kube-ipvs0 holds one per Service address, thousands on a big node)."""
+        out = []
+        for reply in self._batch.dump(_RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0),
+                                      "cannot list the addresses"):
+            family, _, _, _, index = struct.unpack_from("=BBBBI", reply)
+            attrs = nl.parse_attrs(reply, 8)
+            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+            if raw and family in (socket.AF_INET, socket.AF_INET6):
+                out.append((index, socket.inet_ntop(family, raw)))
+        return out
+
     def addresses(self) -> set[str]:
         index = self.index()  # flushes
         if index is None:
             return set()
-        return {str(a.get_attr("IFA_ADDRESS")) for a in self._ipr.get_addr(index=index)}
+        return {address for i, address in self._all_addresses() if i == index}
 
     def bind(self, addresses: Iterable[str]) -> None:
         index = self.ensure()
@@ -361,11 +374,4 @@ class DummyDevice:
     def other_addresses(self) -> list[str]:
         """Every local address not on this interface (kube-proxy's node address set)."""
         index = self.index()
-        out = []
-        for a in self._ipr.get_addr():
-            if a.get("index") == index:
-                continue
-            address = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if address and str(address) not in out:
-                out.append(str(address))
-        return out
+        return list(dict.fromkeys(address for i, address in self._all_addresses() if i != index))

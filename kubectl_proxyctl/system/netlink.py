@@ -29,6 +29,7 @@ NETLINK_GENERIC = 16
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLMSG_ERROR = 0x2
@@ -214,6 +215,10 @@ class Batch:
                 detail = tlvs[_NLMSGERR_ATTR_MSG].rstrip(b"\0").decode(errors="replace")
         spelled = f"{text} ({name})" if name else text
         return f"{spelled}: {detail}" if detail else spelled
+
+    def dump(self, msg_type: int, payload: bytes, what: str) -> list[bytes]:
+        """A dump request (NLM_F_DUMP): the payload of every reply."""
+        return self.request(msg_type, payload, what, flags=NLM_F_DUMP)
 
     def request(self, msg_type: int, payload: bytes, what: str, flags: int = 0) -> list[bytes]:
         """One request answered with data (not a queued write): the payload of each reply."""
