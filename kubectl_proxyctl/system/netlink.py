@@ -181,27 +181,34 @@ class Batch:
         if first is not None:
             raise ApplyError(first[1])
 
+    def _receive(self, what: str) -> list[tuple[int, int, int, bytes]]:
+        """The messages of one read: (type, flags, seq, the whole message)."""
+        try:
+            data = self._sock.recv(1 << 20)
+        except OSError as exc:
+            raise ApplyError(f"{what}: no answer from the kernel: {exc}") from exc
+        out = []
+        offset = 0
+        while offset + 16 <= len(data):
+            length, msg_type, flags, seq, _ = struct.unpack_from("=IHHII", data, offset)
+            if length < 16:
+                break
+            out.append((msg_type, flags, seq, data[offset:offset + length]))
+            offset += (length + 3) & ~3
+        return out
+
     def _acks(self, pending: dict[int, _Request]) -> dict[int, str]:
         """Read until every request of `pending` is acknowledged; seq → refusal text."""
         refused: dict[int, str] = {}
         waiting = set(pending)
         while waiting:
-            try:
-                data = self._sock.recv(1 << 20)
-            except OSError as exc:
-                raise ApplyError(f"{pending[min(waiting)].what}: no answer from the kernel: {exc}") from exc
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, flags, seq, _ = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    break
+            for msg_type, flags, seq, message in self._receive(pending[min(waiting)].what):
                 if msg_type == NLMSG_ERROR and seq in waiting:
                     waiting.discard(seq)
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
+                    (code,) = struct.unpack_from("=i", message, 16)
                     request = pending[seq]
                     if code and -code not in request.ignore:
-                        refused[seq] = f"{request.what}: {self._describe(-code, data[offset:offset + length], flags)}"
-                offset += (length + 3) & ~3
+                        refused[seq] = f"{request.what}: {self._describe(-code, message, flags)}"
         return refused
 
     def _describe(self, code: int, message: bytes, flags: int) -> str:
@@ -229,25 +236,17 @@ class Batch:
                                        seq, 0) + payload)
         replies: list[bytes] = []
         while True:
-            try:
-                data = self._sock.recv(1 << 20)
-            except OSError as exc:
-                raise ApplyError(f"{what}: no answer from the kernel: {exc}") from exc
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, msg_flags, got, _ = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    break
-                if got == seq:
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", data, offset + 16)
-                        if code:
-                            raise ApplyError(f"{what}: {self._describe(-code, data[offset:offset + length], msg_flags)}")
-                        return replies
-                    if kind == NLMSG_DONE:
-                        return replies
-                    replies.append(data[offset + 16:offset + length])
-                offset += (length + 3) & ~3
+            for kind, msg_flags, got, message in self._receive(what):
+                if got != seq:
+                    continue
+                if kind == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", message, 16)
+                    if code:
+                        raise ApplyError(f"{what}: {self._describe(-code, message, msg_flags)}")
+                    return replies
+                if kind == NLMSG_DONE:
+                    return replies
+                replies.append(message[16:])
 
 
 def generic_family(batch: Batch, name: str) -> int:
