@@ -191,16 +191,33 @@ def program(mode: str, ns: str, objs: list[dict[str, Any]]) -> tuple[float, str]
     return seconds, proxier.writer.payload if mode == "iptables" else ""
 
 
-def enter_netns(ns: str) -> None:
-    """Move this process's main thread (and every thread and child it starts later) into `ns`."""
+_HOME_NETNS: list[int] = []  # the namespace this process started in, while it is in another one
+
+
+def _setns(fd: int, what: str) -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        raise SystemExit(f"cannot enter {what}: {os.strerror(ctypes.get_errno())}")
+
+
+def enter_netns(ns: str) -> None:
+    """Move this process's main thread (and every thread and child it starts later) into `ns`."""
+    _HOME_NETNS.append(os.open("/proc/self/ns/net", os.O_RDONLY))
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
-        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-            raise SystemExit(f"cannot enter {ns}: {os.strerror(ctypes.get_errno())}")
+        _setns(fd, ns)
     finally:
+        os.close(fd)
+
+
+def leave_netns() -> None:
+    """Back to the namespace the process started in (before its namespaces are removed, which
+    kills every process inside them)."""
+    while _HOME_NETNS:
+        fd = _HOME_NETNS.pop()
+        _setns(fd, "the initial network namespace")
         os.close(fd)
 
 
@@ -302,6 +319,7 @@ def main() -> int:
                 ns = spaces[mode] = stack.enter_context(netns(f"lat-{mode[:3]}"))
                 prepare(ns)
                 seconds, payload = program(mode, ns, objs)
+                stack.callback(leave_netns)  # before the namespace goes (IPVS mode entered it)
                 if payload and dispatch_order(payload) != order:
                     raise SystemExit("the engine's KUBE-SERVICES order differs from the renderer's")
                 start_server(ns, server_cpu)
@@ -318,6 +336,7 @@ def main() -> int:
                           f"{time.perf_counter() - started:.1f}s; p50 first {median(got['first']):.1f} µs, "
                           f"last {median(got['last']):.1f} µs, direct {median(got['direct']):.1f} µs", flush=True)
     finally:
+        leave_netns()
         remove_all_netns()
         EBPF.remove()
 
