@@ -1,5 +1,5 @@
-"""IPVS mode on a real kernel: tests/vm/ipvs_kernel_suite.py and ipvs_settings_suite.py inside
-ONE VM boot, with the `ipvsadm -Sn` payloads of random dry runs (tests/test_ipvs_restore_fuzz.py)
+"""IPVS mode on a real kernel: tests/vm/ipvs_kernel_suite.py, ipvs_settings_suite.py and
+ipvs_lab_suite.py (the lab in IPVS mode) inside ONE VM boot, with the `ipvsadm -Sn` payloads of random dry runs (tests/test_ipvs_restore_fuzz.py)
 written beforehand into a directory of the checkout, the one place the VM shares with the host.
 
 The host's kernel has no IP_VS and no dummy links, so the suite runs in a QEMU VM booting
@@ -49,12 +49,12 @@ def test_ipvs_suite_in_a_vm(tmp_path: Path) -> None:
         payloads(shared, count=120)
         argv = [str(script), "env", "PROXYCTL_TEST_SEED=0", f"PROXYCTL_IPVSADM_PAYLOADS={shared}", sys.executable,
                 "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/vm/ipvs_kernel_suite.py",
-                "tests/vm/ipvs_settings_suite.py"]
+                "tests/vm/ipvs_settings_suite.py", "tests/vm/ipvs_lab_suite.py"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         with open(log, "w") as out:
             # The VM's output goes to a file as it comes, so a run that times out still shows how far it got.
             done = subprocess.run(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=900, env={**env, "VM_TIMEOUT": "840"}, check=False)
+                                  timeout=1800, env={**env, "VM_TIMEOUT": "1740"}, check=False)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     took = time.monotonic() - started

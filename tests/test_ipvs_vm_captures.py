@@ -119,3 +119,23 @@ def test_verify_finds_a_service_address_missing_from_kube_ipvs0(capsys: pytest.C
     path.write_text("[]")
     code, out, _ = cli(capsys, "verify", *CAPTURED, "--rules-file", str(path))
     assert "missing-link" in {f["kind"] for f in json.loads(out)["findings"]}
+
+
+def test_node_ports_on_a_pod_bridge_address_are_ours_when_the_node_lists_its_addresses(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """kube-proxy's IPVS mode (and ours) makes NodePort virtual servers on every local address
+    but kube-ipvs0's, the pod bridge's included: with the node's `ip -json address` output,
+    verify knows them without being told `--node-ip` for each."""
+    links = [{"ifindex": i, "ifname": name, "addr_info": [{"family": "inet", "local": ip, "prefixlen": 32}]}
+             for i, (name, ip) in enumerate((("lo", "127.0.0.1"), ("eth0", "172.18.0.2"), ("cbr0", "10.244.1.1")))]
+    links.append({"ifindex": 9, "ifname": "kube-ipvs0", "addr_info": [
+        {"family": "inet", "local": ip, "prefixlen": 32} for ip in ("10.96.0.10", "10.96.0.20", "10.96.0.30", "10.96.0.40")]})
+    path = tmp_path / "links.json"
+    path.write_text(json.dumps(links))
+    args = CAPTURED[:CAPTURED.index("--node-ip")] + ["-o", "json", "--rules-file", str(path)]
+    code, out, _ = cli(capsys, "verify", *args)
+    assert [f["message"] for f in json.loads(out)["findings"]] == [
+        "IPVS virtual service TCP 192.0.2.50:80 belongs to no Service port of the API (another program's, or stale)"]
+    path.write_text(json.dumps([link for link in links if link["ifname"] != "cbr0"]))
+    code, out, _ = cli(capsys, "verify", *args)
+    assert "IPVS virtual service TCP 10.244.1.1:30080 belongs to no Service port" in out

@@ -26,11 +26,29 @@ def cgroup_root(monkeypatch: pytest.MonkeyPatch) -> str:
     return CGROUP_ROOT
 
 
-def test_the_lab_runs_three_modes_and_names_another_in_one_line() -> None:
+def test_the_lab_runs_four_modes_and_names_another_in_one_line() -> None:
     assert LabSpec.build(mode="ebpf").mode == "ebpf"
+    assert LabSpec.build(mode="ipvs").mode == "ipvs"
     with pytest.raises(ConfigError) as refused:
-        LabSpec.build(mode="ipvs")
-    assert str(refused.value) == "--mode 'ipvs': the lab runs iptables, nftables or ebpf"
+        LabSpec.build(mode="userspace")
+    assert str(refused.value) == "--mode 'userspace': the lab runs iptables, nftables, ebpf or ipvs"
+
+
+def test_check_mode_ipvs_points_to_the_vm_where_the_kernel_lacks_ip_vs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubectl_proxyctl.system import ipvs
+
+    monkeypatch.setattr(ipvs, "ensure_module", lambda name="ip_vs": "kernel module ip_vs is not loaded and cannot "
+                        "be loaded (modprobe: FATAL: Module ip_vs not found)")
+    monkeypatch.setattr(supervisor, "check_ebpf", lambda: None)
+    with pytest.raises(ConfigError) as refused:
+        supervisor.check_mode("ipvs")
+    message = str(refused.value)
+    assert message.startswith("--mode ipvs: this kernel cannot run IPVS engines: kernel module ip_vs")
+    assert "scripts/demo --mode ipvs" in message and "\n" not in message
+    monkeypatch.setattr(ipvs, "ensure_module", lambda name="ip_vs": "")
+    monkeypatch.setattr(ipvs, "ensure_dummy", lambda: "kernel module dummy (the kube-ipvs0 interface) is not loaded")
+    with pytest.raises(ConfigError, match="kernel module dummy"):
+        supervisor.check_mode("ipvs")
 
 
 def test_cgroups_and_pins_are_named_from_the_lab_and_the_node() -> None:
@@ -54,10 +72,12 @@ def test_an_ebpf_engine_enters_its_node_with_nsenter_and_gets_its_cgroup_and_pin
     assert words[words.index("--kubeconfig") + 1] == "/tmp/labs/demo/kubeconfig-nodes"
 
 
-def test_other_modes_keep_ip_netns_exec_and_get_no_cgroup(cgroup_root: str) -> None:
-    spec = LabSpec.build("demo", nodes=1, mode="nftables")
+@pytest.mark.parametrize("mode", ["nftables", "ipvs"])
+def test_other_modes_keep_ip_netns_exec_and_get_no_cgroup(cgroup_root: str, mode: str) -> None:
+    spec = LabSpec.build("demo", nodes=1, mode=mode)
     argv = engine_argv(spec, spec.nodes[0])
     assert argv[:4] == ["ip", "netns", "exec", "demo-node1"]
+    assert argv[argv.index("--mode") + 1] == mode
     assert "--cgroup-path" not in argv and "--bpf-pin-path" not in argv
 
 
@@ -162,11 +182,11 @@ def test_down_unpins_the_labs_pin_directories_only(monkeypatch: pytest.MonkeyPat
     assert topology.remove_pins(spec) == []
 
 
-def test_the_mode_choice_of_lab_up_lists_ebpf() -> None:
+def test_the_mode_choice_of_lab_up_lists_every_mode() -> None:
     from click.testing import CliRunner
 
     from kubectl_proxyctl.cli.main import cli
 
     shown = CliRunner().invoke(cli, ["lab", "up", "--help"])
     assert shown.exit_code == 0, shown.output
-    assert "[iptables|nftables|ebpf]" in "".join(shown.output.split()), shown.output
+    assert "[iptables|nftables|ebpf|ipvs]" in "".join(shown.output.split()), shown.output

@@ -100,6 +100,7 @@ def node_context(
         cidrs_from=cidrs_from,
         pod_cidrs=pod_cidrs,
         routes=graph.routes,
+        local_addresses=live,
     )
 
 

@@ -30,7 +30,7 @@ from kubectl_proxyctl.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # short: it prefixes interface names (15 chars max)
 MAX_NODES = 50
-MODES = ("iptables", "nftables", "ebpf")  # the engines' proxy modes a lab runs
+MODES = ("iptables", "nftables", "ebpf", "ipvs")  # the engines' proxy modes a lab runs
 APISERVERS = ("lab", "external")  # the lab's own API server, or etcd + kube-apiserver (external.py)
 BPFFS = "/sys/fs/bpf"  # where eBPF-mode engines pin their maps and links (one directory per node)
 

@@ -160,6 +160,20 @@ def check_mode(mode: str) -> None:
         require_binary("iptables-restore")
     if mode == "ebpf":
         check_ebpf()
+    if mode == "ipvs":
+        check_ipvs()
+
+
+def check_ipvs() -> None:
+    """What IPVS-mode engines need from the kernel: IP_VS, dummy links (kube-ipvs0) and
+    br_netfilter, loaded here when they are modules. Without them, say where the lab runs."""
+    from kubectl_proxyctl.system.ipvs import ensure_br_netfilter, ensure_dummy, ensure_module
+
+    why = ensure_module("ip_vs") or ensure_dummy() or ensure_br_netfilter()
+    if why:
+        raise ConfigError(f"--mode ipvs: this kernel cannot run IPVS engines: {why}. Run the lab in a VM "
+                          "booting Debian's kernel instead: `scripts/demo --mode ipvs` does it by itself, and "
+                          "`scripts/run-in-vm CMD` runs any command there")
 
 
 def check_ebpf() -> None:

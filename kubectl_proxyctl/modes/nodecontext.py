@@ -26,6 +26,7 @@ class NodeContext:
     cidrs_from: str  # "flag", "rules", "node" or "" (unknown)
     pod_cidrs: tuple[str, ...] = ()  # this node's own pod range (Node.spec.podCIDRs)
     routes: tuple[tuple[str, str], ...] = ()  # the node's routes, (CIDR or "default", interface), when read
+    local_addresses: tuple[str, ...] = ()  # every global address the node has (kube-ipvs0's aside), when read
 
     @property
     def local(self) -> LocalNode:

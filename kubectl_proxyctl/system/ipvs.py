@@ -97,6 +97,31 @@ def ensure_module(name: str = "ip_vs") -> str:
     return f"kernel module {name} is not loaded and cannot be loaded ({detail})"
 
 
+def ensure_loaded(name: str, present: str, *params: str) -> str:
+    """Load kernel module `name` unless `present` (a path it creates) exists; "" when usable,
+    else why not (one line)."""
+    if os.path.exists(present):
+        return ""
+    modprobe = shutil.which("modprobe") or "/sbin/modprobe"
+    try:
+        subprocess.run([modprobe, name, *params], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "" if os.path.exists(present) else f"kernel module {name} is not loaded and cannot be loaded"
+
+
+def ensure_dummy() -> str:
+    """The dummy link module (kube-ipvs0), loaded if needed."""
+    why = ensure_loaded("dummy", "/sys/module/dummy", "numdummies=0")
+    return f"{why} (the kube-ipvs0 interface is a dummy link)" if why else ""
+
+
+def ensure_br_netfilter() -> str:
+    """br_netfilter (bridged pod traffic through netfilter, which IPVS's NAT needs for pods on
+    one node), loaded if needed."""
+    return ensure_loaded("br_netfilter", "/proc/sys/net/bridge")
+
+
 class IpvsKernel:
     """The kernel's IPVS table of the current network namespace."""
 

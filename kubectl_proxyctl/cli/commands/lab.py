@@ -143,8 +143,8 @@ def _name_flag(lab_name: str) -> str:
 @lab.command("up", short_help="Start a lab: nodes, engines, API server, client (idempotent).")
 @lab_name_option
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50), help="How many nodes.")
-@click.option("--mode", type=click.Choice(["iptables", "nftables", "ebpf"]), default="iptables", show_default=True,
-              help="The engines' proxy mode.")
+@click.option("--mode", type=click.Choice(["iptables", "nftables", "ebpf", "ipvs"]), default="iptables",
+              show_default=True, help="The engines' proxy mode.")
 @click.option("--zones", default=0, show_default=True, type=click.IntRange(min=0),
               help="Spread the nodes over this many zones (topology.kubernetes.io/zone); 0: none.")
 @click.option("--apiserver", type=click.Choice(["lab", "external"]), default="lab", show_default=True,
@@ -172,7 +172,9 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, apiserver: str, timeout
     pods: their connections to Services go straight to an endpoint (no NAT, no conntrack
     entry for the Service), and an nftables table serves what comes from outside (NodePorts
     on the node's IP, external and LoadBalancer IPs). It needs the cgroup v2 hierarchy and
-    bpf(2).
+    bpf(2). In ipvs mode each node has a kube-ipvs0 interface holding every Service address
+    and one IPVS virtual server per address and port; it needs a kernel with IP_VS and dummy
+    links (where it has not, `scripts/demo --mode ipvs` runs the lab tour in a VM).
 
     --apiserver external runs etcd and the upstream kube-apiserver (built by
     tests/reference/build-apiserver) on the same address instead of the lab's API server;
@@ -186,6 +188,7 @@ def up(lab_name: str, nodes: int, mode: str, zones: int, apiserver: str, timeout
       sudo kubectl proxyctl lab up --mode nftables
       sudo kubectl proxyctl lab up --apiserver external
       sudo kubectl proxyctl lab up --mode ebpf
+      sudo kubectl proxyctl lab up --mode ipvs      # on a kernel with IP_VS
       sudo kubectl proxyctl lab up --name demo --nodes 5 --zones 2
     """
     import time
@@ -240,6 +243,8 @@ def _rules_command(spec: LabSpec, node: str = "") -> str:
     """How to look at a node's rules (the first node's, in eBPF mode, unless `node` is given)."""
     if spec.mode == "ebpf":
         return f"bpftool map dump pinned {spec.node_pin_path(node or spec.nodes[0].name)}/services4"
+    if spec.mode == "ipvs":
+        return "ipvsadm -Ln"
     return "nft list table ip kube-proxy" if spec.mode == "nftables" else "iptables-save -t nat"
 
 
@@ -312,6 +317,11 @@ def status_(lab_name: str, output: str) -> None:
                        "NodePorts and external addresses from outside go through table proxyctl-ebpf on each "
                        f"node's IP. Maps: `kubectl proxyctl lab exec{_name_flag(lab_name)} NODE -- "
                        f"{_rules_command(spec, 'NODE')}`\n")
+        elif spec.mode == "ipvs":
+            click.echo("Each node binds every Service address to its kube-ipvs0 interface (so a ClusterIP answers "
+                       "ping) and has an IPVS virtual server per address and port; NodePorts answer on every node "
+                       f"address but 127.0.0.1. Virtual servers: `kubectl proxyctl lab exec{_name_flag(lab_name)} "
+                       f"NODE -- {_rules_command(spec)}`\n")
         if report["pods"] is not None:
             click.echo(table(["NAMESPACE", "POD", "NODE", "IP", "READY", "STATUS"], [
                 (p["namespace"], p["name"], p["node"], p["ip"], str(p["ready"]).lower(), p["status"])

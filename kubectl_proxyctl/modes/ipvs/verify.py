@@ -40,7 +40,14 @@ def verify_ipvs(graph: NodeRules, state: ClusterState, node: NodeContext,
     desired = plan(state, ProxyConfig(node_name=node.name or "", cluster_cidrs=node.cluster_cidrs,
                                       node_ips=node.ips if node.ips_known else ()))
     options = Options(scheduler=_scheduler(graph))
-    addresses = nodeport_addresses(desired, node.ips if node.ips_known else None)
+    # NodePorts listen on every local address but kube-ipvs0's (pod bridges' too, as kube-proxy
+    # does): the node's IPs, and every address the input shows it has (live: `ip address`).
+    local: tuple[str, ...] | None = node.ips if node.ips_known else None
+    if node.local_addresses:
+        local = (*(local or ()), *node.local_addresses)
+    if graph.links is not None:
+        local = (*(local or ()), *(ip for link, ips in graph.links.items() if link != DUMMY for ip in ips))
+    addresses = nodeport_addresses(desired, local)
     by_service: dict[str, list[ServicePortPlan]] = {}
     for sp in desired.services:
         if selector is None or selector.matches(str(sp.name)):
