@@ -452,7 +452,8 @@ def running_lab(state_root: Path, nodes: int = 3, up_timeout: float = 120.0, mod
     afterwards whatever happens."""
     lab = Lab(name="t" + secrets.token_hex(3)[:5], state_root=state_root, nodes=nodes, mode=mode)
     try:
-        lab.cli("up", *lab.up_args, timeout=up_timeout)
+        # `lab up` waits for readiness itself (90 s unless told): as long as the caller allows
+        lab.cli("up", *lab.up_args, "--timeout", f"{int(up_timeout)}s", timeout=up_timeout + 30)
         yield lab
     finally:
         lab.cli("down", check=False)

@@ -168,6 +168,12 @@ def topology() -> Iterator[None]:
     yield
     for server in servers:
         server.shutdown()
+    # Leave the VM as it booted for the suites after this one (the lab's nodes are 172.18.0.x too).
+    for name in (*PODS, "client"):
+        sh("ip", "netns", "del", name, check=False)
+    for link in ("cbr0", "client0"):
+        sh("ip", "link", "del", link, check=False)
+    sh("ipvsadm", "-C", check=False)
 
 
 class _Echo(socketserver.BaseRequestHandler):

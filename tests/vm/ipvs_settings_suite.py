@@ -5,6 +5,9 @@ ipvs_kernel_suite.py (tests/test_ipvs_vm.py boots it once), after it.
   and a 0 keeps the kernel's value;
 * a foreign virtual server on an address of ours survives the sync and `run --cleanup` when
   `--ipvs-exclude-cidrs` covers it, and is deleted when it does not (the control);
+* IPv6 (`--ip-family IPv6`): a ClusterIP and a NodePort Service become IPv6 virtual servers
+  with their real servers, the address on kube-ipvs0 and the KUBE-6-* set members, and
+  `--cleanup` removes them;
 * every `ipvsadm -Sn` payload written on the host (tests/test_ipvs_restore_fuzz.py, directory
   in PROXYCTL_IPVSADM_PAYLOADS) passes `ipvsadm -R`, and the kernel then holds exactly it.
 """
@@ -72,6 +75,34 @@ def test_timeouts_are_set_and_excluded_virtual_servers_survive(tmp_path: Path) -
     proxyctl("--cleanup", "--ipvs-exclude-cidrs", EXCLUDE)
     assert virtual_servers() >= {f"{KEPT}:81", f"{KEPT}:80"} and f"{OTHER}:80" not in virtual_servers()
     sh("ipvsadm", "-C")
+
+
+V6_NODE, V6_SERVICE, V6_POD = "fd00:18::2", "fd00:96::10", "fd00:10:244:1::10"
+
+
+def test_ipv6_virtual_servers_real_servers_addresses_and_sets(tmp_path: Path) -> None:
+    sh("ip", "-6", "addr", "add", f"{V6_NODE}/64", "dev", "lo")
+    try:
+        svc = service("six", V6_SERVICE, [{"name": "http", "port": 80, "nodePort": 30666}], type="NodePort")
+        svc["spec"]["ipFamilies"] = ["IPv6"]
+        ends = endpoint_slice("six", [endpoint(V6_POD, "node1")], [("http", 8080, "TCP")])
+        ends["addressType"] = "IPv6"
+        path = tmp_path / "six.json"
+        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                    "items": [node("node1", V6_NODE), svc, ends]}))
+        proxyctl("--mode", "ipvs", "--once", "--from-file", str(path), "--node-name", "node1", "--ip-family", "IPv6",
+                 "--cluster-cidr", "fd00:10:244::/56")
+        saved = sh("ipvsadm", "-Sn")
+        assert f"-A -t [{V6_SERVICE}]:80 -s rr" in saved, saved
+        assert f"-a -t [{V6_SERVICE}]:80 -r [{V6_POD}]:8080 -m -w 1" in saved, saved
+        assert f"-A -t [{V6_NODE}]:30666 -s rr" in saved, saved
+        assert f"{V6_SERVICE}/128" in sh("ip", "-6", "addr", "show", "dev", "kube-ipvs0")
+        assert f"{V6_SERVICE},tcp:80" in sh("ipset", "list", "KUBE-6-CLUSTER-IP")
+        proxyctl("--cleanup", "--ip-family", "IPv6")
+        assert f"[{V6_SERVICE}]" not in sh("ipvsadm", "-Sn")
+    finally:
+        subprocess.run(["ip", "-6", "addr", "del", f"{V6_NODE}/64", "dev", "lo"], capture_output=True, check=False)
+        subprocess.run(["ipvsadm", "-C"], capture_output=True, check=False)
 
 
 def canonical(text: str) -> list[str]:
