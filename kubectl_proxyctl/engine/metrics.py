@@ -317,6 +317,31 @@ class Histogram(_Metric[HistogramChild]):
         self._unlabelled().observe(value)
 
 
+class ReadCounter:
+    """An unlabelled counter whose value is read when the registry is exposed (Go's const
+    metric from a custom collector): `read()` gives it, or None to leave it out this time."""
+
+    type_name = "counter"
+
+    def __init__(self, name: str, help: str, read: Callable[[], float | None]) -> None:
+        if not _METRIC_NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        self.name = name
+        self.help = help
+        self.read = read
+
+    def _expose(self) -> list[str]:
+        try:
+            value = self.read()
+        except Exception as exc:  # noqa: BLE001 - a failed read leaves the metric out, as kube-proxy does
+            log.warning("cannot read %s: %s", self.name, exc)
+            value = None
+        if value is None:
+            return []
+        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} counter",
+                f"{self.name} {format_value(value)}"]
+
+
 class Registry:
     """A set of metrics with unique names, rendered together by `expose()`."""
 
@@ -324,9 +349,9 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._metrics: dict[str, _Metric[Any]] = {}
+        self._metrics: dict[str, _Metric[Any] | ReadCounter] = {}
 
-    def _register(self, metric: _Metric[Any]) -> None:
+    def _register(self, metric: _Metric[Any] | ReadCounter) -> None:
         with self._lock:
             if metric.name in self._metrics:
                 raise ValueError(f"metric {metric.name} is already registered")
@@ -347,6 +372,15 @@ class Registry:
         metric = Histogram(name, help, buckets, labelnames)
         self._register(metric)
         return metric
+
+    def read_counter(self, name: str, help: str, read: Callable[[], float | None]) -> ReadCounter:
+        metric = ReadCounter(name, help, read)
+        self._register(metric)
+        return metric
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._metrics
 
     def expose(self) -> str:
         """The whole registry in the Prometheus text format 0.0.4."""

@@ -96,6 +96,14 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
     return out
 
 
+class NetlinkRefusal(ApplyError):
+    """The kernel refused a request answered with data (`Batch.request`); `code` is the errno."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class _Request:
     message: bytes  # without the 16-byte netlink header
@@ -242,7 +250,7 @@ class Batch:
                 if kind == NLMSG_ERROR:
                     (code,) = struct.unpack_from("=i", message, 16)
                     if code:
-                        raise ApplyError(f"{what}: {self._describe(-code, message, msg_flags)}")
+                        raise NetlinkRefusal(f"{what}: {self._describe(-code, message, msg_flags)}", -code)
                     return replies
                 if kind == NLMSG_DONE:
                     return replies

@@ -48,6 +48,8 @@ from kubectl_proxyctl.modes.iptables.render import (
     KUBE_FORWARD,
     KUBE_MARK_MASQ,
     KUBE_POSTROUTING,
+    NFACCT_CT_INVALID,
+    NFACCT_LOCALHOST_NODEPORTS,
     JumpRule,
     RenderedRules,
     RenderStream,
@@ -58,6 +60,14 @@ from kubectl_proxyctl.plan.planner import NodePlan, ProxyConfig
 log = logging.getLogger(__name__)
 
 FULL_SYNC_PERIOD = 3600.0  # kube-proxy rewrites everything at least hourly in iptables mode
+NFACCT_COUNTERS = (NFACCT_CT_INVALID, NFACCT_LOCALHOST_NODEPORTS)
+# (metric, nfacct counter, help) of kube-proxy's two packet counters read from nfacct.
+NFACCT_METRICS = (
+    ("kubeproxy_iptables_ct_state_invalid_dropped_packets_total", NFACCT_CT_INVALID,
+     "packets dropped by iptables to work around conntrack problems"),
+    ("kubeproxy_iptables_localhost_nodeports_accepted_packets_total", NFACCT_LOCALHOST_NODEPORTS,
+     "Number of packets accepted on nodeports of loopback interface"),
+)
 
 # How kube-proxy's iptables mode configures a node by default.
 DEFAULT_NODEPORT_ADDRESSES: tuple[str, ...] = ()  # NodePorts answer on every local address
@@ -85,10 +95,15 @@ class IptablesWriter:
     NEVER_EMPTY = (("nat", KUBE_POSTROUTING), ("nat", KUBE_MARK_MASQ), ("filter", KUBE_FORWARD))
 
     def __init__(self, system: Any, *, random_fully: bool = True, large_cluster: bool | None = None,
-                 full_sync_period: float = FULL_SYNC_PERIOD,
+                 full_sync_period: float = FULL_SYNC_PERIOD, counters: Any = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.system = system
         self.random_fully = random_fully
+        # The nfacct counters (system.nfacct.Nfacct, or None when the kernel has none): each
+        # full sync ensures them, as kube-proxy does, and the rules count into them while
+        # they exist.
+        self.counters = counters
+        self.nfacct = False
         self.large_cluster = large_cluster
         self.full_sync_period = full_sync_period
         self.monotonic = monotonic
@@ -105,9 +120,10 @@ class IptablesWriter:
         unchecked = self._fingerprint is None or self._read_fingerprint() != self._fingerprint
         self._rendered, previous = None, self._rendered  # unknown until the restore succeeded
         if full:
+            self._ensure_counters()
             rendered = self._full_sync(plan)
         else:
-            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster, nfacct=self.nfacct,
                               changed=changed, existing_nat_chains=self.service_chains, previous=previous)
             self.system.restore(rendered.text)
         self._rendered = rendered
@@ -117,6 +133,26 @@ class IptablesWriter:
         # one when someone else changed something before it (None forces that check).
         self._fingerprint = None if full or unchecked else self._read_fingerprint()
         return Written(full, rendered.filter_rules + rendered.nat_rules, rendered)
+
+    def _ensure_counters(self) -> None:
+        if self.counters is None:
+            return
+        try:
+            for name in NFACCT_COUNTERS:
+                self.counters.ensure(name)
+        except ProxyctlError as exc:
+            log.error("cannot create the nfacct counters (%s): the rules go without them and their "
+                      "metrics are not served", exc)
+            self.nfacct = False
+        else:
+            self.nfacct = True
+
+    def counter_packets(self, name: str) -> float | None:
+        """Packets counted by nfacct counter `name`; None when there is none."""
+        if self.counters is None or not self.nfacct:
+            return None
+        found = self.counters.get(name)
+        return None if found is None else float(found[0])
 
     def before_sync(self, pending_changes: bool, metrics: Any, family: str) -> None:
         pass  # stale chains are deleted within the sync itself
@@ -176,6 +212,12 @@ class IptablesWriter:
         m.sync_proxy_rules_iptables_last.labels(ip_family=family, table="nat").set(rendered.nat_rules)
         m.sync_proxy_rules_iptables_total.labels(ip_family=family, table="filter").set(rendered.filter_rules)
         m.sync_proxy_rules_iptables_total.labels(ip_family=family, table="nat").set(rendered.nat_rules_total)
+        if self.counters is not None:
+            # kube-proxy's collectors read the counters at each scrape (no ip_family label).
+            for metric, counter, text in NFACCT_METRICS:
+                if not m.registry.has(metric):
+                    m.registry.read_counter(metric, f"[ALPHA] {text}",
+                                            lambda counter=counter: self.counter_packets(counter))
 
     def count_failure(self, metrics: Any, family: str, full: bool) -> None:
         counter = (metrics.sync_proxy_rules_iptables_restore_failures_total if full
@@ -186,7 +228,8 @@ class IptablesWriter:
         """Save (in a thread) while the entry rules are rendered, then stream the payload, with
         what the save shows missing, into one restore (see the module docstring)."""
         saved_chains = self._save_in_background()
-        stream = RenderStream(plan, random_fully=self.random_fully, large_cluster=self.large_cluster)
+        stream = RenderStream(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+                              nfacct=self.nfacct)
         saved = saved_chains()
         if saved is None:
             # every service chain we wrote: render picks the stale ones among those it does not write
@@ -279,7 +322,13 @@ def make_writer(config: ProxyConfig) -> IptablesWriter:
     detection = system.detect()
     if detection.warning:
         log.warning("%s", detection.warning)
-    return IptablesWriter(system, random_fully=system.supports_random_fully())
+    from kubectl_proxyctl.system import nfacct
+
+    why = nfacct.available()
+    if why:
+        log.warning("%s: the two nfacct metrics are not served", why)
+    return IptablesWriter(system, random_fully=system.supports_random_fully(),
+                          counters=None if why else nfacct.Nfacct())
 
 
 def dry_run(plan: NodePlan) -> tuple[str, str]:
