@@ -291,6 +291,19 @@ def test_a_removed_tcp_endpoint_drains_at_weight_zero_and_goes_once_idle() -> No
     assert not w.terminating
 
 
+def test_a_removed_idle_tcp_endpoint_goes_at_once_as_in_kube_proxy() -> None:
+    """kube-proxy's GracefulDeleteRS deletes a real server with no connection at once; only a
+    busy one drains at weight 0."""
+    w, ipvs, _, _, _ = make()
+    w.sync(cluster(), True, set())
+    key = ("TCP", "10.96.0.10", 80)
+    ipvs.table[key].reals[("10.244.2.6", 8080)][2] = 1  # one inactive connection on the ClusterIP only
+    w.sync(cluster(web_ips=("10.244.1.5",)), False, {"e2e/web"})
+    assert ipvs.table[key].reals[("10.244.2.6", 8080)][0] == 0
+    assert ("10.244.2.6", 8080) not in ipvs.table[("TCP", NODE_IP, 30080)].reals
+    assert [t[0] for t in w.terminating] == [key]
+
+
 def test_an_endpoint_back_before_it_drained_gets_weight_one_again() -> None:
     w, ipvs, _, _, _ = make()
     w.sync(cluster(), True, set())

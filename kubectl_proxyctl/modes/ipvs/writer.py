@@ -15,9 +15,11 @@ constant-size companion rules (kube-proxy's IPVS layout, `render.py`).
 * A **partial sync** renders only the changed Services and writes only what differs from
   the last sync (`render.Delta`): the virtual and real servers, set members and addresses of
   those Services. The iptables payload is restored only when it changed.
-* **Graceful termination** (TCP): a real server that goes away gets weight 0, so new
-  connections avoid it while open ones go on; it is deleted once it has no active and no
-  inactive connection, checked at the start of every sync (at least every `--sync-period`;
+* **Graceful termination** (TCP): a real server that goes away is deleted at once when the
+  kernel counts no active and no inactive connection on it (as kube-proxy's
+  GracefulDeleteRS tries first); otherwise it gets weight 0, so new connections avoid it
+  while open ones go on, and it is deleted once it has no connection left, checked at the
+  start of every sync (at least every `--sync-period`;
   kube-proxy checks every minute). UDP and SCTP real servers are deleted at once: the kernel
   drops their flows on the next packet (`net/ipv4/vs/expire_nodest_conn=1`). An endpoint that
   comes back before it was deleted gets its weight 1 again.
@@ -290,18 +292,26 @@ class IpvsWriter:
                 self.ipvs.set_weight(key, address, port, 1)
                 self.ops += 1
             self.terminating.pop((key, address, port), None)
+        connections: dict[tuple[str, int], int] | None = None  # read once, when a TCP real server goes
         for (address, port), weight in sorted(have.items()):
             if (address, port) in want:
                 continue
-            if vs.protocol not in DRAINING_PROTOCOLS:
-                self.ipvs.delete_real(key, address, port)
-                self.ops += 1
-                self.terminating.pop((key, address, port), None)
-            elif (key, address, port) not in self.terminating:
-                if weight != 0:
-                    self.ipvs.set_weight(key, address, port, 0)
-                    self.ops += 1
-                self.terminating[(key, address, port)] = self.monotonic()
+            if vs.protocol in DRAINING_PROTOCOLS and (key, address, port) not in self.terminating:
+                if connections is None:
+                    connections = {(r.address, r.port): r.active + r.inactive for r in self.ipvs.reals(key)}
+                if connections.get((address, port), 0) != 0:
+                    # Open connections: drain at weight 0 (deleted by a later sync once idle).
+                    if weight != 0:
+                        self.ipvs.set_weight(key, address, port, 0)
+                        self.ops += 1
+                    self.terminating[(key, address, port)] = self.monotonic()
+                    continue
+            elif vs.protocol in DRAINING_PROTOCOLS:
+                continue  # already draining
+            # UDP and SCTP, or no connection to wait for: gone at once, as kube-proxy does.
+            self.ipvs.delete_real(key, address, port)
+            self.ops += 1
+            self.terminating.pop((key, address, port), None)
 
     def _nodeport_ports(self) -> dict[str, set[int]]:
         """Protocol → the NodePorts in our sets before this sync (what makes a node address's
