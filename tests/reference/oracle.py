@@ -46,6 +46,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -99,6 +100,16 @@ def run_in(netns: str, argv: Sequence[str], check: bool = True, timeout: float =
     return done.stdout
 
 
+def enter(netns: str, argv: Sequence[str], timeout: float = 30.0) -> str:
+    """`argv` in `netns` through nsenter: lighter than `ip netns exec` (no mount namespace, no
+    /sys remount), which counts where every process start is slow."""
+    done = subprocess.run(["nsenter", f"--net=/var/run/netns/{netns}", *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} in {netns} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
 def _netns_pids(name: str) -> list[int]:
     done = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False)
     return [int(p) for p in done.stdout.split() if p.isdigit() and int(p) != os.getpid()]
@@ -118,8 +129,8 @@ def _remove_netns(name: str) -> None:
 # --- talking to a node's own servers ------------------------------------------------------
 
 
-def http_get(netns: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path inside `netns`: (status, body); (0, error) when refused."""
+def http_get(netns: str, port: int, path: str, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, str]:
+    """GET http://host:port/path inside `netns`: (status, body); (0, error) when refused."""
     try:
         sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
@@ -127,8 +138,8 @@ def http_get(netns: str, port: int, path: str, timeout: float = 2.0) -> tuple[in
     with sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(("127.0.0.1", port))
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            sock.connect((host, port))
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -159,6 +170,22 @@ def metric_value(text: str, name: str, family: str = "IPv4") -> float | None:
     return max(found.values()) if found else None
 
 
+def metric_samples(text: str, name: str, family: str = "IPv4") -> dict[str, float]:
+    """Label set → value of metric `name`, for one IP family (samples without an ip_family
+    label too), from a Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            labels, _, value = line[len(name):].rpartition(" ")
+            if "ip_family=" in labels and f'ip_family="{family}"' not in labels:
+                continue
+            try:
+                out[labels.strip()] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
 def metric_names(text: str) -> set[str]:
     """The metric families of a Prometheus text exposition (from `# TYPE` lines)."""
     return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
@@ -176,8 +203,10 @@ def _service_key(rule: str) -> str:
     return comment.split(" ", 1)[0]  # "ns/svc:port", the unit kube-proxy writes in one block
 
 
-def normalise_iptables(text: str) -> list[str]:
-    """`iptables-save` output → sorted chain declarations and each chain's rules."""
+def normalise_iptables(text: str, per_service_dispatch: bool = True) -> list[str]:
+    """`iptables-save` output → sorted chain declarations and each chain's rules. With
+    `per_service_dispatch` (iptables mode), different Services' rules in the dispatch chains
+    may come in any order; IPVS mode's dispatch rules are fixed and their order counts."""
     tables: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
     current = ""
     for line in text.splitlines():
@@ -199,7 +228,7 @@ def normalise_iptables(text: str) -> list[str]:
         out += sorted(chains)
         for chain in sorted(rules):
             lines = rules[chain]
-            if chain in DISPATCH_CHAINS:
+            if chain in DISPATCH_CHAINS and per_service_dispatch:
                 last = [r for r in lines if "must be the last rule" in r]
                 others = [r for r in lines if r not in last]
                 in_place = lines[len(others):] == last
@@ -268,6 +297,25 @@ def normalise_nft(text: str) -> list[str]:
     return out
 
 
+_INITVAL = re.compile(r" initval 0x[0-9a-f]+")
+
+
+def normalise_ipvs(ipvsadm: str, ipset: str, kube_ipvs0: str, family: str = "IPv4") -> list[str]:
+    """`ipvsadm -Sn`, `ipset save` and `ip -o addr show dev kube-ipvs0` of one node → the
+    virtual and real servers, the sets with their members and the bound addresses of one IP
+    family, each sorted (the kernel lists all three in hash order). A set's `initval` (the
+    per-set random hash seed) is dropped."""
+    v6 = family == "IPv6"
+    servers = sorted(line for line in ipvsadm.splitlines()
+                     if line.startswith(("-A ", "-a ")) and ("[" in line) == v6)
+    sets = sorted(_INITVAL.sub("", line) for line in ipset.splitlines()
+                  if line.startswith(("create ", "add ")) and line.split()[1].startswith("KUBE-6-") == v6)
+    inet = "inet6" if v6 else "inet"
+    bound = sorted(f"kube-ipvs0 {words[3]}" for words in (line.split() for line in kube_ipvs0.splitlines())
+                   if len(words) > 3 and words[2] == inet)
+    return [f"ipvs {line}" for line in servers] + [f"ipset {line}" for line in sets] + bound
+
+
 def stale_chains(lines: list[str]) -> set[str]:
     """Service chains that are empty and that nothing refers to: flushed, awaiting deletion."""
     names = {ln[len("chain "):] for ln in lines if ln.startswith("chain ") and ": " not in ln}
@@ -295,18 +343,11 @@ class Exception_:
         return mode == self.mode and side == self.side and re.search(self.pattern, line) is not None
 
 
-_NFACCT_REASON = ("kube-proxy attaches nfacct counters (ct_state_invalid_dropped_pkts, "
-                  "localhost_nps_accepted_pkts) when the kernel has nfnetlink_acct; our engine can render "
-                  "them (render(nfacct=True), used by golden files and verify) but does not create the "
-                  "counter objects, so it writes these rules without the counter")
 _STALE_REASON = ("a service chain that fell out of use is flushed at once by both, and deleted by "
                  "kube-proxy at the start of its next sync at least 1 s later; our engine deletes it in "
                  "the next sync without pending changes (so the deletion never delays a change), at the "
                  "latest 30 s later: while changes keep coming, one node may still hold the empty chain")
 EXCEPTIONS: list[Exception_] = [
-    Exception_("nfacct-counters", "iptables", "ref", r"-m nfacct --nfacct-name", _NFACCT_REASON),
-    Exception_("nfacct-counters", "iptables", "ours", r"^-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP$",
-               _NFACCT_REASON),
     Exception_("masquerade-bit-flag", "nftables", "ref", r"^chain (mark-for-masquerade|masquerading): .*0x00004000",
                "kube-proxy's --iptables-masquerade-bit applies to iptables and IPVS mode only (nftables mode "
                "reads nftables.masqueradeBit from a config file, default 14); our --masquerade-bit "
@@ -321,11 +362,8 @@ EXCEPTIONS: list[Exception_] = [
 # advice on an unset --nodeport-addresses at error level.
 EXPECTED_KUBE_PROXY_ERRORS = ("nodePortAddresses is unset",)
 
-# kube-proxy metric families our engine does not serve, each with the reason.
-METRICS_NOT_SERVED: dict[str, str] = {
-    "kubeproxy_iptables_ct_state_invalid_dropped_packets_total": "read from an nfacct counter (nfacct-counters)",
-    "kubeproxy_iptables_localhost_nodeports_accepted_packets_total": "read from an nfacct counter (nfacct-counters)",
-}
+# kube-proxy metric families our engine does not serve, each with the reason (none now).
+METRICS_NOT_SERVED: dict[str, str] = {}
 
 
 @dataclass
@@ -404,6 +442,11 @@ class Twin:
     applied: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     baseline_node: dict[str, Any] = field(default_factory=dict)
     ipv6: bool = False
+    pace: float = 1.0  # how much slower than this host the machine is (a VM under emulation: several times)
+    # Keep kube-proxy to IPv4 (it programs IPv6 as well whenever ip6tables works): hides
+    # ip6tables from it. Under emulation every iptables process costs, and each sync would
+    # run both families' commands.
+    ipv4_only_reference: bool = False
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -474,9 +517,17 @@ class Twin:
 
     def _start(self, role: str, extra_flags: Sequence[str]) -> None:
         where = self.netns("ours" if role == "ours6" else role)
+        env = None
+        if role == "ref" and self.ipv4_only_reference:
+            hidden = self.workdir / "no-ip6tables"
+            hidden.mkdir(exist_ok=True)
+            for tool in ("ip6tables", "ip6tables-save", "ip6tables-restore"):
+                (hidden / tool).write_text("#!/bin/sh\necho 'ip6tables: hidden from this kube-proxy' >&2\nexit 1\n")
+                (hidden / tool).chmod(0o755)
+            env = {**os.environ, "PATH": f"{hidden}:{os.environ.get('PATH', '')}"}
         with open(self.log_path(role), "w", encoding="utf-8") as log:
             self.processes[role] = subprocess.Popen(
-                ["ip", "netns", "exec", where, *self.argv(role, extra_flags)],
+                ["ip", "netns", "exec", where, *self.argv(role, extra_flags)], env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
@@ -556,57 +607,106 @@ class Twin:
     # the nodes' state
 
     def rules(self, role: str) -> dict[str, list[str]]:
-        """Family → the node's normalised rules (nat and filter, or the `kube-proxy` table)."""
+        """Family → the node's normalised rules (nat and filter, or the `kube-proxy` table;
+        in IPVS mode nat and filter plus the virtual servers, ipsets and kube-ipvs0's
+        addresses)."""
         ns = self.netns(role)
         out = {}
         for family in self.families:
             if self.mode == "nftables":
                 table = "ip" if family == "IPv4" else "ip6"
                 out[family] = normalise_nft(run_in(ns, ["nft", "list", "table", table, "kube-proxy"], check=False))
+            elif self.mode == "ipvs":
+                out[family] = self._ipvs_rules(ns, family, LINKS["ref" if role == "ref" else "ours"][1])
             else:
                 save = "iptables-save" if family == "IPv4" else "ip6tables-save"
                 out[family] = normalise_iptables(run_in(ns, [save, "-t", "nat"]) + run_in(ns, [save, "-t", "filter"]))
         return out
 
+    def _ipvs_rules(self, ns: str, family: str, link_ip: str) -> list[str]:
+        # One shell per look: each command costs a process start, and under emulation many.
+        save = "iptables-save" if family == "IPv4" else "ip6tables-save"
+        text = enter(ns, ["sh", "-c", f"{save} -t nat; {save} -t filter; echo '#--'; ipvsadm -Sn; echo '#--'; "
+                                       "ipset save; echo '#--'; ip -o addr show dev kube-ipvs0 2>/dev/null; true"],
+                      timeout=60 * self.pace)
+        tables, ipvsadm, ipset, bound = (text.split("#--\n") + ["", "", ""])[:4]
+        # The link to the API server's namespace is the one address the twins do not share;
+        # IPVS mode serves node ports on every local address, so it shows in the rules.
+        lines = normalise_iptables(tables, per_service_dispatch=False) + normalise_ipvs(ipvsadm, ipset, bound, family)
+        return [re.sub(rf"(?<![\d.]){re.escape(link_ip)}(?![\d])", "<link address>", ln) for ln in lines]
+
+    def agree(self, rules: NodeRules) -> bool:
+        """Both nodes' rules are the same in every family, but for named exceptions."""
+        return all(d.exception for family in self.families
+                   for d in compare("", self.mode, rules["ref"][family], rules["ours"][family], EXCEPTIONS))
+
     def last_sync(self, role: str) -> float:
         """kubeproxy_sync_proxy_rules_last_timestamp_seconds of one node's IPv4 proxier (0:
         none yet); our IPv6 engine's changes show in the rules' stability."""
+        return self.sync_times(role)[0]
+
+    def sync_times(self, role: str) -> tuple[float, float]:
+        """(last sync, last change queued for a sync) of one node's IPv4 proxier, from
+        kubeproxy_sync_proxy_rules_last_timestamp_seconds and …_last_queued_timestamp_seconds
+        (0: none yet)."""
         code, body = http_get(self.netns(role), METRICS_PORT, "/metrics")
-        value = metric_value(body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") if code == 200 else None
-        return value or 0.0
+        if code != 200:
+            return 0.0, 0.0
+        return (metric_value(body, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") or 0.0,
+                metric_value(body, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds") or 0.0)
+
+    def caught_up(self, role: str, changed_at: float, quiet: float) -> bool:
+        """The node synced after `changed_at`, or nothing reached it to sync since: no change
+        was queued after `changed_at` (`quiet` seconds were left for one to arrive) and its
+        last sync came after the last change queued (re-applying the same objects changes
+        nothing, and neither proxy syncs for it)."""
+        synced, queued = self.sync_times(role)
+        if synced > changed_at:
+            return True
+        return time.time() - changed_at > quiet and queued < changed_at and synced >= queued > 0
 
     def settle(self, changed_at: float | None = None, agree: Callable[[NodeRules], bool] | None = None,
                quiet: float = 1.2, patience: float = 6.0, timeout: float = 40.0) -> NodeRules:
         """Wait until both nodes synced after `changed_at` (a time.time(); default: now) and
         neither node's rules changed for `quiet` seconds since; their rules then (role →
-        family → lines). While `agree(rules)` says the nodes still differ, stability must
-        last `patience` seconds instead: a sync can come later than `quiet` after the one
-        before (the minimum sync period, a long sync, a busy machine). The rules as they
-        are at `timeout` when that never happens (the comparison then shows why)."""
+        family → lines). While `agree(rules)` (default: `self.agree`) says the nodes still
+        differ, stability must last `patience` seconds instead: a sync can come later than
+        `quiet` after the one before (the minimum sync period, a long sync, a busy machine),
+        and a sync that began before the change may end after it. The rules as they are at
+        `timeout` when that never happens (the comparison then shows why)."""
         changed_at = time.time() if changed_at is None else changed_at
+        agree = agree or self.agree
+        quiet, patience, timeout = quiet * self.pace, patience * self.pace, timeout * self.pace
         deadline = time.monotonic() + timeout
         last: NodeRules = {}
         since = time.monotonic()
         synced: set[str] = set()
         while True:
             time.sleep(0.3)
-            synced |= {role for role in ROLES if role not in synced and self.last_sync(role) > changed_at}
-            now = {role: self.rules(role) for role in ROLES}
+            synced |= {role for role in ROLES if role not in synced and self.caught_up(role, changed_at, quiet)}
+            if len(synced) < len(ROLES) and time.monotonic() <= deadline:
+                self._check_alive()
+                continue  # reading rules costs processes; nothing to compare before both synced
+            with ThreadPoolExecutor(len(ROLES)) as pool:
+                now = dict(zip(ROLES, pool.map(self.rules, ROLES)))
             if now != last:
                 last, since = now, time.monotonic()
             elif len(synced) == len(ROLES) and time.monotonic() - since >= quiet:
-                if agree is None or time.monotonic() - since >= patience or agree(now):
+                if time.monotonic() - since >= patience or agree(now):
                     return now
             if time.monotonic() > deadline:
                 return now
-            dead = {r: c for r, c in self.alive().items() if c is not None}
-            if dead:
-                raise AssertionError(f"exited: {dead}\n" + "\n".join(
-                    f"--- {r} log (end):\n{self.log(r)[-3000:]}" for r in dead))
+            self._check_alive()
+
+    def _check_alive(self) -> None:
+        dead = {r: c for r, c in self.alive().items() if c is not None}
+        if dead:
+            raise AssertionError(f"exited: {dead}\n" + "\n".join(
+                f"--- {r} log (end):\n{self.log(r)[-3000:]}" for r in dead))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Both nodes serve /healthz with 200 (they synced once)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.pace
         while time.monotonic() < deadline:
             codes = {role: http_get(self.netns(role), HEALTHZ_PORT, "/healthz")[0] for role in ROLES}
             if all(c == 200 for c in codes.values()):

@@ -114,3 +114,37 @@ def test_metric_value_picks_the_family() -> None:
             'kubeproxy_sync_proxy_rules_last_timestamp_seconds_other 7\n')
     assert oracle.metric_value(text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") == 1.5e9
     assert oracle.metric_value("", "x") is None
+
+
+def test_ipvs_hash_order_and_set_seeds_are_ignored_families_kept_apart() -> None:
+    a = oracle.normalise_ipvs(
+        "-A -t 10.96.0.2:80 -s rr\n-a -t 10.96.0.2:80 -r 10.244.1.7:8080 -m -w 1\n-A -t 10.96.0.1:80 -s rr\n"
+        "-A -t [fd00::1]:80 -s rr\n",
+        "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1a2b3c4d\n"
+        "add KUBE-CLUSTER-IP 10.96.0.2,tcp:80\nadd KUBE-CLUSTER-IP 10.96.0.1,tcp:80\n"
+        "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536\n",
+        "9: kube-ipvs0    inet 10.96.0.2/32 scope global kube-ipvs0\\       valid_lft forever\n"
+        "9: kube-ipvs0    inet 10.96.0.1/32 scope global kube-ipvs0\\       valid_lft forever\n"
+        "9: kube-ipvs0    inet6 fd00::1/128 scope global \\       valid_lft forever\n")
+    b = oracle.normalise_ipvs(
+        "-A -t 10.96.0.1:80 -s rr\n-A -t 10.96.0.2:80 -s rr\n-a -t 10.96.0.2:80 -r 10.244.1.7:8080 -m -w 1\n",
+        "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x99887766\n"
+        "add KUBE-CLUSTER-IP 10.96.0.1,tcp:80\nadd KUBE-CLUSTER-IP 10.96.0.2,tcp:80\n",
+        "9: kube-ipvs0    inet 10.96.0.1/32 scope global kube-ipvs0\n9: kube-ipvs0    inet 10.96.0.2/32 scope global kube-ipvs0\n")
+    assert a == b
+    assert "ipvs -A -t [fd00::1]:80 -s rr" in oracle.normalise_ipvs("-A -t [fd00::1]:80 -s rr\n", "", "", "IPv6")
+    # A weight, a scheduler, a missing member: each still shows.
+    assert oracle.normalise_ipvs("-a -t 10.96.0.2:80 -r 10.244.1.7:8080 -m -w 0\n", "", "") != \
+        oracle.normalise_ipvs("-a -t 10.96.0.2:80 -r 10.244.1.7:8080 -m -w 1\n", "", "")
+    assert oracle.normalise_ipvs("-A -t 10.96.0.1:80 -s wrr\n", "", "") != oracle.normalise_ipvs(
+        "-A -t 10.96.0.1:80 -s rr\n", "", "")
+
+
+def test_ipvs_dispatch_rule_order_counts() -> None:
+    first = '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip" -j KUBE-MARK-MASQ\n'
+    second = "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n"
+    a = f"*nat\n:KUBE-SERVICES - [0:0]\n{first}{second}COMMIT\n"
+    b = f"*nat\n:KUBE-SERVICES - [0:0]\n{second}{first}COMMIT\n"
+    assert oracle.normalise_iptables(a) == oracle.normalise_iptables(b)
+    assert oracle.normalise_iptables(a, per_service_dispatch=False) != oracle.normalise_iptables(
+        b, per_service_dispatch=False)
