@@ -467,6 +467,22 @@ def topology(**kwargs: Any) -> Iterator[Topology]:
         topo.close()
 
 
+def exec_in(netns: str, *args: str) -> str:
+    """`args` run inside `netns` (`ip netns exec`): its standard output; an AssertionError
+    with its standard error when it fails."""
+    result = subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(args)} in {netns}: {result.stderr.strip()}"
+    return result.stdout
+
+
+def lone_netns(role: str, skip_reason: str | None) -> Iterator[str]:
+    """For a fixture: skip with `skip_reason` when there is one, else an `empty_netns`."""
+    if skip_reason:
+        pytest.skip(skip_reason)
+    with empty_netns(role) as name:
+        yield name
+
+
 @contextlib.contextmanager
 def empty_netns(role: str = "ns", prefix: str | None = None) -> Iterator[str]:
     """A lone namespace `<prefix>-<role>` with only `lo` up, for tests that need a clean

@@ -10,7 +10,6 @@ batches.
 from __future__ import annotations
 
 import struct
-import subprocess
 from typing import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from kubectl_proxyctl.errors import ApplyError
 from kubectl_proxyctl.system import netlink as nl
 from kubectl_proxyctl.system.ipset import member_attrs
-from netns import empty_netns, lab_skip_reason
+from netns import exec_in, lab_skip_reason, lone_netns
 
 LAB_SKIP = lab_skip_reason("ipset")
 
@@ -43,16 +42,11 @@ def test_set_members_are_encoded_for_their_type() -> None:
 
 @pytest.fixture()
 def netns() -> Iterator[str]:
-    if LAB_SKIP:
-        pytest.skip(LAB_SKIP)
-    with empty_netns("nl") as name:
-        yield name
+    yield from lone_netns("nl", LAB_SKIP)
 
 
 def sh(netns: str, *args: str) -> str:
-    result = subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return exec_in(netns, *args)
 
 
 @pytest.mark.lab

@@ -11,7 +11,6 @@ throw-away network namespace.
 from __future__ import annotations
 
 import socket
-import subprocess
 from typing import Iterator
 
 import pytest
@@ -27,7 +26,7 @@ from kubectl_proxyctl.modes.base import Written
 from kubectl_proxyctl.modes.iptables.writer import NFACCT_COUNTERS, IptablesWriter
 from kubectl_proxyctl.plan.planner import ProxyConfig
 from kubectl_proxyctl.system.netns import call_in_netns
-from netns import empty_netns, lab_skip_reason
+from netns import exec_in, lab_skip_reason, lone_netns
 
 LAB_SKIP = lab_skip_reason("iptables-nft")
 
@@ -102,16 +101,11 @@ def test_without_counters_the_rules_go_without_them_and_no_metric_is_served() ->
 
 @pytest.fixture()
 def netns() -> Iterator[str]:
-    if LAB_SKIP:
-        pytest.skip(LAB_SKIP)
-    with empty_netns("nfacct") as name:
-        yield name
+    yield from lone_netns("nfacct", LAB_SKIP)
 
 
 def sh(netns: str, *args: str) -> str:
-    result = subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return exec_in(netns, *args)
 
 
 @pytest.mark.lab
