@@ -54,7 +54,9 @@ def test_ipvs_suite_in_a_vm(tmp_path: Path) -> None:
     try:
         payloads(shared, count=120)
         argv = [str(script), "env", "PROXYCTL_TEST_SEED=0", f"PROXYCTL_IPVSADM_PAYLOADS={shared}",
-                f"PROXYCTL_KUBE_PROXY={kube_proxy}", sys.executable,
+                f"PROXYCTL_KUBE_PROXY={kube_proxy}",
+                f"PROXYCTL_IPVS_REFERENCE_CASES={os.environ.get('PROXYCTL_IPVS_REFERENCE_CASES', '')}",
+                sys.executable,
                 "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/vm/ipvs_kernel_suite.py",
                 "tests/vm/ipvs_settings_suite.py", "tests/vm/ipvs_lab_suite.py", "tests/vm/ipvs_reference_suite.py"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
