@@ -32,7 +32,7 @@ def _header() -> bytes:
 
 class Nfacct:
     """The nfacct counters of this network namespace. ApplyError when the kernel has no
-    nfnetlink_acct (ask `available()` first). Safe to share between threads (the syncs
+    nfnetlink_acct (`open_counters()` asks first). Safe to share between threads (the syncs
     create counters, the metrics server reads them)."""
 
     def __init__(self) -> None:
@@ -80,11 +80,24 @@ def _check(name: str) -> None:
         raise ApplyError(f"nfacct counter name {name!r}: 1 to {MAX_NAME} characters")
 
 
+def open_counters() -> tuple[Nfacct | None, str]:
+    """(the counters, "") when this kernel has nfacct counters in this namespace, else
+    (None, why not in one line)."""
+    try:
+        counters = Nfacct()
+    except ApplyError as exc:
+        return None, f"no nfacct counters ({exc})"
+    try:
+        counters.get("IMayExist")  # kube-proxy's probe: "not found" means it works
+    except ApplyError as exc:
+        counters.close()
+        return None, f"no nfacct counters ({exc})"
+    return counters, ""
+
+
 def available() -> str:
     """"" when this kernel has nfacct counters in this namespace, else why not (one line)."""
-    try:
-        with Nfacct() as counters:
-            counters.get("IMayExist")  # kube-proxy's probe: "not found" means it works
-    except ApplyError as exc:
-        return f"no nfacct counters ({exc})"
-    return ""
+    counters, why = open_counters()
+    if counters is not None:
+        counters.close()
+    return why

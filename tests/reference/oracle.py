@@ -640,15 +640,10 @@ class Twin:
         return all(d.exception for family in self.families
                    for d in compare("", self.mode, rules["ref"][family], rules["ours"][family], EXCEPTIONS))
 
-    def last_sync(self, role: str) -> float:
-        """kubeproxy_sync_proxy_rules_last_timestamp_seconds of one node's IPv4 proxier (0:
-        none yet); our IPv6 engine's changes show in the rules' stability."""
-        return self.sync_times(role)[0]
-
     def sync_times(self, role: str) -> tuple[float, float]:
         """(last sync, last change queued for a sync) of one node's IPv4 proxier, from
         kubeproxy_sync_proxy_rules_last_timestamp_seconds and …_last_queued_timestamp_seconds
-        (0: none yet)."""
+        (0: none yet); our IPv6 engine's changes show in the rules' stability."""
         code, body = http_get(self.netns(role), METRICS_PORT, "/metrics")
         if code != 200:
             return 0.0, 0.0

@@ -123,8 +123,9 @@ class IptablesWriter:
             self._ensure_counters()
             rendered = self._full_sync(plan)
         else:
-            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster, nfacct=self.nfacct,
-                              changed=changed, existing_nat_chains=self.service_chains, previous=previous)
+            rendered = render(plan, random_fully=self.random_fully, large_cluster=self.large_cluster,
+                              nfacct=self.nfacct, changed=changed, existing_nat_chains=self.service_chains,
+                              previous=previous)
             self.system.restore(rendered.text)
         self._rendered = rendered
         self.service_chains = rendered.service_chains
@@ -324,11 +325,10 @@ def make_writer(config: ProxyConfig) -> IptablesWriter:
         log.warning("%s", detection.warning)
     from kubectl_proxyctl.system import nfacct
 
-    why = nfacct.available()
+    counters, why = nfacct.open_counters()
     if why:
         log.warning("%s: the two nfacct metrics are not served", why)
-    return IptablesWriter(system, random_fully=system.supports_random_fully(),
-                          counters=None if why else nfacct.Nfacct())
+    return IptablesWriter(system, random_fully=system.supports_random_fully(), counters=counters)
 
 
 def dry_run(plan: NodePlan) -> tuple[str, str]:

@@ -296,22 +296,22 @@ class IpvsWriter:
         for (address, port), weight in sorted(have.items()):
             if (address, port) in want:
                 continue
-            if vs.protocol in DRAINING_PROTOCOLS and (key, address, port) not in self.terminating:
+            real = (key, address, port)
+            if real in self.terminating:
+                continue  # draining already; drain() deletes it once idle
+            if vs.protocol in DRAINING_PROTOCOLS:
                 if connections is None:
                     connections = {(r.address, r.port): r.active + r.inactive for r in self.ipvs.reals(key)}
-                if connections.get((address, port), 0) != 0:
+                if connections.get((address, port), 0):
                     # Open connections: drain at weight 0 (deleted by a later sync once idle).
                     if weight != 0:
                         self.ipvs.set_weight(key, address, port, 0)
                         self.ops += 1
-                    self.terminating[(key, address, port)] = self.monotonic()
+                    self.terminating[real] = self.monotonic()
                     continue
-            elif vs.protocol in DRAINING_PROTOCOLS:
-                continue  # already draining
             # UDP and SCTP, or no connection to wait for: gone at once, as kube-proxy does.
             self.ipvs.delete_real(key, address, port)
             self.ops += 1
-            self.terminating.pop((key, address, port), None)
 
     def _nodeport_ports(self) -> dict[str, set[int]]:
         """Protocol → the NodePorts in our sets before this sync (what makes a node address's
